@@ -1,0 +1,285 @@
+//! Content digests (`sha256:<hex>`) and a hasher that runs on its own thread so that
+//! hashing overlaps with disk I/O on the caller's thread.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+
+/// A validated `sha256:<64 lowercase hex>` digest.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(String);
+
+impl Digest {
+    pub fn from_sha256_bytes(bytes: &[u8]) -> Self {
+        Digest(format!("sha256:{}", hex::encode(bytes)))
+    }
+
+    /// Digest of an in-memory buffer.
+    pub fn of(data: &[u8]) -> Self {
+        Self::from_sha256_bytes(&Sha256::digest(data))
+    }
+
+    pub fn algorithm(&self) -> &str {
+        "sha256"
+    }
+
+    /// The hex part, used as the blob file name.
+    pub fn hex(&self) -> &str {
+        &self.0[7..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Short form for humans (`sha256:0123456789ab`).
+    pub fn short(&self) -> &str {
+        &self.0[..19]
+    }
+}
+
+impl FromStr for Digest {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let hex = s
+            .strip_prefix("sha256:")
+            .ok_or_else(|| Error::InvalidDigest(s.to_string()))?;
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(Error::InvalidDigest(s.to_string()));
+        }
+        Ok(Digest(s.to_string()))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+const CHUNK: usize = 1 << 20;
+const IN_FLIGHT: usize = 4;
+
+/// SHA-256 computed on a background thread. `update` copies the bytes into a pooled
+/// 1 MiB buffer and hands it over, so memory stays at a few MiB whatever the input size.
+pub struct ThreadedHasher {
+    buf: Vec<u8>,
+    tx: Option<SyncSender<Vec<u8>>>,
+    pool: Receiver<Vec<u8>>,
+    handle: Option<JoinHandle<(Sha256, u64)>>,
+}
+
+impl Default for ThreadedHasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ThreadedHasher {
+    pub fn new() -> Self {
+        let (tx, rx) = sync_channel::<Vec<u8>>(IN_FLIGHT);
+        let (pool_tx, pool) = sync_channel::<Vec<u8>>(IN_FLIGHT + 2);
+        for _ in 0..IN_FLIGHT {
+            // Pre-fill the pool; cannot fail, the channel has room.
+            let _ = pool_tx.try_send(Vec::with_capacity(CHUNK));
+        }
+        let handle = std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                let mut n = 0u64;
+                for mut chunk in rx {
+                    h.update(&chunk);
+                    n += chunk.len() as u64;
+                    chunk.clear();
+                    let _ = pool_tx.try_send(chunk);
+                }
+                (h, n)
+            })
+            .ok();
+        ThreadedHasher {
+            buf: Vec::with_capacity(CHUNK),
+            tx: Some(tx),
+            pool,
+            handle,
+        }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            let room = CHUNK - self.buf.len();
+            let take = room.min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == CHUNK {
+                self.flush();
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let next = self
+            .pool
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
+        let full = std::mem::replace(&mut self.buf, next);
+        if let Some(tx) = &self.tx {
+            // The receiver only goes away if the hasher thread panicked; finish() reports it.
+            let _ = tx.send(full);
+        }
+    }
+
+    /// Returns the digest and the number of bytes hashed.
+    pub fn finish(mut self) -> Result<(Digest, u64)> {
+        self.flush();
+        self.tx.take();
+        let handle = self
+            .handle
+            .take()
+            .ok_or_else(|| Error::Internal("could not start hasher thread".into()))?;
+        let (h, n) = handle
+            .join()
+            .map_err(|_| Error::Internal("hasher thread panicked".into()))?;
+        Ok((Digest::from_sha256_bytes(&h.finalize()), n))
+    }
+}
+
+/// A writer that hashes everything written through it (on the hasher thread) and
+/// counts bytes.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: ThreadedHasher,
+}
+
+impl<W: std::io::Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: ThreadedHasher::new(),
+        }
+    }
+
+    pub fn finish(self) -> Result<(W, Digest, u64)> {
+        let (d, n) = self.hasher.finish()?;
+        Ok((self.inner, d, n))
+    }
+
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A reader that hashes everything read through it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: ThreadedHasher,
+}
+
+impl<R: std::io::Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: ThreadedHasher::new(),
+        }
+    }
+
+    /// Drains what the consumer left unread (tar padding, trailing blocks) so the digest
+    /// covers the whole stream, then returns it.
+    pub fn finish(mut self) -> Result<(Digest, u64)> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        self.hasher.finish()
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn parses_and_rejects() {
+        let d = Digest::of(b"");
+        assert_eq!(
+            d.as_str(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(d.as_str().parse::<Digest>().ok(), Some(d.clone()));
+        assert!("sha256:abc".parse::<Digest>().is_err());
+        assert!(
+            "md5:e3b0c44298fc1c149afbf4c8996fb924"
+                .parse::<Digest>()
+                .is_err()
+        );
+        let upper = d.as_str().to_uppercase().replace("SHA256", "sha256");
+        assert!(upper.parse::<Digest>().is_err());
+        assert!(
+            "sha256:../../../../etc/passwd0000000000000000000000000000000000000000"
+                .parse::<Digest>()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn threaded_hasher_matches_direct_hash() {
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i % 251) as u8).collect();
+        let mut w = HashingWriter::new(Vec::new());
+        for chunk in data.chunks(77_777) {
+            w.write_all(chunk).unwrap();
+        }
+        let (out, d, n) = w.finish().unwrap();
+        assert_eq!(out, data);
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(d, Digest::of(&data));
+
+        let mut r = HashingReader::new(&data[..]);
+        let mut first = [0u8; 1000];
+        r.read_exact(&mut first).unwrap();
+        let (d2, n2) = r.finish().unwrap();
+        assert_eq!(d2, d);
+        assert_eq!(n2, data.len() as u64);
+    }
+}

@@ -1,0 +1,515 @@
+//! The Kitfile: schema (KitOps `manifestVersion: 1.0.0`), YAML parsing with line-accurate
+//! errors, validation, and the JSON form stored as the ModelKit config.
+//!
+//! Field order mirrors KitOps' Go structs so that the config JSON is byte-identical.
+
+use std::path::{Component, Path};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::oci::LayerKind;
+use crate::reference::Reference;
+
+/// File names `pack` looks for in the context directory, in KitOps' order.
+pub const DEFAULT_NAMES: [&str; 3] = ["Kitfile", "kitfile", ".kitfile"];
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kitfile {
+    #[serde(rename = "manifestVersion", default)]
+    pub manifest_version: String,
+    /// Go's omitempty never omits a struct, so `package` is always written.
+    #[serde(default)]
+    pub package: Package,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<Model>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub code: Vec<Code>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<Dataset>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub docs: Vec<Docs>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prompts: Vec<Prompt>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Package {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub license: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authors: Vec<String>,
+}
+
+/// Digest and diffId of the layer built from an entry: present in the stored config,
+/// never in a Kitfile a person writes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LayerInfo {
+    pub digest: Option<String>,
+    pub diff_id: Option<String>,
+}
+
+type Slot<'a> = (&'a mut Option<String>, &'a mut Option<String>);
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub license: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub framework: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub format: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<ModelPart>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(rename = "diffId", default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelPart {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub license: String,
+    #[serde(rename = "type", default, skip_serializing_if = "String::is_empty")]
+    pub part_type: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(rename = "diffId", default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Code {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub license: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(rename = "diffId", default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dataset {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub license: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(rename = "diffId", default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Docs {
+    /// No omitempty in KitOps: `path` is always written for docs.
+    #[serde(default)]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(rename = "diffId", default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Prompt {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(rename = "diffId", default, skip_serializing_if = "Option::is_none")]
+    pub diff_id: Option<String>,
+}
+
+/// One Kitfile entry that becomes a layer, in the order KitOps packs them:
+/// model, model parts, code, datasets, docs, prompts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerEntry {
+    pub kind: LayerKind,
+    /// Index within its section (parts, code, datasets, ...).
+    pub index: usize,
+    pub name: String,
+    pub path: String,
+}
+
+impl Kitfile {
+    /// Parses a Kitfile written by a person. `file` names it in error messages.
+    pub fn from_yaml(text: &str, file: &str) -> Result<Kitfile> {
+        let err = |msg: String| Error::Kitfile {
+            file: file.to_string(),
+            msg,
+        };
+        if text.trim().is_empty() {
+            return Err(err("file is empty".into()));
+        }
+        let kf: Kitfile = serde_yaml::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            // serde_yaml reports a location for most errors; make it lead the message.
+            match e.location() {
+                Some(loc) if !msg.contains("line") => err(format!(
+                    "line {} column {}: {msg}",
+                    loc.line(),
+                    loc.column()
+                )),
+                _ => err(msg),
+            }
+        })?;
+        let mut probe = kf.clone();
+        if probe
+            .layer_slots()
+            .iter()
+            .any(|(_, _, (d, i))| d.is_some() || i.is_some())
+        {
+            return Err(err(
+                "fields `digest` and `diffId` are written by pack and may not appear in a Kitfile"
+                    .into(),
+            ));
+        }
+        kf.validate().map_err(err)?;
+        Ok(kf)
+    }
+
+    /// Parses the JSON config of a stored ModelKit.
+    pub fn from_config_json(data: &[u8]) -> Result<Kitfile> {
+        serde_json::from_slice(data).map_err(|source| Error::Json {
+            what: "ModelKit config (Kitfile)".into(),
+            source,
+        })
+    }
+
+    /// The config blob: Go-compatible JSON.
+    pub fn to_config_json(&self) -> Result<Vec<u8>> {
+        crate::oci::to_go_json(self)
+    }
+
+    /// YAML for people (`kitsnap info`, `kitsnap init`), without layer digests.
+    pub fn to_yaml(&self) -> Result<String> {
+        let mut clean = self.clone();
+        for (_, _, (d, i)) in clean.layer_slots() {
+            *d = None;
+            *i = None;
+        }
+        serde_yaml::to_string(&clean).map_err(|e| Error::Internal(format!("YAML encoding: {e}")))
+    }
+
+    /// The digest/diffId slots of every entry, in layer order (model first).
+    fn layer_slots(&mut self) -> Vec<(LayerKind, usize, Slot<'_>)> {
+        let mut out: Vec<(LayerKind, usize, Slot<'_>)> = Vec::new();
+        if let Some(m) = self.model.as_mut() {
+            out.push((LayerKind::Model, 0, (&mut m.digest, &mut m.diff_id)));
+            for (i, p) in m.parts.iter_mut().enumerate() {
+                out.push((LayerKind::ModelPart, i, (&mut p.digest, &mut p.diff_id)));
+            }
+        }
+        for (i, c) in self.code.iter_mut().enumerate() {
+            out.push((LayerKind::Code, i, (&mut c.digest, &mut c.diff_id)));
+        }
+        for (i, d) in self.datasets.iter_mut().enumerate() {
+            out.push((LayerKind::Dataset, i, (&mut d.digest, &mut d.diff_id)));
+        }
+        for (i, d) in self.docs.iter_mut().enumerate() {
+            out.push((LayerKind::Docs, i, (&mut d.digest, &mut d.diff_id)));
+        }
+        for (i, p) in self.prompts.iter_mut().enumerate() {
+            out.push((LayerKind::Prompt, i, (&mut p.digest, &mut p.diff_id)));
+        }
+        out
+    }
+
+    /// The model's parent ModelKit, when `model.path` names one instead of a local path.
+    pub fn model_parent(&self) -> Option<Reference> {
+        let path = &self.model.as_ref()?.path;
+        if is_modelkit_reference(path) {
+            path.parse().ok()
+        } else {
+            None
+        }
+    }
+
+    /// The entries that become layers, in KitOps' layer order.
+    pub fn layer_entries(&self) -> Vec<LayerEntry> {
+        let mut out = Vec::new();
+        let mut push = |kind, index, name: &str, path: &str| {
+            out.push(LayerEntry {
+                kind,
+                index,
+                name: name.to_string(),
+                path: path.to_string(),
+            })
+        };
+        if let Some(m) = &self.model {
+            if !m.path.is_empty() && !is_modelkit_reference(&m.path) {
+                push(LayerKind::Model, 0, &m.name, &m.path);
+            }
+            for (i, p) in m.parts.iter().enumerate() {
+                push(LayerKind::ModelPart, i, &p.name, &p.path);
+            }
+        }
+        for (i, c) in self.code.iter().enumerate() {
+            push(LayerKind::Code, i, "", &c.path);
+        }
+        for (i, d) in self.datasets.iter().enumerate() {
+            push(LayerKind::Dataset, i, &d.name, &d.path);
+        }
+        for (i, d) in self.docs.iter().enumerate() {
+            push(LayerKind::Docs, i, "", &d.path);
+        }
+        for (i, p) in self.prompts.iter().enumerate() {
+            push(LayerKind::Prompt, i, &p.name, &p.path);
+        }
+        out
+    }
+
+    /// Records the digests of the layer built for `entry`.
+    pub fn set_layer_info(&mut self, entry: &LayerEntry, info: LayerInfo) {
+        for (kind, index, (d, i)) in self.layer_slots() {
+            if kind == entry.kind && index == entry.index {
+                *d = info.digest.clone();
+                *i = info.diff_id.clone();
+            }
+        }
+    }
+
+    /// The digests recorded for `entry` in a stored config.
+    pub fn layer_info(&self, entry: &LayerEntry) -> LayerInfo {
+        let mut me = self.clone();
+        me.layer_slots()
+            .into_iter()
+            .find(|(k, i, _)| *k == entry.kind && *i == entry.index)
+            .map(|(_, _, (d, i))| LayerInfo {
+                digest: d.clone(),
+                diff_id: i.clone(),
+            })
+            .unwrap_or_default()
+    }
+
+    /// Checks what can be checked without the filesystem.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.manifest_version.trim().is_empty() {
+            return Err("manifestVersion is required (use \"1.0.0\")".into());
+        }
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let parent = self.model_parent();
+        for e in self.layer_entries() {
+            let what = match e.kind {
+                LayerKind::Model => "model.path".to_string(),
+                LayerKind::ModelPart => format!("model.parts[{}].path", e.index),
+                LayerKind::Code => format!("code[{}].path", e.index),
+                LayerKind::Dataset => format!("datasets[{}].path", e.index),
+                LayerKind::Docs => format!("docs[{}].path", e.index),
+                LayerKind::Prompt => format!("prompts[{}].path", e.index),
+            };
+            let norm = check_relative_path(&e.path).map_err(|m| format!("{what}: {m}"))?;
+            if let Some((_, other)) = seen.iter().find(|(p, _)| *p == norm) {
+                return Err(format!(
+                    "{what}: path {:?} is already used by {other}; each path may be packed once",
+                    e.path
+                ));
+            }
+            seen.push((norm, what));
+        }
+        if let Some(m) = &self.model
+            && m.path.is_empty()
+            && m.parts.is_empty()
+            && parent.is_none()
+        {
+            return Err("model: needs a path or at least one part".into());
+        }
+        Ok(())
+    }
+}
+
+/// True when `s` names a ModelKit (`registry/repo:tag` or `...@sha256:...`) rather than a
+/// path: KitOps accepts this in `model.path` to build on a parent ModelKit.
+pub fn is_modelkit_reference(s: &str) -> bool {
+    if !(s.contains(':') || s.contains('@')) || s.starts_with('.') || s.starts_with('/') {
+        return false;
+    }
+    let first = s.split('/').next().unwrap_or("");
+    s.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+        && s.parse::<Reference>().is_ok()
+}
+
+/// Normalises a Kitfile path and refuses anything that could leave the context directory:
+/// absolute paths, `..` that climbs out, URLs, and empty paths.
+pub fn check_relative_path(p: &str) -> std::result::Result<String, String> {
+    if p.trim().is_empty() {
+        return Err("path is empty".into());
+    }
+    if p.contains("://") {
+        return Err(format!("{p:?} is a URL; only local paths can be packed"));
+    }
+    if p.contains('\0') {
+        return Err("path contains a NUL byte".into());
+    }
+    let path = Path::new(p);
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!(
+                    "{p:?} is absolute; paths must be relative to the context directory"
+                ));
+            }
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if parts.pop().is_none() {
+                    return Err(format!("{p:?} points outside the context directory"));
+                }
+            }
+            Component::Normal(s) => parts.push(s.to_str().ok_or("path is not UTF-8")?),
+        }
+    }
+    if parts.is_empty() {
+        Ok(".".into())
+    } else {
+        Ok(parts.join("/"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+manifestVersion: 1.0.0
+package:
+  name: demo
+  version: 1.2.3
+  authors: [Ada, Grace]
+model:
+  name: tiny
+  path: models/tiny.gguf
+  framework: llama.cpp
+  parameters:
+    b: 2
+    a: {z: 1, y: "<x>"}
+  parts:
+    - name: tok
+      path: models/tokenizer.json
+      type: tokenizer
+code:
+  - path: src
+datasets:
+  - name: train
+    path: data/train.csv
+docs:
+  - path: README.md
+prompts:
+  - path: prompts/system.md
+"#;
+
+    #[test]
+    fn parses_full_kitfile_in_layer_order() {
+        let kf = Kitfile::from_yaml(FULL, "Kitfile").unwrap();
+        let kinds: Vec<_> = kf.layer_entries().iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                LayerKind::Model,
+                LayerKind::ModelPart,
+                LayerKind::Code,
+                LayerKind::Dataset,
+                LayerKind::Docs,
+                LayerKind::Prompt
+            ]
+        );
+        let json = String::from_utf8(kf.to_config_json().unwrap()).unwrap();
+        // Struct field order as in KitOps, parameters sorted, HTML escaped like Go.
+        assert!(json.starts_with(r#"{"manifestVersion":"1.0.0","package":{"name":"demo","version":"1.2.3","authors":["Ada","Grace"]},"model":{"name":"tiny","path":"models/tiny.gguf","framework":"llama.cpp","parts":[{"name":"tok","path":"models/tokenizer.json","type":"tokenizer"}],"parameters":{"a":{"y":"\u003cx\u003e","z":1},"b":2}}"#), "{json}");
+        let back = Kitfile::from_config_json(json.as_bytes()).unwrap();
+        assert_eq!(back, kf);
+    }
+
+    #[test]
+    fn unknown_field_reports_line() {
+        let text = "manifestVersion: 1.0.0\nmodel:\n  path: m.bin\n  weights: 3\n";
+        let e = Kitfile::from_yaml(text, "Kitfile").unwrap_err().to_string();
+        assert!(e.contains("unknown field `weights`"), "{e}");
+        assert!(e.contains("line 4"), "{e}");
+    }
+
+    #[test]
+    fn malformed_yaml_reports_line() {
+        let text = "manifestVersion: 1.0.0\npackage:\n  name: [unclosed\n";
+        let e = Kitfile::from_yaml(text, "Kitfile").unwrap_err().to_string();
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn refuses_escaping_and_duplicate_paths() {
+        for bad in ["../secret", "/etc/passwd", "a/../../b", "http://x/y", ""] {
+            let text = format!("manifestVersion: 1.0.0\ncode:\n  - path: \"{bad}\"\n");
+            assert!(Kitfile::from_yaml(&text, "K").is_err(), "{bad} accepted");
+        }
+        let dup = "manifestVersion: 1.0.0\ncode:\n  - path: src\ndocs:\n  - path: ./src/\n";
+        let e = Kitfile::from_yaml(dup, "K").unwrap_err().to_string();
+        assert!(e.contains("already used"), "{e}");
+        assert_eq!(check_relative_path("a/./b/../c").unwrap(), "a/c");
+        assert_eq!(check_relative_path(".").unwrap(), ".");
+    }
+
+    #[test]
+    fn refuses_layer_info_and_missing_version() {
+        let t = "manifestVersion: 1.0.0\ncode:\n  - path: src\n    digest: sha256:00\n";
+        assert!(Kitfile::from_yaml(t, "K").is_err());
+        assert!(Kitfile::from_yaml("package:\n  name: x\n", "K").is_err());
+        assert!(Kitfile::from_yaml("   \n", "K").is_err());
+    }
+
+    #[test]
+    fn model_parent_reference() {
+        let t = "manifestVersion: 1.0.0\nmodel:\n  path: registry.example.com/org/base:v1\n";
+        let kf = Kitfile::from_yaml(t, "K").unwrap();
+        assert!(kf.model_parent().is_some());
+        assert!(kf.layer_entries().is_empty());
+        assert!(!is_modelkit_reference("models/a.bin"));
+        assert!(!is_modelkit_reference("model:v1"));
+    }
+}

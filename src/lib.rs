@@ -1,0 +1,36 @@
+//! kitsnap: ModelKits (KitOps) and ModelPacks (CNCF) as first-class container artifacts.
+//!
+//! The library is split by job: `kitfile` (schema), `oci` (formats), `store` (local OCI
+//! layout), `pack` / `unpack` (layers), `init` (Kitfile generation), `reference`, `ignore`,
+//! `digest`; `cli` is the command-line front end over them.
+
+pub mod cli;
+pub mod digest;
+pub mod error;
+pub mod ignore;
+pub mod init;
+pub mod kitfile;
+pub mod oci;
+pub mod pack;
+pub mod progress;
+pub mod reference;
+pub mod store;
+pub mod unpack;
+
+pub use error::{Error, Result};
+
+/// Formats a byte count for people (`1.5 GiB`).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

@@ -1,0 +1,51 @@
+//! Progress bars on stderr, drawn only when stderr is a terminal.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// A byte-counting bar with throughput and ETA, or a hidden one when not on a terminal.
+pub fn bytes(total: u64, msg: impl Into<String>, enabled: bool) -> ProgressBar {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{msg:20!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} {eta:>4}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    pb.set_style(style);
+    pb.set_message(msg.into());
+    pb
+}
+
+/// Wraps a reader so that every byte read advances the bar.
+pub struct ProgressReader<R> {
+    inner: R,
+    bar: ProgressBar,
+}
+
+impl<R> ProgressReader<R> {
+    pub fn new(inner: R, bar: ProgressBar) -> Self {
+        ProgressReader { inner, bar }
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bar.inc(n as u64);
+        Ok(n)
+    }
+}
+
+impl<R: std::io::BufRead> std::io::BufRead for ProgressReader<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amt: usize) {
+        self.bar.inc(amt as u64);
+        self.inner.consume(amt)
+    }
+}

@@ -1,0 +1,684 @@
+//! `unpack`: writes a ModelKit's files into a directory, selectively (`--filter`), and
+//! safely: a hostile layer can never write outside the target directory.
+//!
+//! Every layer is digest-verified while it streams. Entries are checked one by one:
+//! absolute paths, `..`, links whose target leaves the directory, device nodes, fifos and
+//! duplicate entries are refused, and no entry is ever written through a symlink. When a
+//! layer fails (bad entry or bad digest), the files it created are removed again.
+
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::io::{BufReader, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::digest::HashingReader;
+use crate::error::{Error, IoContext, Result};
+use crate::kitfile::{self, Kitfile};
+use crate::oci::{
+    ANNOTATION_FILEPATH, ANNOTATION_KITFILE, Compression, Descriptor, LayerKind, Manifest,
+    ModelFormat,
+};
+use crate::progress::{self, ProgressReader};
+use crate::reference::Reference;
+use crate::store::Store;
+
+const IO_BUF: usize = 1 << 20;
+/// KitOps' limit on chained parent ModelKits (`model.path` naming another ModelKit).
+pub const MAX_PARENT_CHAIN: usize = 10;
+
+/// What `--filter` can select.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterType {
+    Kitfile,
+    Model,
+    Datasets,
+    Code,
+    Docs,
+    Prompts,
+}
+
+impl FilterType {
+    fn parse(s: &str) -> Result<FilterType> {
+        Ok(match s {
+            "kitfile" => FilterType::Kitfile,
+            "model" => FilterType::Model,
+            "datasets" => FilterType::Datasets,
+            "code" => FilterType::Code,
+            "docs" => FilterType::Docs,
+            "prompts" => FilterType::Prompts,
+            _ => {
+                return Err(Error::Invalid(format!(
+                    "invalid filter type {s:?} (must be one of kitfile, model, datasets, code, docs, prompts)"
+                )));
+            }
+        })
+    }
+
+    fn for_kind(kind: LayerKind) -> FilterType {
+        match kind {
+            LayerKind::Model | LayerKind::ModelPart => FilterType::Model,
+            LayerKind::Dataset => FilterType::Datasets,
+            LayerKind::Code => FilterType::Code,
+            LayerKind::Docs => FilterType::Docs,
+            LayerKind::Prompt => FilterType::Prompts,
+        }
+    }
+}
+
+/// One `--filter` value: `TYPE[,TYPE...][:NAME_OR_PATH[,NAME_OR_PATH...]]`, as in `kit unpack`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    pub types: Vec<FilterType>,
+    pub ids: Vec<String>,
+}
+
+impl std::str::FromStr for Filter {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Filter> {
+        let mut parts = s.split(':');
+        let types = parts.next().unwrap_or("");
+        let ids = parts.next();
+        if parts.next().is_some() {
+            return Err(Error::Invalid(format!(
+                "invalid filter {s:?}: use <type1>,<type2>[:<name-or-path1>,<name-or-path2>]"
+            )));
+        }
+        Ok(Filter {
+            types: types
+                .split(',')
+                .map(FilterType::parse)
+                .collect::<Result<_>>()?,
+            ids: ids
+                .map(|i| i.split(',').map(str::to_string).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// No filters selects everything; otherwise an item is selected when any filter names its
+/// type and either lists no ids or lists its name or path.
+pub fn selected(filters: &[Filter], t: FilterType, name: &str, path: &str) -> bool {
+    if filters.is_empty() {
+        return true;
+    }
+    let norm = kitfile::check_relative_path(path).unwrap_or_default();
+    filters.iter().any(|f| {
+        f.types.contains(&t)
+            && (f.ids.is_empty()
+                || f.ids.iter().any(|id| {
+                    (!name.is_empty() && id == name)
+                        || (!path.is_empty()
+                            && (id == path
+                                || kitfile::check_relative_path(id).ok().as_deref()
+                                    == Some(norm.as_str())))
+                }))
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct UnpackOptions {
+    pub dest: PathBuf,
+    pub filters: Vec<Filter>,
+    pub overwrite: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct UnpackReport {
+    /// (kind, path) of each layer written.
+    pub layers: Vec<(LayerKind, String)>,
+    pub kitfile_written: bool,
+    pub bytes: u64,
+}
+
+/// A manifest layer matched with its Kitfile entry.
+pub struct LayerPlan {
+    pub kind: LayerKind,
+    pub name: String,
+    pub path: String,
+    pub desc: Descriptor,
+    pub compression: Compression,
+    pub raw: bool,
+}
+
+/// The Kitfile of a ModelKit: its config, or (ModelPack) KitOps' manifest annotation.
+pub fn kitfile_of(store: &Store, manifest: &Manifest) -> Result<Option<Kitfile>> {
+    match manifest.model_format() {
+        Some(ModelFormat::Kit) => Ok(Some(Kitfile::from_config_json(
+            &store.read_blob(&manifest.config)?,
+        )?)),
+        Some(ModelFormat::ModelPack) => match manifest.annotations.get(ANNOTATION_KITFILE) {
+            Some(j) => Ok(Some(Kitfile::from_config_json(j.as_bytes())?)),
+            None => Ok(None),
+        },
+        None => Err(not_a_modelkit(manifest)),
+    }
+}
+
+pub fn not_a_modelkit(manifest: &Manifest) -> Error {
+    Error::NotAModelKit(format!(
+        "not a ModelKit or ModelPack: artifactType is {:?} and config media type is {:?}",
+        manifest.artifact_type.as_deref().unwrap_or(""),
+        manifest.config.media_type
+    ))
+}
+
+/// Pairs each manifest layer with the Kitfile entry it was built from (in order per kind,
+/// as KitOps does).
+pub fn plan_layers(manifest: &Manifest, kf: Option<&Kitfile>) -> Result<Vec<LayerPlan>> {
+    let entries = kf.map(Kitfile::layer_entries).unwrap_or_default();
+    let mut used = vec![false; entries.len()];
+    let mut out = Vec::new();
+    for desc in &manifest.layers {
+        let (lt, kind) = Manifest::layer_kind(desc).ok_or_else(|| {
+            Error::NotAModelKit(format!(
+                "layer {} has media type {:?}, which is not a ModelKit or ModelPack layer",
+                desc.digest, desc.media_type
+            ))
+        })?;
+        let annotated = desc.annotations.get(ANNOTATION_FILEPATH).cloned();
+        let slot = entries
+            .iter()
+            .enumerate()
+            .find(|(i, e)| !used[*i] && e.kind == kind);
+        let (name, path) = match slot {
+            Some((i, e)) => {
+                used[i] = true;
+                (e.name.clone(), e.path.clone())
+            }
+            None => (String::new(), annotated.clone().unwrap_or_default()),
+        };
+        if lt.raw && annotated.is_none() {
+            return Err(Error::NotAModelKit(format!(
+                "raw layer {} has no {ANNOTATION_FILEPATH} annotation",
+                desc.digest
+            )));
+        }
+        out.push(LayerPlan {
+            kind,
+            name,
+            path: if lt.raw {
+                annotated.unwrap_or_default()
+            } else {
+                path
+            },
+            desc: desc.clone(),
+            compression: lt.compression,
+            raw: lt.raw,
+        });
+    }
+    Ok(out)
+}
+
+/// Unpacks the ModelKit `manifest_desc` from the store into `opts.dest`.
+pub fn unpack(
+    store: &Store,
+    manifest_desc: &Descriptor,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport> {
+    fs::create_dir_all(&opts.dest).at(&opts.dest)?;
+    let dest = fs::canonicalize(&opts.dest).at(&opts.dest)?;
+    let mut report = UnpackReport::default();
+    let manifest = store.manifest(manifest_desc)?;
+    let kf = kitfile_of(store, &manifest)?;
+
+    let want_kitfile = opts.filters.is_empty()
+        || opts
+            .filters
+            .iter()
+            .any(|f| f.types.contains(&FilterType::Kitfile));
+    if let (true, Some(kf)) = (want_kitfile, &kf) {
+        let p = dest.join("Kitfile");
+        if fs::symlink_metadata(&p).is_ok() && !opts.overwrite {
+            return Err(Error::Exists(p));
+        }
+        let _ = fs::remove_file(&p);
+        fs::write(&p, kf.to_yaml()?).at(&p)?;
+        report.kitfile_written = true;
+    }
+
+    // Parent chain: the model comes from the ModelKit that model.path names.
+    let mut chain = Vec::new();
+    if let Some(kf) = &kf {
+        let mut parent = kf.model_parent();
+        let model_wanted = opts.filters.is_empty()
+            || opts
+                .filters
+                .iter()
+                .any(|f| f.types.contains(&FilterType::Model));
+        while let (Some(r), true) = (parent.take(), model_wanted) {
+            if chain.len() >= MAX_PARENT_CHAIN {
+                return Err(Error::Invalid(format!(
+                    "more than {MAX_PARENT_CHAIN} chained parent ModelKits"
+                )));
+            }
+            let pd = store.resolve(&r).map_err(|_| {
+                Error::NotFound(format!(
+                    "parent ModelKit {r} (named by model.path; pull it first)"
+                ))
+            })?;
+            let pm = store.manifest(&pd)?;
+            let pkf = kitfile_of(store, &pm)?;
+            parent = pkf.as_ref().and_then(Kitfile::model_parent);
+            chain.push((pm, pkf));
+        }
+    }
+
+    let mut work: Vec<LayerPlan> = Vec::new();
+    for (pm, pkf) in &chain {
+        work.extend(
+            plan_layers(pm, pkf.as_ref())?
+                .into_iter()
+                .filter(|l| matches!(l.kind, LayerKind::Model | LayerKind::ModelPart)),
+        );
+    }
+    work.extend(plan_layers(&manifest, kf.as_ref())?);
+    work.retain(|l| {
+        selected(
+            &opts.filters,
+            FilterType::for_kind(l.kind),
+            &l.name,
+            &l.path,
+        )
+    });
+
+    let total = work.iter().map(|l| l.desc.size).sum();
+    let bar = progress::bytes(total, "unpacking", opts.progress);
+    for l in &work {
+        bar.set_message(format!("{} {}", l.kind.user_str(), l.path));
+        let file = store.open_blob(&l.desc.digest)?;
+        let reader = ProgressReader::new(BufReader::with_capacity(IO_BUF, file), bar.clone());
+        let what = format!(
+            "{} layer {} ({})",
+            l.kind.user_str(),
+            l.path,
+            l.desc.digest.short()
+        );
+        if l.raw {
+            extract_raw(reader, &l.desc, &dest, &l.path, opts.overwrite, &what)?;
+        } else {
+            extract_layer(reader, &l.desc, l.compression, &dest, opts.overwrite, &what)?;
+        }
+        report.layers.push((l.kind, l.path.clone()));
+        report.bytes += l.desc.size;
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+/// Removes what a failed layer created, newest first.
+struct Rollback(Vec<PathBuf>);
+
+impl Rollback {
+    fn undo(&mut self) {
+        for p in self.0.drain(..).rev() {
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    let _ = fs::remove_dir(&p);
+                }
+                Ok(_) => {
+                    let _ = fs::remove_file(&p);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Streams one tar layer (any compression) into `dest`, verifying its digest and size.
+pub fn extract_layer<R: Read>(
+    reader: R,
+    desc: &Descriptor,
+    compression: Compression,
+    dest: &Path,
+    overwrite: bool,
+    what: &str,
+) -> Result<()> {
+    let mut hr = HashingReader::new(reader);
+    let mut rb = Rollback(Vec::new());
+    let res = (|| -> Result<()> {
+        match compression {
+            Compression::None => extract_tar(&mut hr, dest, overwrite, what, &mut rb.0),
+            Compression::Gzip | Compression::GzipFastest => extract_tar(
+                flate2::read::GzDecoder::new(&mut hr),
+                dest,
+                overwrite,
+                what,
+                &mut rb.0,
+            ),
+            Compression::Zstd => extract_tar(
+                zstd::stream::read::Decoder::new(&mut hr)?,
+                dest,
+                overwrite,
+                what,
+                &mut rb.0,
+            ),
+        }
+    })();
+    let checked = res.and_then(|()| verify(hr, desc));
+    if checked.is_err() {
+        rb.undo();
+    }
+    checked
+}
+
+fn verify<R: Read>(hr: HashingReader<R>, desc: &Descriptor) -> Result<()> {
+    let (actual, n) = hr.finish()?;
+    if actual != desc.digest {
+        return Err(Error::DigestMismatch {
+            digest: desc.digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    if n != desc.size {
+        return Err(Error::SizeMismatch {
+            digest: desc.digest.to_string(),
+            expected: desc.size,
+            actual: n,
+        });
+    }
+    Ok(())
+}
+
+/// Splits a path from an archive into safe components, refusing absolute paths and `..`.
+fn safe_components(raw: &str, what: &str) -> Result<Vec<String>> {
+    let unsafe_err = |msg: String| Error::UnsafeLayer {
+        layer: what.to_string(),
+        msg,
+    };
+    if raw.starts_with('/') {
+        return Err(unsafe_err(format!("entry {raw:?} has an absolute path")));
+    }
+    if raw.contains('\0') || raw.contains('\\') && raw.contains("..") {
+        return Err(unsafe_err(format!("entry {raw:?} has an invalid path")));
+    }
+    let mut out = Vec::new();
+    for c in raw.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return Err(unsafe_err(format!("entry {raw:?} contains `..`"))),
+            c => out.push(c.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// Makes sure every parent of `rel` under `dest` is a real directory (creating missing
+/// ones), so nothing is ever written through a symlink.
+fn ensure_parents(
+    dest: &Path,
+    parts: &[String],
+    checked: &mut HashSet<PathBuf>,
+    created: &mut Vec<PathBuf>,
+    what: &str,
+) -> Result<PathBuf> {
+    let mut cur = dest.to_path_buf();
+    for p in &parts[..parts.len().saturating_sub(1)] {
+        cur.push(p);
+        if checked.contains(&cur) {
+            continue;
+        }
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::UnsafeLayer {
+                    layer: what.to_string(),
+                    msg: format!(
+                        "entry {:?} would be written through the symlink {}",
+                        parts.join("/"),
+                        cur.display()
+                    ),
+                });
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "{}: cannot create a directory where a file exists",
+                    cur.display()
+                )));
+            }
+            Err(_) => {
+                fs::create_dir(&cur).at(&cur)?;
+                created.push(cur.clone());
+            }
+        }
+        checked.insert(cur.clone());
+    }
+    Ok(cur.join(parts.last().map(String::as_str).unwrap_or("")))
+}
+
+/// Clears the way for a new file at `target`: refuses an existing one unless overwriting.
+fn make_room(target: &Path, overwrite: bool) -> Result<()> {
+    match fs::symlink_metadata(target) {
+        Err(_) => Ok(()),
+        Ok(_) if !overwrite => Err(Error::Exists(target.to_path_buf())),
+        Ok(m) if m.is_dir() => Err(Error::Invalid(format!(
+            "{}: a directory is in the way of a file",
+            target.display()
+        ))),
+        Ok(_) => fs::remove_file(target).at(target),
+    }
+}
+
+fn extract_tar<R: Read>(
+    reader: R,
+    dest: &Path,
+    overwrite: bool,
+    what: &str,
+    created: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let unsafe_err = |msg: String| Error::UnsafeLayer {
+        layer: what.to_string(),
+        msg,
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut seen: HashSet<Vec<String>> = HashSet::new();
+    let mut files: HashSet<Vec<String>> = HashSet::new();
+    let mut checked: HashSet<PathBuf> = HashSet::new();
+    let mut buf = vec![0u8; IO_BUF];
+    for entry in archive
+        .entries()
+        .map_err(|e| unsafe_err(format!("not a tar archive: {e}")))?
+    {
+        let mut entry = entry.map_err(|e| unsafe_err(format!("corrupt tar: {e}")))?;
+        let et = entry.header().entry_type();
+        if matches!(et, tar::EntryType::XGlobalHeader) {
+            continue;
+        }
+        let raw = String::from_utf8(entry.path_bytes().into_owned())
+            .map_err(|_| unsafe_err("entry name is not UTF-8".into()))?;
+        let parts = safe_components(&raw, what)?;
+        if parts.is_empty() {
+            if et.is_dir() {
+                continue;
+            }
+            return Err(unsafe_err(format!("entry {raw:?} has an empty path")));
+        }
+        if !seen.insert(parts.clone()) {
+            return Err(unsafe_err(format!("duplicate entry {raw:?}")));
+        }
+        let target = ensure_parents(dest, &parts, &mut checked, created, what)?;
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        match et {
+            tar::EntryType::Directory => match fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(unsafe_err(format!(
+                        "directory entry {raw:?} collides with a symlink"
+                    )));
+                }
+                Ok(_) => {
+                    return Err(Error::Invalid(format!(
+                        "{}: a file is in the way of a directory",
+                        target.display()
+                    )));
+                }
+                Err(_) => {
+                    fs::create_dir(&target).at(&target)?;
+                    created.push(target.clone());
+                    // Keep directories writable for the rest of the layer.
+                    fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
+                        .at(&target)?;
+                }
+            },
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                make_room(&target, overwrite)?;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(mode)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&target)
+                    .at(&target)?;
+                created.push(target.clone());
+                loop {
+                    let n = entry
+                        .read(&mut buf)
+                        .map_err(|e| unsafe_err(format!("truncated entry {raw:?}: {e}")))?;
+                    if n == 0 {
+                        break;
+                    }
+                    f.write_all(&buf[..n]).at(&target)?;
+                }
+                files.insert(parts.clone());
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| unsafe_err(format!("symlink {raw:?} has no target")))?;
+                let link = String::from_utf8(link.into_owned())
+                    .map_err(|_| unsafe_err(format!("symlink {raw:?} target is not UTF-8")))?;
+                if link.starts_with('/') {
+                    return Err(unsafe_err(format!(
+                        "symlink {raw:?} points to absolute path {link:?}"
+                    )));
+                }
+                // Resolve the target against the link's directory; it must stay inside.
+                let mut depth: Vec<&str> = parts[..parts.len() - 1]
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                for c in link.split('/') {
+                    match c {
+                        "" | "." => {}
+                        ".." => {
+                            if depth.pop().is_none() {
+                                return Err(unsafe_err(format!(
+                                    "symlink {raw:?} -> {link:?} points outside the target directory"
+                                )));
+                            }
+                        }
+                        c => depth.push(c),
+                    }
+                }
+                make_room(&target, overwrite)?;
+                std::os::unix::fs::symlink(&link, &target).at(&target)?;
+                created.push(target.clone());
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| unsafe_err(format!("hardlink {raw:?} has no target")))?;
+                let link = String::from_utf8(link.into_owned())
+                    .map_err(|_| unsafe_err(format!("hardlink {raw:?} target is not UTF-8")))?;
+                let lparts = safe_components(&link, what).map_err(|_| {
+                    unsafe_err(format!(
+                        "hardlink {raw:?} -> {link:?} points outside the target directory"
+                    ))
+                })?;
+                if !files.contains(&lparts) {
+                    return Err(unsafe_err(format!(
+                        "hardlink {raw:?} -> {link:?} must name a file earlier in the same layer"
+                    )));
+                }
+                make_room(&target, overwrite)?;
+                let src = lparts.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
+                fs::hard_link(&src, &target).at(&target)?;
+                created.push(target.clone());
+                files.insert(parts.clone());
+            }
+            other => {
+                let kind = match other {
+                    tar::EntryType::Char | tar::EntryType::Block => "device node",
+                    tar::EntryType::Fifo => "fifo",
+                    _ => "unsupported entry type",
+                };
+                return Err(unsafe_err(format!("entry {raw:?} is a {kind}; refused")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A ModelPack `.raw` layer: the blob is the file itself.
+fn extract_raw<R: Read>(
+    reader: R,
+    desc: &Descriptor,
+    dest: &Path,
+    path: &str,
+    overwrite: bool,
+    what: &str,
+) -> Result<()> {
+    let parts = safe_components(path, what)?;
+    if parts.is_empty() {
+        return Err(Error::UnsafeLayer {
+            layer: what.to_string(),
+            msg: "raw layer has an empty file path".into(),
+        });
+    }
+    let mut created = Vec::new();
+    let mut checked = HashSet::new();
+    let mut hr = HashingReader::new(reader);
+    let res = (|| -> Result<()> {
+        let target = ensure_parents(dest, &parts, &mut checked, &mut created, what)?;
+        make_room(&target, overwrite)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&target)
+            .at(&target)?;
+        created.push(target.clone());
+        std::io::copy(&mut hr, &mut f).at(&target)?;
+        Ok(())
+    })();
+    let checked = res.and_then(|()| verify(hr, desc));
+    if checked.is_err() {
+        Rollback(created).undo();
+    }
+    checked
+}
+
+/// Convenience for callers holding a reference.
+pub fn unpack_ref(store: &Store, r: &Reference, opts: &UnpackOptions) -> Result<UnpackReport> {
+    let d = store.resolve(r)?;
+    unpack(store, &d, opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_syntax() {
+        let f: Filter = "model,datasets:train,data/x.csv".parse().unwrap();
+        assert_eq!(f.types, vec![FilterType::Model, FilterType::Datasets]);
+        assert_eq!(f.ids, vec!["train", "data/x.csv"]);
+        assert!("weights".parse::<Filter>().is_err());
+        assert!("model:a:b".parse::<Filter>().is_err());
+        let fs = vec![f];
+        assert!(selected(&fs, FilterType::Datasets, "train", "data/t.csv"));
+        assert!(selected(&fs, FilterType::Datasets, "", "./data/x.csv"));
+        assert!(!selected(&fs, FilterType::Datasets, "val", "data/v.csv"));
+        assert!(!selected(&fs, FilterType::Code, "", "src"));
+        assert!(selected(&[], FilterType::Code, "", "src"));
+    }
+
+    #[test]
+    fn component_safety() {
+        assert!(safe_components("/etc/passwd", "l").is_err());
+        assert!(safe_components("a/../../b", "l").is_err());
+        assert_eq!(safe_components("./a//b/", "l").unwrap(), vec!["a", "b"]);
+    }
+}
