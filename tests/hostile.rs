@@ -43,12 +43,16 @@ fn tar_of(entries: &[Vec<u8>]) -> Vec<u8> {
 /// Stores a one-layer ModelKit whose model layer is `layer`, tagged `name`.
 fn store_kit(store: &Path, name: &str, layer: &[u8]) {
     let s = Store::open(store).unwrap();
-    let l = s.put_bytes("application/vnd.kitops.modelkit.model.v1.tar", layer).unwrap();
+    let l = s
+        .put_bytes("application/vnd.kitops.modelkit.model.v1.tar", layer)
+        .unwrap();
     let cfg = format!(
         r#"{{"manifestVersion":"1.0.0","package":{{"name":"evil"}},"model":{{"path":"m","digest":"{}"}}}}"#,
         l.digest
     );
-    let c = s.put_bytes(oci::KIT_CONFIG_MEDIA_TYPE, cfg.as_bytes()).unwrap();
+    let c = s
+        .put_bytes(oci::KIT_CONFIG_MEDIA_TYPE, cfg.as_bytes())
+        .unwrap();
     let m = Manifest {
         schema_version: 2,
         media_type: Some(oci::MEDIA_TYPE_MANIFEST.into()),
@@ -58,7 +62,9 @@ fn store_kit(store: &Path, name: &str, layer: &[u8]) {
         subject: None,
         annotations: BTreeMap::new(),
     };
-    let md = s.put_bytes(oci::MEDIA_TYPE_MANIFEST, &oci::to_go_json(&m).unwrap()).unwrap();
+    let md = s
+        .put_bytes(oci::MEDIA_TYPE_MANIFEST, &oci::to_go_json(&m).unwrap())
+        .unwrap();
     s.tag(&name.parse().unwrap(), &md).unwrap();
 }
 
@@ -70,9 +76,22 @@ fn assert_refused(layer: Vec<u8>, expect: &str) {
     let sandbox = t.path().join("sandbox");
     let out = sandbox.join("out");
     fs::create_dir_all(&out).unwrap();
-    let e = fails(&store, &["unpack", "evil:1", "-d", out.to_str().unwrap(), "--filter", "model"]);
+    let e = fails(
+        &store,
+        &[
+            "unpack",
+            "evil:1",
+            "-d",
+            out.to_str().unwrap(),
+            "--filter",
+            "model",
+        ],
+    );
     assert!(e.contains(expect), "expected {expect:?} in: {e}");
-    let outside: Vec<_> = fs::read_dir(&sandbox).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let outside: Vec<_> = fs::read_dir(&sandbox)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(outside, ["out"], "something was written beside the target");
     assert!(!t.path().join("evil").exists() && !Path::new("/tmp/kitsnap-evil").exists());
     // What the layer managed to create before it was refused has been removed again.
@@ -81,19 +100,34 @@ fn assert_refused(layer: Vec<u8>, expect: &str) {
 
 #[test]
 fn refuses_parent_traversal() {
-    assert_refused(tar_of(&[entry("m/ok", b'0', "", b"x"), entry("../evil", b'0', "", b"x")]), "contains `..`");
-    assert_refused(tar_of(&[entry("m/../../evil", b'0', "", b"x")]), "contains `..`");
+    assert_refused(
+        tar_of(&[
+            entry("m/ok", b'0', "", b"x"),
+            entry("../evil", b'0', "", b"x"),
+        ]),
+        "contains `..`",
+    );
+    assert_refused(
+        tar_of(&[entry("m/../../evil", b'0', "", b"x")]),
+        "contains `..`",
+    );
 }
 
 #[test]
 fn refuses_absolute_paths() {
-    assert_refused(tar_of(&[entry("/tmp/kitsnap-evil", b'0', "", b"x")]), "absolute path");
+    assert_refused(
+        tar_of(&[entry("/tmp/kitsnap-evil", b'0', "", b"x")]),
+        "absolute path",
+    );
 }
 
 #[test]
 fn refuses_symlinks_leaving_the_target() {
     assert_refused(tar_of(&[entry("m/l", b'2', "/etc", b"")]), "absolute path");
-    assert_refused(tar_of(&[entry("m/l", b'2', "../../evil", b"")]), "outside the target");
+    assert_refused(
+        tar_of(&[entry("m/l", b'2', "../../evil", b"")]),
+        "outside the target",
+    );
 }
 
 #[test]
@@ -107,9 +141,15 @@ fn refuses_writing_through_a_symlink() {
 
 #[test]
 fn refuses_hardlinks_leaving_the_target() {
-    assert_refused(tar_of(&[entry("m/h", b'1', "/etc/passwd", b"")]), "hardlink");
+    assert_refused(
+        tar_of(&[entry("m/h", b'1', "/etc/passwd", b"")]),
+        "hardlink",
+    );
     assert_refused(tar_of(&[entry("m/h", b'1', "../../x", b"")]), "hardlink");
-    assert_refused(tar_of(&[entry("m/h", b'1', "m/not-earlier", b"")]), "earlier in the same layer");
+    assert_refused(
+        tar_of(&[entry("m/h", b'1', "m/not-earlier", b"")]),
+        "earlier in the same layer",
+    );
 }
 
 #[test]
@@ -127,7 +167,11 @@ fn refuses_devices_fifos_and_duplicates() {
 fn refuses_corrupt_blobs_and_rolls_back() {
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
-    store_kit(&store, "k:1", &tar_of(&[entry("m/weights", b'0', "", &bytes(5000, 3))]));
+    store_kit(
+        &store,
+        "k:1",
+        &tar_of(&[entry("m/weights", b'0', "", &bytes(5000, 3))]),
+    );
     let s = Store::open(&store).unwrap();
     let d = s.resolve(&"k:1".parse().unwrap()).unwrap();
     let m = s.manifest(&d).unwrap();
@@ -136,9 +180,23 @@ fn refuses_corrupt_blobs_and_rolls_back() {
     data[600] ^= 0xff; // inside the file's bytes: still a valid tar
     fs::write(&path, &data).unwrap();
     let out = t.path().join("out");
-    let e = fails(&store, &["unpack", "k:1", "-d", out.to_str().unwrap(), "--filter", "model"]);
+    let e = fails(
+        &store,
+        &[
+            "unpack",
+            "k:1",
+            "-d",
+            out.to_str().unwrap(),
+            "--filter",
+            "model",
+        ],
+    );
     assert!(e.contains("does not match its digest"), "{e}");
-    assert!(files(&out).is_empty(), "corrupt content was left: {:?}", files(&out));
+    assert!(
+        files(&out).is_empty(),
+        "corrupt content was left: {:?}",
+        files(&out)
+    );
 
     // A tampered manifest is caught before any layer is read.
     let mpath = s.blob_path(&d.digest);
@@ -164,7 +222,17 @@ fn accepts_safe_links_inside_the_layer() {
         ]),
     );
     let out = t.path().join("out");
-    ok(&store, &["unpack", "ok:1", "-d", out.to_str().unwrap(), "--filter", "model"]);
+    ok(
+        &store,
+        &[
+            "unpack",
+            "ok:1",
+            "-d",
+            out.to_str().unwrap(),
+            "--filter",
+            "model",
+        ],
+    );
     assert_eq!(fs::read(out.join("m/soft")).unwrap(), b"data");
     assert_eq!(fs::read(out.join("m/hard")).unwrap(), b"data");
 }
@@ -174,7 +242,9 @@ fn rejects_non_modelkit_artifacts() {
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
     let s = Store::open(&store).unwrap();
-    let c = s.put_bytes("application/vnd.oci.image.config.v1+json", b"{}").unwrap();
+    let c = s
+        .put_bytes("application/vnd.oci.image.config.v1+json", b"{}")
+        .unwrap();
     let m = Manifest {
         schema_version: 2,
         media_type: Some(oci::MEDIA_TYPE_MANIFEST.into()),
@@ -184,8 +254,18 @@ fn rejects_non_modelkit_artifacts() {
         subject: None,
         annotations: BTreeMap::new(),
     };
-    let md = s.put_bytes(oci::MEDIA_TYPE_MANIFEST, &oci::to_go_json(&m).unwrap()).unwrap();
+    let md = s
+        .put_bytes(oci::MEDIA_TYPE_MANIFEST, &oci::to_go_json(&m).unwrap())
+        .unwrap();
     s.tag(&"image:1".parse().unwrap(), &md).unwrap();
-    let e = fails(&store, &["unpack", "image:1", "-d", t.path().join("o").to_str().unwrap()]);
+    let e = fails(
+        &store,
+        &[
+            "unpack",
+            "image:1",
+            "-d",
+            t.path().join("o").to_str().unwrap(),
+        ],
+    );
     assert!(e.contains("not a ModelKit"), "{e}");
 }

@@ -45,16 +45,36 @@ fn multi_gb_pack_and_unpack_in_flat_memory() {
     fs::create_dir_all(&src).unwrap();
     let size = 5 * GIB / 2;
     let sum = sparse_file(&src.join("big.bin"), size);
-    fs::write(src.join("Kitfile"), "manifestVersion: 1.0.0\nmodel:\n  path: big.bin\n").unwrap();
+    fs::write(
+        src.join("Kitfile"),
+        "manifestVersion: 1.0.0\nmodel:\n  path: big.bin\n",
+    )
+    .unwrap();
     ok(&store, &["pack", src.to_str().unwrap(), "-t", "big:1"]);
     fs::remove_file(src.join("big.bin")).unwrap(); // keep disk use down
     let out = t.path().join("out");
-    ok(&store, &["unpack", "big:1", "-d", out.to_str().unwrap(), "--filter", "model"]);
+    ok(
+        &store,
+        &[
+            "unpack",
+            "big:1",
+            "-d",
+            out.to_str().unwrap(),
+            "--filter",
+            "model",
+        ],
+    );
     assert_eq!(fs::metadata(out.join("big.bin")).unwrap().len(), size);
     assert_eq!(sha256_file(&out.join("big.bin")), sum);
     let rss_mib = children_max_rss_kib() / 1024;
-    eprintln!("peak RSS of kitsnap children: {rss_mib} MiB for a {} GiB file", size / GIB);
-    assert!(rss_mib < 64, "peak RSS {rss_mib} MiB; memory must not grow with the model");
+    eprintln!(
+        "peak RSS of kitsnap children: {rss_mib} MiB for a {} GiB file",
+        size / GIB
+    );
+    assert!(
+        rss_mib < 64,
+        "peak RSS {rss_mib} MiB; memory must not grow with the model"
+    );
 }
 
 #[test]
@@ -68,10 +88,21 @@ fn killed_pack_leaves_a_valid_store() {
     let big = t.path().join("big");
     fs::create_dir_all(&big).unwrap();
     sparse_file(&big.join("w.bin"), 2 * GIB);
-    fs::write(big.join("Kitfile"), "manifestVersion: 1.0.0\nmodel:\n  path: w.bin\n").unwrap();
+    fs::write(
+        big.join("Kitfile"),
+        "manifestVersion: 1.0.0\nmodel:\n  path: w.bin\n",
+    )
+    .unwrap();
     let mut child = std::process::Command::new(bin())
         .env("KITSNAP_STORE", &store)
-        .args(["pack", big.to_str().unwrap(), "-t", "demo:big", "--compression", "gzip-fastest"])
+        .args([
+            "pack",
+            big.to_str().unwrap(),
+            "-t",
+            "demo:big",
+            "--compression",
+            "gzip-fastest",
+        ])
         .spawn()
         .unwrap();
     // Wait until the layer is being written, then kill -9.
@@ -96,17 +127,36 @@ fn killed_pack_leaves_a_valid_store() {
     let _ = child.wait();
     assert!(killed_mid_write, "pack finished before it could be killed");
 
-    assert_eq!(fs::read(store.join("index.json")).unwrap(), index_before, "index untouched");
+    assert_eq!(
+        fs::read(store.join("index.json")).unwrap(),
+        index_before,
+        "index untouched"
+    );
     // Every blob present is complete: its content matches its name.
     for e in fs::read_dir(store.join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
-        assert_eq!(sha256_file(&e.path()), e.file_name().to_string_lossy(), "torn blob");
+        assert_eq!(
+            sha256_file(&e.path()),
+            e.file_name().to_string_lossy(),
+            "torn blob"
+        );
     }
     let out = t.path().join("out");
-    ok(&store, &["unpack", "demo:good", "-d", out.to_str().unwrap()]);
+    ok(
+        &store,
+        &["unpack", "demo:good", "-d", out.to_str().unwrap()],
+    );
     assert!(fails(&store, &["inspect", "demo:big"]).contains("not found"));
     // Garbage collection clears the dead writer's temporary file.
     ok(&store, &["remove", "--prune"]);
     assert_eq!(fs::read_dir(store.join("ingest")).unwrap().count(), 0);
-    ok(&store, &["unpack", "demo:good", "-d", t.path().join("out2").to_str().unwrap()]);
+    ok(
+        &store,
+        &[
+            "unpack",
+            "demo:good",
+            "-d",
+            t.path().join("out2").to_str().unwrap(),
+        ],
+    );
 }

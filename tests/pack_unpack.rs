@@ -21,14 +21,25 @@ fn round_trip_every_format_and_compression() {
     for mp in [false, true] {
         for comp in ["none", "gzip", "gzip-fastest", "zstd"] {
             let tag = format!("demo:{comp}-{mp}");
-            let mut args = vec!["pack", src.to_str().unwrap(), "-t", &tag, "--compression", comp];
+            let mut args = vec![
+                "pack",
+                src.to_str().unwrap(),
+                "-t",
+                &tag,
+                "--compression",
+                comp,
+            ];
             if mp {
                 args.push("--use-model-pack");
             }
             let digest = ok(&store, &args);
             assert!(digest.trim().starts_with("sha256:"), "{digest}");
             let m = manifest(&store, &tag);
-            assert_eq!(m.layers.len(), 7, "model, part, code, 2 datasets, docs, prompt");
+            assert_eq!(
+                m.layers.len(),
+                7,
+                "model, part, code, 2 datasets, docs, prompt"
+            );
             for l in &m.layers {
                 let lt = LayerType::parse(&l.media_type).expect("known media type");
                 assert_eq!(lt.format == kitsnap::oci::ModelFormat::ModelPack, mp);
@@ -37,7 +48,10 @@ fn round_trip_every_format_and_compression() {
             let out = t.path().join(format!("out-{comp}-{mp}"));
             ok(&store, &["unpack", &tag, "-d", out.to_str().unwrap()]);
             let mut got = files(&out);
-            let kitfile = got.iter().position(|(p, _)| p == "Kitfile").expect("Kitfile unpacked");
+            let kitfile = got
+                .iter()
+                .position(|(p, _)| p == "Kitfile")
+                .expect("Kitfile unpacked");
             let (_, kf) = got.remove(kitfile);
             assert!(String::from_utf8(kf).unwrap().contains("demo-model"));
             assert_eq!(got, expected, "{comp} model-pack={mp}");
@@ -50,11 +64,30 @@ fn kit_manifest_matches_kitops_format() {
     let t = tempfile::tempdir().unwrap();
     let (src, store) = (t.path().join("src"), t.path().join("store"));
     demo_tree(&src);
-    ok(&store, &["pack", src.to_str().unwrap(), "-t", "demo:v1", "--compression", "gzip"]);
+    ok(
+        &store,
+        &[
+            "pack",
+            src.to_str().unwrap(),
+            "-t",
+            "demo:v1",
+            "--compression",
+            "gzip",
+        ],
+    );
     let m = manifest(&store, "demo:v1");
-    assert_eq!(m.media_type.as_deref(), Some("application/vnd.oci.image.manifest.v1+json"));
-    assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.kitops.modelkit.manifest.v1+json"));
-    assert_eq!(m.config.media_type, "application/vnd.kitops.modelkit.config.v1+json");
+    assert_eq!(
+        m.media_type.as_deref(),
+        Some("application/vnd.oci.image.manifest.v1+json")
+    );
+    assert_eq!(
+        m.artifact_type.as_deref(),
+        Some("application/vnd.kitops.modelkit.manifest.v1+json")
+    );
+    assert_eq!(
+        m.config.media_type,
+        "application/vnd.kitops.modelkit.config.v1+json"
+    );
     let types: Vec<&str> = m.layers.iter().map(|l| l.media_type.as_str()).collect();
     assert_eq!(
         types,
@@ -69,7 +102,10 @@ fn kit_manifest_matches_kitops_format() {
         ]
     );
     assert_eq!(
-        m.layers[6].annotations.get("ml.kitops.modelkit.layer-subtype").map(String::as_str),
+        m.layers[6]
+            .annotations
+            .get("ml.kitops.modelkit.layer-subtype")
+            .map(String::as_str),
         Some("prompt")
     );
     assert!(m.annotations.contains_key("ml.kitops.modelkit.cli-version"));
@@ -78,8 +114,14 @@ fn kit_manifest_matches_kitops_format() {
     let cfg = String::from_utf8(cfg).unwrap();
     assert!(cfg.starts_with(r#"{"manifestVersion":"1.0.0","package":{"name":"demo","version":"1.0.0","description":"A demo \u003cmodel\u003e \u0026 friends","license":"Apache-2.0","authors":["Kitsnap Tests"]},"model":{"name":"demo-model","path":"models/weights.safetensors","format":"safetensors","parts":[{"name":"tokenizer","path":"models/tokenizer.json","type":"tokenizer","digest":"sha256:"#), "{cfg}");
     let v: serde_json::Value = serde_json::from_str(&cfg).unwrap();
-    assert_eq!(v["model"]["digest"].as_str(), Some(m.layers[0].digest.as_str()));
-    assert_ne!(v["model"]["diffId"], v["model"]["digest"], "gzip: diffId is the uncompressed digest");
+    assert_eq!(
+        v["model"]["digest"].as_str(),
+        Some(m.layers[0].digest.as_str())
+    );
+    assert_ne!(
+        v["model"]["diffId"], v["model"]["digest"],
+        "gzip: diffId is the uncompressed digest"
+    );
     // Layer tars hold paths relative to the context, parents first, uid/gid 0, mtime 0.
     let blob = fs::File::open(store.join("blobs/sha256").join(m.layers[2].digest.hex())).unwrap();
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(blob));
@@ -88,7 +130,11 @@ fn kit_manifest_matches_kitops_format() {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            (e.path().unwrap().to_string_lossy().into_owned(), e.header().uid().unwrap(), e.header().mtime().unwrap())
+            (
+                e.path().unwrap().to_string_lossy().into_owned(),
+                e.header().uid().unwrap(),
+                e.header().mtime().unwrap(),
+            )
         })
         .collect();
     assert_eq!(
@@ -107,13 +153,39 @@ fn model_pack_config_and_kitfile_annotation() {
     let t = tempfile::tempdir().unwrap();
     let (src, store) = (t.path().join("src"), t.path().join("store"));
     demo_tree(&src);
-    ok(&store, &["pack", src.to_str().unwrap(), "-t", "demo:mp", "--use-model-pack", "--compression", "zstd"]);
+    ok(
+        &store,
+        &[
+            "pack",
+            src.to_str().unwrap(),
+            "-t",
+            "demo:mp",
+            "--use-model-pack",
+            "--compression",
+            "zstd",
+        ],
+    );
     let m = manifest(&store, "demo:mp");
-    assert_eq!(m.artifact_type.as_deref(), Some("application/vnd.cncf.model.manifest.v1+json"));
-    assert_eq!(m.config.media_type, "application/vnd.cncf.model.config.v1+json");
-    assert_eq!(m.layers[0].media_type, "application/vnd.cncf.model.weight.v1.tar+zstd");
-    assert_eq!(m.layers[1].media_type, "application/vnd.cncf.model.weight.config.v1.tar+zstd");
-    assert_eq!(m.layers[5].media_type, "application/vnd.cncf.model.doc.v1.tar+zstd");
+    assert_eq!(
+        m.artifact_type.as_deref(),
+        Some("application/vnd.cncf.model.manifest.v1+json")
+    );
+    assert_eq!(
+        m.config.media_type,
+        "application/vnd.cncf.model.config.v1+json"
+    );
+    assert_eq!(
+        m.layers[0].media_type,
+        "application/vnd.cncf.model.weight.v1.tar+zstd"
+    );
+    assert_eq!(
+        m.layers[1].media_type,
+        "application/vnd.cncf.model.weight.config.v1.tar+zstd"
+    );
+    assert_eq!(
+        m.layers[5].media_type,
+        "application/vnd.cncf.model.doc.v1.tar+zstd"
+    );
     let cfg: serde_json::Value = serde_json::from_slice(
         &fs::read(store.join("blobs/sha256").join(m.config.digest.hex())).unwrap(),
     )
@@ -123,7 +195,10 @@ fn model_pack_config_and_kitfile_annotation() {
     assert_eq!(cfg["descriptor"]["name"], "demo");
     assert_eq!(cfg["descriptor"]["licenses"][0], "Apache-2.0");
     assert_eq!(cfg["config"]["format"], "safetensors");
-    let kf = m.annotations.get("ml.kitops.modelkit.kitfile").expect("Kitfile annotation");
+    let kf = m
+        .annotations
+        .get("ml.kitops.modelkit.kitfile")
+        .expect("Kitfile annotation");
     assert!(kf.contains("\"demo-model\""));
     let info = ok(&store, &["info", "demo:mp"]);
     assert!(info.contains("name: demo-model"), "{info}");
@@ -136,7 +211,17 @@ fn packing_is_reproducible_and_deduplicated() {
     demo_tree(&src);
     let s1 = t.path().join("s1");
     let s2 = t.path().join("s2");
-    let d1 = ok(&s1, &["pack", src.to_str().unwrap(), "-t", "a:1", "--compression", "gzip"]);
+    let d1 = ok(
+        &s1,
+        &[
+            "pack",
+            src.to_str().unwrap(),
+            "-t",
+            "a:1",
+            "--compression",
+            "gzip",
+        ],
+    );
     // New mtimes, a fresh store: the digest must not change.
     for f in ["models/weights.safetensors", "src/app.py"] {
         let p = src.join(f);
@@ -144,13 +229,33 @@ fn packing_is_reproducible_and_deduplicated() {
         std::thread::sleep(std::time::Duration::from_millis(1100));
         fs::write(&p, data).unwrap();
     }
-    let d2 = ok(&s2, &["pack", src.to_str().unwrap(), "-t", "b:2", "--compression", "gzip"]);
+    let d2 = ok(
+        &s2,
+        &[
+            "pack",
+            src.to_str().unwrap(),
+            "-t",
+            "b:2",
+            "--compression",
+            "gzip",
+        ],
+    );
     assert_eq!(d1, d2);
 
     // A second kit sharing the weights adds only its new blobs.
     let before = blob_count(&s1);
     fs::write(src.join("README.md"), b"# Changed docs\n").unwrap();
-    ok(&s1, &["pack", src.to_str().unwrap(), "-t", "a:2", "--compression", "gzip"]);
+    ok(
+        &s1,
+        &[
+            "pack",
+            src.to_str().unwrap(),
+            "-t",
+            "a:2",
+            "--compression",
+            "gzip",
+        ],
+    );
     // New docs layer, new config, new manifest; the weights and the rest are shared.
     assert_eq!(blob_count(&s1), before + 3);
 }
@@ -164,27 +269,105 @@ fn selective_unpack_with_filters() {
     let names = |d: &std::path::Path| files(d).into_iter().map(|f| f.0).collect::<Vec<_>>();
 
     let o = t.path().join("o1");
-    ok(&store, &["unpack", "demo:v1", "-d", o.to_str().unwrap(), "--filter", "model"]);
-    assert_eq!(names(&o), ["models/tokenizer.json", "models/weights.safetensors"]);
+    ok(
+        &store,
+        &[
+            "unpack",
+            "demo:v1",
+            "-d",
+            o.to_str().unwrap(),
+            "--filter",
+            "model",
+        ],
+    );
+    assert_eq!(
+        names(&o),
+        ["models/tokenizer.json", "models/weights.safetensors"]
+    );
 
     let o = t.path().join("o2");
-    ok(&store, &["unpack", "demo:v1", "-d", o.to_str().unwrap(), "--filter", "datasets:train", "--filter", "kitfile"]);
+    ok(
+        &store,
+        &[
+            "unpack",
+            "demo:v1",
+            "-d",
+            o.to_str().unwrap(),
+            "--filter",
+            "datasets:train",
+            "--filter",
+            "kitfile",
+        ],
+    );
     assert_eq!(names(&o), ["Kitfile", "data/train.csv"]);
 
     let o = t.path().join("o3");
-    ok(&store, &["unpack", "demo:v1", "-d", o.to_str().unwrap(), "--filter", "code,docs:src,README.md"]);
+    ok(
+        &store,
+        &[
+            "unpack",
+            "demo:v1",
+            "-d",
+            o.to_str().unwrap(),
+            "--filter",
+            "code,docs:src,README.md",
+        ],
+    );
     assert_eq!(names(&o), ["README.md", "src/app.py", "src/lib/util.py"]);
 
     let o = t.path().join("o4");
-    ok(&store, &["unpack", "demo:v1", "-d", o.to_str().unwrap(), "--filter", "prompts", "--filter", "model:tokenizer"]);
+    ok(
+        &store,
+        &[
+            "unpack",
+            "demo:v1",
+            "-d",
+            o.to_str().unwrap(),
+            "--filter",
+            "prompts",
+            "--filter",
+            "model:tokenizer",
+        ],
+    );
     assert_eq!(names(&o), ["models/tokenizer.json", "prompts/system.md"]);
 
-    let e = fails(&store, &["unpack", "demo:v1", "-d", o.to_str().unwrap(), "--filter", "weights"]);
+    let e = fails(
+        &store,
+        &[
+            "unpack",
+            "demo:v1",
+            "-d",
+            o.to_str().unwrap(),
+            "--filter",
+            "weights",
+        ],
+    );
     assert!(e.contains("invalid filter type"), "{e}");
     // Existing files are kept unless --overwrite.
-    let e = fails(&store, &["unpack", "demo:v1", "-d", o.to_str().unwrap(), "--filter", "prompts"]);
+    let e = fails(
+        &store,
+        &[
+            "unpack",
+            "demo:v1",
+            "-d",
+            o.to_str().unwrap(),
+            "--filter",
+            "prompts",
+        ],
+    );
     assert!(e.contains("already exists"), "{e}");
-    ok(&store, &["unpack", "demo:v1", "-d", o.to_str().unwrap(), "--filter", "prompts", "--overwrite"]);
+    ok(
+        &store,
+        &[
+            "unpack",
+            "demo:v1",
+            "-d",
+            o.to_str().unwrap(),
+            "--filter",
+            "prompts",
+            "--overwrite",
+        ],
+    );
 }
 
 #[test]
@@ -193,9 +376,15 @@ fn tag_list_remove_and_gc() {
     let (src, store) = (t.path().join("src"), t.path().join("store"));
     demo_tree(&src);
     let d = ok(&store, &["pack", src.to_str().unwrap(), "-t", "demo:v1"]);
-    ok(&store, &["tag", "demo:v1", "registry.example.com/team/demo:prod"]);
+    ok(
+        &store,
+        &["tag", "demo:v1", "registry.example.com/team/demo:prod"],
+    );
     let list = ok(&store, &["list"]);
-    assert!(list.contains("localhost/demo") && list.contains("registry.example.com/team/demo"), "{list}");
+    assert!(
+        list.contains("localhost/demo") && list.contains("registry.example.com/team/demo"),
+        "{list}"
+    );
     assert!(list.contains(d.trim()));
     let by_digest = ok(&store, &["inspect", &format!("demo@{}", d.trim())]);
     assert!(by_digest.contains("schemaVersion"));
@@ -220,7 +409,10 @@ fn pack_refuses_bad_kitfiles() {
         fails(&store, &["pack", src.to_str().unwrap(), "-t", "x:1"])
     };
     let e = case("manifestVersion: 1.0.0\nmodel:\n  path: m/w.bin\n  wieghts: 1\n");
-    assert!(e.contains("unknown field `wieghts`") && e.contains("line 4"), "{e}");
+    assert!(
+        e.contains("unknown field `wieghts`") && e.contains("line 4"),
+        "{e}"
+    );
     let e = case("manifestVersion: 1.0.0\ncode:\n  - path: ../outside\n");
     assert!(e.contains("outside the context"), "{e}");
     let e = case("manifestVersion: 1.0.0\ncode:\n  - path: missing\n");
@@ -229,7 +421,13 @@ fn pack_refuses_bad_kitfiles() {
     std::os::unix::fs::symlink("/etc", src.join("etc-link")).unwrap();
     let e = case("manifestVersion: 1.0.0\ncode:\n  - path: etc-link/hostname\n");
     assert!(e.contains("outside the context"), "{e}");
-    assert!(fails(&store, &["pack", t.path().join("nope").to_str().unwrap(), "-t", "x:1"]).contains("nope"));
+    assert!(
+        fails(
+            &store,
+            &["pack", t.path().join("nope").to_str().unwrap(), "-t", "x:1"]
+        )
+        .contains("nope")
+    );
     let list = ok(&store, &["list"]);
     assert_eq!(list.lines().count(), 1, "nothing was stored: {list}");
 }
@@ -240,7 +438,17 @@ fn init_writes_a_packable_kitfile() {
     let (src, store) = (t.path().join("src"), t.path().join("store"));
     demo_tree(&src);
     fs::remove_file(src.join("Kitfile")).unwrap();
-    ok(&store, &["init", src.to_str().unwrap(), "--name", "gen", "--author", "me"]);
+    ok(
+        &store,
+        &[
+            "init",
+            src.to_str().unwrap(),
+            "--name",
+            "gen",
+            "--author",
+            "me",
+        ],
+    );
     let kf = fs::read_to_string(src.join("Kitfile")).unwrap();
     assert!(kf.contains("name: gen") && kf.contains("models"), "{kf}");
     assert!(fails(&store, &["init", src.to_str().unwrap()]).contains("--force"));

@@ -32,7 +32,10 @@ pub fn ok(store: &Path, args: &[&str]) -> String {
 /// Runs and asserts failure; returns stderr.
 pub fn fails(store: &Path, args: &[&str]) -> String {
     let o = run(store, args);
-    assert!(!o.status.success(), "kitsnap {args:?} unexpectedly succeeded");
+    assert!(
+        !o.status.success(),
+        "kitsnap {args:?} unexpectedly succeeded"
+    );
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
@@ -112,7 +115,12 @@ pub fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
             if ft.is_dir() {
                 walk(root, &e.path(), out);
             } else if ft.is_file() {
-                let rel = e.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 out.push((rel, std::fs::read(e.path()).unwrap()));
             }
         }
@@ -123,7 +131,9 @@ pub fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
 }
 
 pub fn blob_count(store: &Path) -> usize {
-    std::fs::read_dir(store.join("blobs/sha256")).unwrap().count()
+    std::fs::read_dir(store.join("blobs/sha256"))
+        .unwrap()
+        .count()
 }
 
 /// Peak RSS (KiB) of the largest child this test process has waited for.
