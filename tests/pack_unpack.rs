@@ -461,3 +461,30 @@ fn init_writes_a_packable_kitfile() {
     );
     assert!(!out.join("scratch.log").exists(), ".kitignore honoured");
 }
+
+#[test]
+fn model_from_parent_modelkit() {
+    let t = tempfile::tempdir().unwrap();
+    let (base, child, store) = (t.path().join("base"), t.path().join("child"), t.path().join("store"));
+    demo_tree(&base);
+    ok(&store, &["pack", base.to_str().unwrap(), "-t", "base:v1"]);
+    fs::create_dir_all(child.join("src")).unwrap();
+    fs::write(child.join("src/finetune.py"), b"train()\n").unwrap();
+    fs::write(
+        child.join("Kitfile"),
+        "manifestVersion: 1.0.0\nmodel:\n  path: localhost/base:v1\ncode:\n  - path: src\n",
+    )
+    .unwrap();
+    ok(&store, &["pack", child.to_str().unwrap(), "-t", "child:v1"]);
+    let m = manifest(&store, "child:v1");
+    assert_eq!(m.layers.len(), 1, "the parent's model is referenced, not copied");
+    let out = t.path().join("out");
+    ok(&store, &["unpack", "child:v1", "-d", out.to_str().unwrap(), "--filter", "model"]);
+    assert_eq!(
+        fs::read(out.join("models/weights.safetensors")).unwrap(),
+        fs::read(base.join("models/weights.safetensors")).unwrap()
+    );
+    ok(&store, &["remove", "base:v1"]);
+    let e = fails(&store, &["unpack", "child:v1", "-d", t.path().join("o2").to_str().unwrap(), "--filter", "model"]);
+    assert!(e.contains("parent ModelKit"), "{e}");
+}
