@@ -6,12 +6,15 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
+use crate::credentials::{self, Credentials, DockerConfig};
 use crate::human_bytes;
 use crate::init::{self, InitOptions};
 use crate::oci::ModelFormat;
 use crate::pack::{self, PackOptions};
 use crate::reference::Reference;
+use crate::registry::{ClientOptions, Registry};
 use crate::store::Store;
+use crate::transfer::{self, TransferOptions};
 use crate::unpack::{self, Filter, UnpackOptions};
 
 #[derive(Parser, Debug)]
@@ -63,8 +66,8 @@ kitsnap pack . -t my-model:mp --use-model-pack"
     Pack(PackArgs),
     /// List the ModelKits in the local store.
     List,
-    /// Print a ModelKit's manifest (JSON).
-    Inspect(RefArg),
+    /// Print a ModelKit's manifest (JSON), from the store or (--remote) a registry.
+    Inspect(InspectArgs),
     /// Print a ModelKit's Kitfile (YAML).
     Info(RefArg),
     /// Give a ModelKit another name or tag.
@@ -92,6 +95,130 @@ Examples:\n  kitsnap unpack my-model:v1 -d ./out\n  kitsnap unpack my-model:v1 -
 kitsnap unpack my-model:v1 -d ./out --filter datasets:train --filter kitfile"
     )]
     Unpack(UnpackArgs),
+    /// Upload a ModelKit from the local store to a registry.
+    #[command(
+        long_about = "Pushes the local ModelKit SOURCE to DESTINATION (default: SOURCE \
+itself, which must then name a registry, e.g. registry.example.com/org/model:v1). Blobs the \
+registry already has are skipped, blobs other repositories of the same registry hold are \
+mounted instead of uploaded, and large blobs go up in resumable chunks.\n\nExamples:\n  \
+kitsnap tag my-model:v1 registry.example.com/org/my-model:v1\n  kitsnap push registry.example.com/org/my-model:v1\n  \
+kitsnap push my-model:v1 127.0.0.1:5000/my-model:v1 --plain-http"
+    )]
+    Push(PushArgs),
+    /// Download a ModelKit from a registry into the local store.
+    #[command(
+        long_about = "Pulls REF (NAME:TAG or NAME@sha256:DIGEST) with every blob it \
+needs, skipping blobs the store already has. Each blob is digest-checked while it streams and \
+only then enters the store; broken connections are resumed with Range requests. Mirrors are \
+read from containerd's hosts directory (--hosts-dir, default /etc/containerd/certs.d)."
+    )]
+    Pull(PullArgs),
+    /// Save credentials for a registry (in the Docker config).
+    #[command(
+        long_about = "Checks USERNAME and password against REGISTRY and saves them in \
+the Docker config ($DOCKER_CONFIG/config.json or ~/.docker/config.json, mode 0600), or in its \
+credential helper (credsStore/credHelpers) when one is configured. The password comes from \
+--password-stdin, --password, or a prompt."
+    )]
+    Login(LoginArgs),
+    /// Forget the credentials for a registry.
+    Logout {
+        /// Registry host, e.g. registry.example.com:5000.
+        registry: String,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Use plain HTTP (no TLS) for the registry.
+    #[arg(long)]
+    pub plain_http: bool,
+    /// Verify the registry's TLS certificate.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tls_verify: bool,
+    /// Extra CA certificate (PEM) to trust; repeatable.
+    #[arg(long = "ca-file", value_name = "PEM")]
+    pub ca_files: Vec<PathBuf>,
+    /// containerd hosts directory with per-registry hosts.toml (mirrors).
+    #[arg(long, value_name = "DIR", env = "KITSNAP_HOSTS_DIR")]
+    pub hosts_dir: Option<PathBuf>,
+    /// Blobs transferred at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// Upload blobs larger than this in chunks of this many MiB.
+    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    pub chunk_size_mib: u64,
+    /// Retries on server errors and broken connections.
+    #[arg(long, default_value_t = 5)]
+    pub retries: u32,
+}
+
+impl RegistryArgs {
+    fn registry(&self, host: &str) -> Result<Registry> {
+        let opts = ClientOptions {
+            plain_http: self.plain_http,
+            tls_verify: self.tls_verify,
+            ca_files: self.ca_files.clone(),
+            hosts_dir: self.hosts_dir.clone(),
+            docker_config: None,
+            retries: self.retries,
+            chunk_size: self.chunk_size_mib.max(1) << 20,
+            ..Default::default()
+        };
+        Registry::new(host, opts).with_context(|| format!("setting up a client for {host}"))
+    }
+
+    fn transfer(&self, progress: bool) -> TransferOptions {
+        TransferOptions {
+            concurrency: self.concurrency,
+            progress,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// ModelKit reference: NAME[:TAG] or NAME@sha256:DIGEST.
+    pub reference: String,
+    /// Read the manifest from the registry instead of the local store.
+    #[arg(long, short = 'r')]
+    pub remote: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// Local ModelKit.
+    pub source: String,
+    /// Registry location (default: SOURCE).
+    pub destination: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// ModelKit to pull: REGISTRY/REPO[:TAG] or REGISTRY/REPO@sha256:DIGEST.
+    pub reference: String,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct LoginArgs {
+    /// Registry host, e.g. registry.example.com:5000.
+    pub registry: String,
+    #[arg(short = 'u', long)]
+    pub username: Option<String>,
+    /// Password (prefer --password-stdin: arguments show in `ps`).
+    #[arg(short = 'p', long)]
+    pub password: Option<String>,
+    /// Read the password from standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub registry_args: RegistryArgs,
 }
 
 #[derive(Args, Debug)]
@@ -163,6 +290,24 @@ pub struct UnpackArgs {
     /// Replace files that already exist in the target directory.
     #[arg(short = 'o', long)]
     pub overwrite: bool,
+    /// Used when REF is not in the local store: only the selected layers are downloaded.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn prompt(label: &str) -> Result<String> {
+    eprint!("{label}");
+    let mut s = String::new();
+    std::io::stdin().read_line(&mut s)?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
 }
 
 fn parse_ref(s: &str) -> Result<Reference> {
@@ -272,11 +417,110 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Inspect(a) => {
-            let store = open_store()?;
-            let d = store.resolve(&parse_ref(&a.reference)?)?;
-            let m = store.manifest(&d)?;
+            let r = parse_ref(&a.reference)?;
+            let m = if a.remote {
+                transfer::check_remote(&r)?;
+                let reg = a.registry.registry(&r.registry)?;
+                runtime()?.block_on(transfer::remote_manifest(&reg, &r))?.1
+            } else {
+                let store = open_store()?;
+                let d = store.resolve(&r)?;
+                store.manifest(&d)?
+            };
             serde_json::to_writer_pretty(&mut out, &m)?;
             writeln!(out)?;
+        }
+        Command::Push(a) => {
+            let store = open_store()?;
+            let src = parse_ref(&a.source)?;
+            let dst = match &a.destination {
+                Some(d) => parse_ref(d)?,
+                None => src.clone(),
+            };
+            let reg = a.registry.registry(&dst.registry)?;
+            let rep = runtime()?
+                .block_on(transfer::push(
+                    &store,
+                    &reg,
+                    &src,
+                    &dst,
+                    &a.registry.transfer(progress),
+                ))
+                .with_context(|| format!("pushing {src} to {dst}"))?;
+            eprintln!(
+                "Pushed {dst}: {} blob(s) uploaded ({}), {} already there",
+                rep.transferred,
+                human_bytes(rep.bytes),
+                rep.skipped
+            );
+            if let Some(d) = rep.manifest {
+                writeln!(out, "{}", d.digest)?;
+            }
+        }
+        Command::Pull(a) => {
+            let store = open_store()?;
+            let r = parse_ref(&a.reference)?;
+            let reg = a.registry.registry(&r.registry)?;
+            let rep = runtime()?
+                .block_on(transfer::pull(
+                    &store,
+                    &reg,
+                    &r,
+                    &a.registry.transfer(progress),
+                ))
+                .with_context(|| format!("pulling {r}"))?;
+            eprintln!(
+                "Pulled {r}: {} blob(s) downloaded ({}), {} already stored",
+                rep.transferred,
+                human_bytes(rep.bytes),
+                rep.skipped
+            );
+            if let Some(d) = rep.manifest {
+                writeln!(out, "{}", d.digest)?;
+            }
+        }
+        Command::Login(a) => {
+            let username = match a.username {
+                Some(u) => u,
+                None => prompt("Username: ")?,
+            };
+            let password = if a.password_stdin {
+                let mut p = String::new();
+                std::io::stdin().read_line(&mut p)?;
+                p.trim_end_matches(['\n', '\r']).to_string()
+            } else if let Some(p) = a.password {
+                p
+            } else {
+                prompt("Password: ")?
+            };
+            if password.is_empty() {
+                bail!("empty password");
+            }
+            let creds = Credentials {
+                username,
+                secret: password,
+            };
+            let reg = a
+                .registry_args
+                .registry(&a.registry)?
+                .with_credentials(Some(creds.clone()));
+            runtime()?
+                .block_on(reg.ping())
+                .with_context(|| format!("logging in to {}", a.registry))?;
+            let mut cfg = DockerConfig::load(credentials::default_path())?;
+            cfg.store(&a.registry, &creds)?;
+            eprintln!(
+                "Login succeeded; credentials saved in {}",
+                cfg.path.display()
+            );
+        }
+        Command::Logout { registry } => {
+            let mut cfg = DockerConfig::load(credentials::default_path())?;
+            if cfg.erase(&registry)? {
+                eprintln!("Removed the credentials for {registry}");
+            } else {
+                eprintln!("No credentials were saved for {registry}");
+            }
         }
         Command::Info(a) => {
             let store = open_store()?;
@@ -339,7 +583,32 @@ pub fn run(cli: Cli) -> Result<()> {
                 .flat_map(|f| f.split(' ').filter(|s| !s.is_empty()))
                 .map(|f| f.parse::<Filter>())
                 .collect::<Result<Vec<_>, _>>()?;
-            let d = store.resolve(&parse_ref(&a.reference)?)?;
+            let r = parse_ref(&a.reference)?;
+            let d = match store.resolve(&r) {
+                Ok(d) => d,
+                Err(crate::Error::NotFound(_))
+                    if r.registry != crate::reference::DEFAULT_REGISTRY =>
+                {
+                    let reg = a.registry.registry(&r.registry)?;
+                    let (d, rep) = runtime()?
+                        .block_on(transfer::fetch_selected(
+                            &store,
+                            &reg,
+                            &r,
+                            &filters,
+                            &a.registry.transfer(progress),
+                        ))
+                        .with_context(|| format!("fetching {r}"))?;
+                    eprintln!(
+                        "Fetched {} blob(s) ({}) from {}",
+                        rep.transferred,
+                        human_bytes(rep.bytes),
+                        r.registry
+                    );
+                    d
+                }
+                Err(e) => return Err(e.into()),
+            };
             let rep = unpack::unpack(
                 &store,
                 &d,

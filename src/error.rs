@@ -58,6 +58,20 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    #[error("{method} {url}: HTTP {status}{}", if msg.is_empty() { String::new() } else { format!(": {msg}") })]
+    Registry {
+        method: String,
+        url: String,
+        status: u16,
+        msg: String,
+    },
+
+    #[error("{url}: {msg}")]
+    Http { url: String, msg: String },
+
+    #[error("{0}: authentication required (run `kitsnap login {0}` or check the credentials)")]
+    Unauthorized(String),
+
     #[error("internal error: {0}")]
     Internal(String),
 }

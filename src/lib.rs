@@ -2,11 +2,14 @@
 //!
 //! The library is split by job: `kitfile` (schema), `oci` (formats), `store` (local OCI
 //! layout), `pack` / `unpack` (layers), `init` (Kitfile generation), `reference`, `ignore`,
-//! `digest`; `cli` is the command-line front end over them.
+//! `digest`; `registry` (distribution-v2 client), `credentials` (Docker config),
+//! `hosts` (containerd mirrors) and `transfer` (push/pull); `cli` is the front end.
 
 pub mod cli;
+pub mod credentials;
 pub mod digest;
 pub mod error;
+pub mod hosts;
 pub mod ignore;
 pub mod init;
 pub mod kitfile;
@@ -14,7 +17,9 @@ pub mod oci;
 pub mod pack;
 pub mod progress;
 pub mod reference;
+pub mod registry;
 pub mod store;
+pub mod transfer;
 pub mod unpack;
 
 pub use error::{Error, Result};

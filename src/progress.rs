@@ -20,6 +20,27 @@ pub fn bytes(total: u64, msg: impl Into<String>, enabled: bool) -> ProgressBar {
     pb
 }
 
+/// A set of bars drawn together (one per layer in transfers); hidden off a terminal.
+pub fn multi(enabled: bool) -> indicatif::MultiProgress {
+    if enabled && std::io::stderr().is_terminal() {
+        indicatif::MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
+    } else {
+        indicatif::MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+    }
+}
+
+/// Adds a byte bar to `m`.
+pub fn multi_bytes(
+    m: &indicatif::MultiProgress,
+    total: u64,
+    msg: impl Into<String>,
+) -> ProgressBar {
+    if m.is_hidden() {
+        return ProgressBar::hidden();
+    }
+    m.add(bytes(total, msg, true))
+}
+
 /// Wraps a reader so that every byte read advances the bar.
 pub struct ProgressReader<R> {
     inner: R,

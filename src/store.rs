@@ -350,6 +350,20 @@ impl Store {
         })
     }
 
+    /// Records a manifest fetched by digest: listed untagged under `name` until tagged.
+    pub fn add_untagged(&self, name: &str, desc: &Descriptor) -> Result<()> {
+        self.update_index(|idx| {
+            if !idx.manifests.iter().any(|m| m.digest == desc.digest) {
+                let mut e = desc.clone();
+                e.annotations.clear();
+                e.annotations
+                    .insert(ANNOTATION_UNTAGGED_REPO.into(), name.to_string());
+                idx.manifests.push(e);
+            }
+            Ok(())
+        })
+    }
+
     /// Every ModelKit in the store, tagged ones first, in index order.
     pub fn list(&self) -> Result<Vec<Entry>> {
         let idx = self.read_index()?;

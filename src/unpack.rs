@@ -55,7 +55,7 @@ impl FilterType {
         })
     }
 
-    fn for_kind(kind: LayerKind) -> FilterType {
+    pub fn for_kind(kind: LayerKind) -> FilterType {
         match kind {
             LayerKind::Model | LayerKind::ModelPart => FilterType::Model,
             LayerKind::Dataset => FilterType::Datasets,

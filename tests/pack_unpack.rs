@@ -465,7 +465,11 @@ fn init_writes_a_packable_kitfile() {
 #[test]
 fn model_from_parent_modelkit() {
     let t = tempfile::tempdir().unwrap();
-    let (base, child, store) = (t.path().join("base"), t.path().join("child"), t.path().join("store"));
+    let (base, child, store) = (
+        t.path().join("base"),
+        t.path().join("child"),
+        t.path().join("store"),
+    );
     demo_tree(&base);
     ok(&store, &["pack", base.to_str().unwrap(), "-t", "base:v1"]);
     fs::create_dir_all(child.join("src")).unwrap();
@@ -477,14 +481,38 @@ fn model_from_parent_modelkit() {
     .unwrap();
     ok(&store, &["pack", child.to_str().unwrap(), "-t", "child:v1"]);
     let m = manifest(&store, "child:v1");
-    assert_eq!(m.layers.len(), 1, "the parent's model is referenced, not copied");
+    assert_eq!(
+        m.layers.len(),
+        1,
+        "the parent's model is referenced, not copied"
+    );
     let out = t.path().join("out");
-    ok(&store, &["unpack", "child:v1", "-d", out.to_str().unwrap(), "--filter", "model"]);
+    ok(
+        &store,
+        &[
+            "unpack",
+            "child:v1",
+            "-d",
+            out.to_str().unwrap(),
+            "--filter",
+            "model",
+        ],
+    );
     assert_eq!(
         fs::read(out.join("models/weights.safetensors")).unwrap(),
         fs::read(base.join("models/weights.safetensors")).unwrap()
     );
     ok(&store, &["remove", "base:v1"]);
-    let e = fails(&store, &["unpack", "child:v1", "-d", t.path().join("o2").to_str().unwrap(), "--filter", "model"]);
+    let e = fails(
+        &store,
+        &[
+            "unpack",
+            "child:v1",
+            "-d",
+            t.path().join("o2").to_str().unwrap(),
+            "--filter",
+            "model",
+        ],
+    );
     assert!(e.contains("parent ModelKit"), "{e}");
 }
