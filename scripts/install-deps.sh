@@ -9,6 +9,11 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v zstd >/dev/null || need+=(zstd)
 command -v python3 >/dev/null || need+=(python3)
 command -v tar >/dev/null || need+=(tar)
+command -v openssl >/dev/null || need+=(openssl)
+# Real peers for the registry tests: CNCF distribution and skopeo.
+[ -x /usr/bin/docker-registry ] || need+=(docker-registry)
+command -v skopeo >/dev/null || need+=(skopeo)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 
 if ((${#need[@]})); then
   SUDO=""
@@ -16,6 +21,13 @@ if ((${#need[@]})); then
   echo "install-deps: apt-get install ${need[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The Python oras client, an independent registry client for interoperability tests.
+if ! python3 -c 'import oras.client' 2>/dev/null; then
+  echo "install-deps: pip install oras" >&2
+  python3 -m pip install --quiet oras 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages oras
 fi
 
 if ! command -v cargo >/dev/null; then
