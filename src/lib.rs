@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod credentials;
+pub mod daemon;
 pub mod digest;
 pub mod error;
 pub mod hosts;
@@ -18,6 +19,7 @@ pub mod pack;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod snapshotter;
 pub mod store;
 pub mod transfer;
 pub mod unpack;

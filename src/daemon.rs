@@ -1,0 +1,126 @@
+//! `kitsnap serve`: the containerd proxy snapshotter daemon on a unix socket, with
+//! systemd readiness (`sd_notify`) and graceful shutdown on SIGTERM/SIGINT.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::snapshotter::Snapshotter;
+use crate::snapshotter::service::{Service, pb::snapshots_server::SnapshotsServer};
+
+pub const DEFAULT_CONFIG: &str = "/etc/kitsnap/config.toml";
+pub const DEFAULT_ROOT: &str = "/var/lib/kitsnap";
+pub const DEFAULT_ADDRESS: &str = "/run/kitsnap/kitsnap.sock";
+
+/// `/etc/kitsnap/config.toml`; command-line flags override it.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub root: Option<PathBuf>,
+    pub address: Option<PathBuf>,
+    pub log_level: Option<String>,
+    /// Socket group (numeric gid) for mode-0660 access; default: the daemon's group.
+    pub socket_gid: Option<u32>,
+}
+
+impl Config {
+    /// Reads `path`; a missing default config is fine, a missing explicit one is not.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config> {
+        match std::fs::read_to_string(path) {
+            Ok(t) => toml::from_str(&t).with_context(|| format!("parsing {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok(Config::default())
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}
+
+/// Tells systemd (Type=notify) that the socket is ready; a no-op outside systemd.
+pub fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let path = path.to_string_lossy().into_owned();
+    let res = if let Some(abs) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abs.as_bytes())
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), &path)
+    };
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+pub fn init_logging(level: &str) {
+    // The level applies to kitsnap; libraries (h2, tonic) stay at warn unless KITSNAP_LOG says.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KITSNAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,kitsnap={level}")));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub async fn serve(root: PathBuf, address: PathBuf, socket_gid: Option<u32>) -> Result<()> {
+    let snap = Arc::new(
+        tokio::task::spawn_blocking({
+            let root = root.clone();
+            move || Snapshotter::open(root)
+        })
+        .await?
+        .with_context(|| format!("opening the snapshotter at {}", root.display()))?,
+    );
+    tracing::info!(root = %root.display(), "metadata opened");
+    if let Some(dir) = address.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by a previous (killed) daemon would make bind fail.
+    match std::fs::remove_file(&address) {
+        Ok(()) => tracing::info!(socket = %address.display(), "removed a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", address.display())),
+    }
+    let listener = tokio::net::UnixListener::bind(&address)
+        .with_context(|| format!("binding {}", address.display()))?;
+    std::fs::set_permissions(&address, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = socket_gid {
+        std::os::unix::fs::chown(&address, None, Some(gid))?;
+    }
+    tracing::info!(socket = %address.display(), "serving containerd.services.snapshots.v1");
+    sd_notify("READY=1\nSTATUS=serving snapshots.v1");
+
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("shutting down");
+        sd_notify("STOPPING=1");
+    };
+    tonic::transport::Server::builder()
+        .add_service(SnapshotsServer::new(Service { snap }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .context("gRPC server")?;
+    let _ = std::fs::remove_file(&address);
+    Ok(())
+}

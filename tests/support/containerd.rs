@@ -1,0 +1,435 @@
+//! Real containerd daemons (Debian bookworm's 1.6, and 1.7 / 2.x unpacked by
+//! scripts/fetch-containerd.sh) started per test with their own root, state and socket,
+//! talking to a `kitsnap serve` started per test; and a busybox image built locally.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+/// A containerd build: where its binaries are.
+#[derive(Clone, Debug)]
+pub struct Version {
+    pub name: &'static str,
+    pub bin_dir: PathBuf,
+}
+
+/// Every containerd version available on this machine, with a loud message for each
+/// missing one.
+pub fn versions() -> Vec<Version> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let candidates = [
+        (
+            "1.6 (bookworm)",
+            PathBuf::from("/usr/bin"),
+            "apt-get install containerd",
+        ),
+        (
+            "1.7 (trixie)",
+            root.join(".cache/containerd/trixie/root/usr/bin"),
+            "scripts/fetch-containerd.sh",
+        ),
+        (
+            "2.x (sid)",
+            root.join(".cache/containerd/sid/root/usr/bin"),
+            "scripts/fetch-containerd.sh",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, dir, how) in candidates {
+        if dir.join("containerd").exists()
+            && dir.join("ctr").exists()
+            && dir.join("containerd-shim-runc-v2").exists()
+        {
+            out.push(Version { name, bin_dir: dir });
+        } else {
+            eprintln!(
+                "\n!!! SKIPPED containerd {name}: not found in {} (run {how}) !!!\n",
+                dir.display()
+            );
+        }
+    }
+    out
+}
+
+/// Containers need root, overlayfs and runc.
+pub fn can_run_containers() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let runc = Command::new("runc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let overlay = std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay"));
+    if !(root && runc && overlay) {
+        eprintln!(
+            "\n!!! SKIPPED: containerd tests need root ({root}), runc ({runc}) and overlayfs ({overlay}) !!!\n"
+        );
+    }
+    root && runc && overlay
+}
+
+fn wait_for(path: &Path, child: &mut Child, what: &str) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        if path.exists() {
+            return;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("{what} exited early: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what}: {} did not appear", path.display());
+}
+
+pub struct Kitsnap {
+    pub root: PathBuf,
+    pub sock: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Kitsnap {
+    pub fn start(dir: &Path) -> Kitsnap {
+        let mut k = Kitsnap {
+            root: dir.join("kitsnap-root"),
+            sock: dir.join("kitsnap.sock"),
+            child: None,
+            log: dir.join("kitsnap.log"),
+        };
+        k.spawn();
+        k
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kitsnap"))
+            .args([
+                "serve",
+                "--root",
+                self.root.to_str().unwrap(),
+                "--address",
+                self.sock.to_str().unwrap(),
+                "--log-level",
+                "debug",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for(&self.sock, &mut child, "kitsnap serve");
+        self.child = Some(child);
+    }
+
+    /// SIGTERM, wait, start again on the same root and socket.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: sending a signal to our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
+    /// Snapshot directories on disk.
+    pub fn snapshot_dirs(&self) -> usize {
+        std::fs::read_dir(self.root.join("snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Kitsnap {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub struct Containerd {
+    pub version: Version,
+    pub dir: PathBuf,
+    pub sock: PathBuf,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    pub fn start(version: &Version, dir: &Path, kitsnap_sock: &Path) -> Containerd {
+        std::fs::create_dir_all(dir).unwrap();
+        let sock = dir.join("containerd.sock");
+        let cfg = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[proxy_plugins.kitsnap]
+  type = "snapshot"
+  address = "{ks}"
+"#,
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            sock = sock.display(),
+            ks = kitsnap_sock.display()
+        );
+        let mut cfg = cfg;
+        if version.name.starts_with('2') {
+            // containerd 2's ctr imports through the transfer service, which unpacks only
+            // for the platform/snapshotter pairs configured here.
+            cfg.push_str(
+                "[plugins.\"io.containerd.transfer.v1.local\"]\n  unpack_config = [{ platform = \"linux/amd64\", snapshotter = \"kitsnap\" }]\n",
+            );
+        }
+        std::fs::write(dir.join("config.toml"), cfg).unwrap();
+        let mut c = Containerd {
+            version: version.clone(),
+            dir: dir.to_path_buf(),
+            sock,
+            child: None,
+        };
+        c.spawn();
+        c
+    }
+
+    fn path_env(&self) -> String {
+        format!(
+            "{}:{}",
+            self.version.bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        )
+    }
+
+    fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.sock);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("containerd.log"))
+            .unwrap();
+        let mut child = Command::new(self.version.bin_dir.join("containerd"))
+            .args(["--config", self.dir.join("config.toml").to_str().unwrap()])
+            .env("PATH", self.path_env())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        wait_for(&self.sock, &mut child, "containerd");
+        self.child = Some(child);
+        // The socket appears before every service is registered.
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) && !self.ctr(&["version"]).status.success()
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        self.spawn();
+    }
+
+    /// `ctr --address SOCK -n kitsnap-test ARGS`
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new(self.version.bin_dir.join("ctr"))
+            .env("PATH", self.path_env())
+            .args([
+                "--address",
+                self.sock.to_str().unwrap(),
+                "-n",
+                "kitsnap-test",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let o = self.ctr(args);
+        assert!(
+            o.status.success(),
+            "containerd {}: ctr {args:?} failed:\n{}{}\n--- containerd log tail:\n{}",
+            self.version.name,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// Like `ctr_ok`, but retries for a few seconds while containerd's gRPC connection to a
+    /// restarted snapshotter comes out of its reconnect backoff.
+    pub fn ctr_ok_after_restart(&self, args: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            let o = self.ctr(args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            if o.status.success()
+                || !err.contains("Unavailable") && !err.contains("unavailable")
+                || start.elapsed() > Duration::from_secs(15)
+            {
+                return self.ctr_ok(args);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn ctr_err(&self, args: &[&str]) -> String {
+        let o = self.ctr(args);
+        assert!(!o.status.success(), "ctr {args:?} unexpectedly succeeded");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    pub fn log_tail(&self) -> String {
+        let l = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        l.lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Stop leftover tasks' shims with their containerd; then the daemon.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "pkill -9 -f 'containerd-shim.*-address {}' || true",
+                self.sock.display()
+            ))
+            .output();
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Unmount anything left under the state dir (rootfs mounts of killed tasks).
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o ' {}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l",
+                self.dir.display()
+            ))
+            .output();
+    }
+}
+
+fn blob(dir: &Path, data: &[u8]) -> String {
+    let d = hex::encode(Sha256::digest(data));
+    std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+    std::fs::write(dir.join("blobs/sha256").join(&d), data).unwrap();
+    format!("sha256:{d}")
+}
+
+pub const BUSYBOX: &str = "/bin/busybox";
+pub const IMAGE: &str = "docker.io/library/kitsnap-busybox:test";
+
+/// An OCI image archive of a busybox-static rootfs (one layer), named `IMAGE`.
+pub fn busybox_image(out_tar: &Path) {
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "busybox-static is required (apt-get install busybox-static)"
+    );
+    let mut layer = tar::Builder::new(Vec::new());
+    for d in ["bin", "tmp", "etc", "proc", "sys", "dev", "models"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        layer.append_data(&mut h, d, std::io::empty()).unwrap();
+    }
+    let bb = std::fs::read(BUSYBOX).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(bb.len() as u64);
+    layer.append_data(&mut h, "bin/busybox", &bb[..]).unwrap();
+    for a in [
+        "sh",
+        "cat",
+        "echo",
+        "ls",
+        "sha256sum",
+        "mkdir",
+        "touch",
+        "sleep",
+        "true",
+        "wc",
+        "head",
+        "stat",
+        "df",
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        layer
+            .append_link(&mut h, format!("bin/{a}"), "busybox")
+            .unwrap();
+    }
+    let layer = layer.into_inner().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ld = blob(dir.path(), &layer);
+    let cfg = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [ld]}
+    })
+    .to_string();
+    let cd = blob(dir.path(), cfg.as_bytes());
+    let man = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cfg.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": layer.len()}]
+    })
+    .to_string();
+    let md = blob(dir.path(), man.as_bytes());
+    std::fs::write(
+        dir.path().join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let idx = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": man.len(),
+        "annotations": {"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "test"}}]});
+    std::fs::write(dir.path().join("index.json"), idx.to_string()).unwrap();
+    let f = std::fs::File::create(out_tar).unwrap();
+    let mut t = tar::Builder::new(f);
+    t.append_dir_all(".", dir.path()).unwrap();
+    t.into_inner().unwrap().flush().unwrap();
+}
