@@ -13,6 +13,13 @@ command -v openssl >/dev/null || need+=(openssl)
 # Real peers for the registry tests: CNCF distribution and skopeo.
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
+# containerd 1.6, runc and a static busybox for the snapshotter tests (containerd 1.7 and
+# 2.x come from scripts/fetch-containerd.sh, unpacked rather than installed).
+command -v containerd >/dev/null || need+=(containerd)
+command -v runc >/dev/null || need+=(runc)
+[ -x /bin/busybox ] && file_is_static=$(ldd /bin/busybox 2>&1 | grep -c "not a dynamic") || file_is_static=0
+[ "$file_is_static" -gt 0 ] || need+=(busybox-static)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 
 if ((${#need[@]})); then

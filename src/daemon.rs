@@ -82,22 +82,11 @@ pub async fn serve(root: PathBuf, address: PathBuf, socket_gid: Option<u32>) -> 
         .with_context(|| format!("opening the snapshotter at {}", root.display()))?,
     );
     tracing::info!(root = %root.display(), "metadata opened");
-    if let Some(dir) = address.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    // A socket left by a previous (killed) daemon would make bind fail.
-    match std::fs::remove_file(&address) {
-        Ok(()) => tracing::info!(socket = %address.display(), "removed a stale socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", address.display())),
-    }
-    let listener = tokio::net::UnixListener::bind(&address)
-        .with_context(|| format!("binding {}", address.display()))?;
-    std::fs::set_permissions(&address, std::fs::Permissions::from_mode(0o660))?;
-    if let Some(gid) = socket_gid {
-        std::os::unix::fs::chown(&address, None, Some(gid))?;
-    }
-    tracing::info!(socket = %address.display(), "serving containerd.services.snapshots.v1");
+    let (listener, activated) = match activated_listener()? {
+        Some(l) => (l, true),
+        None => (bind(&address, socket_gid)?, false),
+    };
+    tracing::info!(socket = %address.display(), activated, "serving containerd.services.snapshots.v1");
     sd_notify("READY=1\nSTATUS=serving snapshots.v1");
 
     let shutdown = async {
@@ -121,6 +110,50 @@ pub async fn serve(root: PathBuf, address: PathBuf, socket_gid: Option<u32>) -> 
         )
         .await
         .context("gRPC server")?;
-    let _ = std::fs::remove_file(&address);
+    // A socket systemd holds stays for the next start.
+    if !activated {
+        let _ = std::fs::remove_file(&address);
+    }
     Ok(())
+}
+
+fn bind(address: &Path, socket_gid: Option<u32>) -> Result<tokio::net::UnixListener> {
+    if let Some(dir) = address.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    // A socket left by a previous (killed) daemon would make bind fail.
+    match std::fs::remove_file(address) {
+        Ok(()) => tracing::info!(socket = %address.display(), "removed a stale socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", address.display())),
+    }
+    let listener = tokio::net::UnixListener::bind(address)
+        .with_context(|| format!("binding {}", address.display()))?;
+    std::fs::set_permissions(address, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(gid) = socket_gid {
+        std::os::unix::fs::chown(address, None, Some(gid))?;
+    }
+    Ok(listener)
+}
+
+/// The socket passed by systemd socket activation (`LISTEN_FDS`, fd 3), if any.
+fn activated_listener() -> Result<Option<tokio::net::UnixListener>> {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<i32>().ok())
+        .unwrap_or(0);
+    if !pid_ok || fds < 1 {
+        return Ok(None);
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: systemd passes the listening socket as fd 3 and nothing else owns it.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(3) };
+    std_listener.set_nonblocking(true)?;
+    Ok(Some(
+        tokio::net::UnixListener::from_std(std_listener).context("socket from systemd")?,
+    ))
 }

@@ -1,0 +1,234 @@
+//! `kitsnap serve` as a systemd service: readiness notification, socket activation,
+//! socket permissions, graceful stop, and the gRPC API called directly.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use kitsnap::snapshotter::service::pb;
+use pb::snapshots_client::SnapshotsClient;
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kitsnap")
+}
+
+async fn client(sock: &Path) -> SnapshotsClient<tonic::transport::Channel> {
+    let sock = sock.to_path_buf();
+    let ch = tonic::transport::Endpoint::try_from("http://[::1]:1")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let sock = sock.clone();
+            async move {
+                tokio::net::UnixStream::connect(sock)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .unwrap();
+    SnapshotsClient::new(ch)
+}
+
+#[test]
+fn notifies_systemd_and_stops_cleanly() {
+    let t = tempfile::tempdir().unwrap();
+    let notify = t.path().join("notify");
+    let nsock = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    nsock
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let sock = t.path().join("run/kitsnap.sock");
+    let mut child = Command::new(bin())
+        .args([
+            "serve",
+            "--root",
+            t.path().join("root").to_str().unwrap(),
+            "--address",
+            sock.to_str().unwrap(),
+        ])
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = nsock.recv(&mut buf).expect("READY=1 from kitsnap");
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(msg.contains("READY=1"), "{msg}");
+    // Ready means serving: the socket exists with mode 0660.
+    assert_eq!(
+        std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777,
+        0o660
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = client(&sock).await;
+        let p = c
+            .prepare(pb::PrepareSnapshotRequest {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(p.mounts[0].r#type, "bind");
+        let e = c
+            .prepare(pb::PrepareSnapshotRequest {
+                key: "k".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists);
+        let e = c
+            .stat(pb::StatSnapshotRequest {
+                key: "nope".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let e = c
+            .commit(pb::CommitSnapshotRequest {
+                name: "c".into(),
+                key: "nope".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        c.commit(pb::CommitSnapshotRequest {
+            name: "c".into(),
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let e = c
+            .mounts(pb::MountsRequest {
+                key: "c".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        let mut s = c
+            .list(pb::ListSnapshotsRequest {
+                filters: vec!["kind==committed".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let batch = s.message().await.unwrap().unwrap();
+        assert_eq!(batch.info.len(), 1);
+        assert_eq!(batch.info[0].kind, pb::Kind::Committed as i32);
+        let e = c
+            .list(pb::ListSnapshotsRequest {
+                filters: vec!["labels.\"open".into()],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    });
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let st = child.wait().unwrap();
+    assert!(st.success(), "{st}");
+    let n = nsock.recv(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(!sock.exists(), "socket removed on exit");
+}
+
+#[test]
+fn serves_a_socket_passed_by_systemd() {
+    let t = tempfile::tempdir().unwrap();
+    let sock = t.path().join("activated.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    // `exec` keeps the shell's pid, which is what LISTEN_PID must name.
+    cmd.args([
+        "-c",
+        &format!(
+            "LISTEN_PID=$$ LISTEN_FDS=1 exec {} serve --root {} --address /nonexistent/unused.sock",
+            bin(),
+            t.path().join("root").display()
+        ),
+    ])
+    .stderr(Stdio::null());
+    // SAFETY: dup2 is async-signal-safe; fd 3 becomes the listening socket, as systemd does.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let n = rt.block_on(async {
+        let mut c = client(&sock).await;
+        let mut s = c
+            .list(pb::ListSnapshotsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        while let Some(b) = s.message().await.unwrap() {
+            n += b.info.len();
+        }
+        n
+    });
+    assert_eq!(n, 0);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    assert!(
+        sock.exists(),
+        "an activated socket belongs to systemd and stays"
+    );
+}
+
+#[test]
+fn systemd_units_are_valid() {
+    let ok = Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("\n!!! SKIPPED: systemd-analyze is not installed !!!\n");
+        return;
+    }
+    // systemd-analyze checks ExecStart's binary exists: point a copy of the unit at ours.
+    let t = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let unit = std::fs::read_to_string(root.join("kitsnap.service"))
+        .unwrap()
+        .replace("/usr/local/bin/kitsnap", bin());
+    std::fs::write(t.path().join("kitsnap.service"), unit).unwrap();
+    std::fs::copy(root.join("kitsnap.socket"), t.path().join("kitsnap.socket")).unwrap();
+    let o = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(t.path().join("kitsnap.service"))
+        .arg(t.path().join("kitsnap.socket"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && !err.contains("kitsnap."), "{err}");
+    let cfg: toml::Table = std::fs::read_to_string(root.join("containerd-config.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        cfg["proxy_plugins"]["kitsnap"]["address"].as_str(),
+        Some("/run/kitsnap/kitsnap.sock")
+    );
+    let daemon_cfg = std::fs::read_to_string(root.join("config.toml")).unwrap();
+    let parsed: kitsnap::daemon::Config = toml::from_str(&daemon_cfg).unwrap();
+    assert!(parsed.root.is_some());
+}
