@@ -17,8 +17,7 @@ command -v skopeo >/dev/null || need+=(skopeo)
 # 2.x come from scripts/fetch-containerd.sh, unpacked rather than installed).
 command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
-[ -x /bin/busybox ] && file_is_static=$(ldd /bin/busybox 2>&1 | grep -c "not a dynamic") || file_is_static=0
-[ "$file_is_static" -gt 0 ] || need+=(busybox-static)
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 
