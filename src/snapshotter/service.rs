@@ -100,7 +100,7 @@ impl Snapshots for Service {
         r: Request<pb::PrepareSnapshotRequest>,
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = r.into_inner();
-        tracing::debug!(key = %r.key, parent = %r.parent, "prepare");
+        tracing::debug!(key = %r.key, parent = %r.parent, labels = ?r.labels, "prepare");
         let m = self
             .blocking("prepare", move |s| {
                 s.create(Kind::Active, &r.key, &r.parent, labels(r.labels))

@@ -263,14 +263,13 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// `ctr --address SOCK -n kitsnap-test ARGS`
     pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_ns("kitsnap-test", args)
+    }
+
+    pub fn ctr_ns(&self, ns: &str, args: &[&str]) -> Output {
         Command::new(self.version.bin_dir.join("ctr"))
             .env("PATH", self.path_env())
-            .args([
-                "--address",
-                self.sock.to_str().unwrap(),
-                "-n",
-                "kitsnap-test",
-            ])
+            .args(["--address", self.sock.to_str().unwrap(), "-n", ns])
             .args(args)
             .output()
             .unwrap()
