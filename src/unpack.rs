@@ -447,6 +447,17 @@ fn ensure_parents(
     Ok(cur.join(parts.last().map(String::as_str).unwrap_or("")))
 }
 
+/// Creates a new file, never following a symlink planted at `target`.
+fn create_file(target: &Path, mode: u32) -> Result<std::fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(target)
+        .at(target)
+}
+
 /// Clears the way for a new file at `target`: refuses an existing one unless overwriting.
 fn make_room(target: &Path, overwrite: bool) -> Result<()> {
     match fs::symlink_metadata(target) {
@@ -523,13 +534,7 @@ fn extract_tar<R: Read>(
             },
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 make_room(&target, overwrite)?;
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(mode)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&target)
-                    .at(&target)?;
+                let mut f = create_file(&target, mode)?;
                 created.push(target.clone());
                 loop {
                     let n = entry
@@ -632,13 +637,7 @@ fn extract_raw<R: Read>(
     let res = (|| -> Result<()> {
         let target = ensure_parents(dest, &parts, &mut checked, &mut created, what)?;
         make_room(&target, overwrite)?;
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&target)
-            .at(&target)?;
+        let mut f = create_file(&target, 0o644)?;
         created.push(target.clone());
         std::io::copy(&mut hr, &mut f).at(&target)?;
         Ok(())

@@ -173,10 +173,7 @@ fn run_suite(v: &Version) {
     // Removing the container and image lets containerd's GC remove our snapshots.
     ctd.ctr_ok(&["containers", "rm", "c1"]);
     ctd.ctr_ok(&["images", "rm", "--sync", IMAGE]);
-    let start = std::time::Instant::now();
-    while ks.snapshot_dirs() > 0 && start.elapsed() < std::time::Duration::from_secs(20) {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    ks.wait_until_empty();
     let ls = ctd.ctr_ok(&["snapshots", "--snapshotter", "kitsnap", "ls"]);
     assert_eq!(ls.lines().count(), 1, "{ctx}: containerd GC left {ls}");
     assert_eq!(
@@ -288,10 +285,7 @@ fn remote_snapshot_path(v: &Version) -> bool {
             .status
             .success()
     );
-    let start = std::time::Instant::now();
-    while ks.snapshot_dirs() > 0 && start.elapsed() < std::time::Duration::from_secs(20) {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    ks.wait_until_empty();
     assert_eq!(
         ks.snapshot_dirs(),
         0,

@@ -161,6 +161,14 @@ impl Kitsnap {
             .unwrap_or(0)
     }
 
+    /// Waits (up to 20 s) for containerd's GC to remove every snapshot directory.
+    pub fn wait_until_empty(&self) {
+        let start = Instant::now();
+        while self.snapshot_dirs() > 0 && start.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
