@@ -32,15 +32,6 @@ impl Reference {
             (None, Some(_)) => None,
         }
     }
-
-    /// The same reference with a tag (used to name a tagged store entry).
-    pub fn with_tag(&self, tag: &str) -> Reference {
-        Reference {
-            tag: Some(tag.to_string()),
-            digest: None,
-            ..self.clone()
-        }
-    }
 }
 
 fn invalid(s: &str, msg: &str) -> Error {

@@ -7,7 +7,7 @@
 //! `gc.lock` (shared by writers, exclusive for garbage collection) and `index.lock`
 //! (exclusive around every read-modify-write of `index.json`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -516,16 +516,6 @@ impl Store {
             Ok(m) => desc.size + m.config.size + m.layers.iter().map(|l| l.size).sum::<u64>(),
             Err(_) => desc.size,
         }
-    }
-
-    /// Descriptor annotations of an entry without the store's own bookkeeping.
-    pub fn clean_annotations(a: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-        a.iter()
-            .filter(|(k, _)| {
-                k.as_str() != ANNOTATION_REF_NAME && k.as_str() != ANNOTATION_UNTAGGED_REPO
-            })
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
     }
 }
 

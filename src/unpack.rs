@@ -20,7 +20,6 @@ use crate::oci::{
     ModelFormat,
 };
 use crate::progress::{self, ProgressReader};
-use crate::reference::Reference;
 use crate::store::Store;
 
 const IO_BUF: usize = 1 << 20;
@@ -647,12 +646,6 @@ fn extract_raw<R: Read>(
         Rollback(created).undo();
     }
     checked
-}
-
-/// Convenience for callers holding a reference.
-pub fn unpack_ref(store: &Store, r: &Reference, opts: &UnpackOptions) -> Result<UnpackReport> {
-    let d = store.resolve(r)?;
-    unpack(store, &d, opts)
 }
 
 #[cfg(test)]
