@@ -8,6 +8,39 @@ mod support;
 
 use support::*;
 
+/// Every snapshot the daemon holds, asked over its own socket: (name, kind).
+fn backend_snapshots(sock: &std::path::Path) -> Vec<(String, i32)> {
+    use kitsnap::snapshotter::service::pb;
+    let sock = sock.to_path_buf();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let ch = tonic::transport::Endpoint::try_from("http://[::1]:1")
+                .unwrap()
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let sock = sock.clone();
+                    async move {
+                        tokio::net::UnixStream::connect(sock)
+                            .await
+                            .map(hyper_util::rt::TokioIo::new)
+                    }
+                }))
+                .await
+                .unwrap();
+            let mut c = pb::snapshots_client::SnapshotsClient::new(ch);
+            let mut s = c
+                .list(pb::ListSnapshotsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            let mut out = Vec::new();
+            while let Some(b) = s.message().await.unwrap() {
+                out.extend(b.info.into_iter().map(|i| (i.name, i.kind)));
+            }
+            out
+        })
+}
+
 fn run_suite(v: &Version) {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
@@ -68,6 +101,24 @@ fn run_suite(v: &Version) {
     );
     let ls = ctd.ctr_ok(&["snapshots", "--snapshotter", "kitsnap", "ls"]);
     assert!(ls.contains("c1") && ls.contains("Active"), "{ctx}: {ls}");
+    // containerd's view and the daemon's agree: same snapshots, same kinds (the backend
+    // names carry containerd's namespace/sequence prefix).
+    let ours = backend_snapshots(&ks.sock);
+    let theirs: Vec<&str> = ls.lines().skip(1).collect();
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "{ctx}: ctr {theirs:?} vs kitsnap {ours:?}"
+    );
+    for line in &theirs {
+        let key = line.split_whitespace().next().unwrap_or("");
+        let kind = if line.contains("Committed") { 3 } else { 2 };
+        assert!(
+            ours.iter()
+                .any(|(n, k)| n.ends_with(&format!("/{key}")) && *k == kind),
+            "{ctx}: {key} not in kitsnap as kind {kind}: {ours:?}"
+        );
+    }
 
     // Restart the daemon while containerd runs; then containerd: both keep working.
     ks.restart();
