@@ -147,6 +147,8 @@ fn notifies_systemd_and_stops_cleanly() {
 fn serves_a_socket_passed_by_systemd() {
     let t = tempfile::tempdir().unwrap();
     let sock = t.path().join("activated.sock");
+    let log = t.path().join("daemon.log");
+    let log = t.path().join("daemon.log");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new("sh");
@@ -159,11 +161,17 @@ fn serves_a_socket_passed_by_systemd() {
             t.path().join("root").display()
         ),
     ])
-    .stderr(Stdio::null());
+    .stderr(std::fs::File::create(&log).unwrap());
     // SAFETY: dup2 is async-signal-safe; fd 3 becomes the listening socket, as systemd does.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            if fd == 3 {
+                // dup2(3, 3) would keep close-on-exec set: clear it instead.
+                let flags = libc::fcntl(3, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -172,22 +180,38 @@ fn serves_a_socket_passed_by_systemd() {
     let mut child = cmd.spawn().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let n = rt.block_on(async {
-        let mut c = client(&sock).await;
-        let mut s = c
-            .list(pb::ListSnapshotsRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
-        let mut n = 0;
-        while let Some(b) = s.message().await.unwrap() {
-            n += b.info.len();
-        }
-        n
+        // Our copy of the listener keeps connects from failing even if the daemon died:
+        // bound the wait so a broken hand-over fails instead of hanging.
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let mut c = client(&sock).await;
+            let mut s = c
+                .list(pb::ListSnapshotsRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            let mut n = 0;
+            while let Some(b) = s.message().await.unwrap() {
+                n += b.info.len();
+            }
+            n
+        })
+        .await
+    });
+    let n = n.unwrap_or_else(|_| {
+        panic!(
+            "no answer on the activated socket; daemon status {:?}",
+            child.try_wait()
+        )
     });
     assert_eq!(n, 0);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    let st = child.wait().unwrap();
+    assert!(
+        st.success(),
+        "{st}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     assert!(
         sock.exists(),
         "an activated socket belongs to systemd and stays"
