@@ -148,7 +148,6 @@ fn serves_a_socket_passed_by_systemd() {
     let t = tempfile::tempdir().unwrap();
     let sock = t.path().join("activated.sock");
     let log = t.path().join("daemon.log");
-    let log = t.path().join("daemon.log");
     let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
     let fd = listener.as_raw_fd();
     let mut cmd = Command::new("sh");
