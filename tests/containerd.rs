@@ -1,6 +1,8 @@
 //! `kitsnap serve` as containerd's proxy snapshotter, against real containerd 1.6, 1.7 and
 //! 2.x daemons started here, running real containers with runc.
 
+#[path = "support/grpc.rs"]
+mod grpc;
 #[path = "support/registry.rs"]
 mod registry;
 #[path = "support/containerd.rs"]
@@ -15,19 +17,7 @@ fn backend_snapshots(sock: &std::path::Path) -> Vec<(String, i32)> {
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(async move {
-            let ch = tonic::transport::Endpoint::try_from("http://[::1]:1")
-                .unwrap()
-                .connect_with_connector(tower::service_fn(move |_| {
-                    let sock = sock.clone();
-                    async move {
-                        tokio::net::UnixStream::connect(sock)
-                            .await
-                            .map(hyper_util::rt::TokioIo::new)
-                    }
-                }))
-                .await
-                .unwrap();
-            let mut c = pb::snapshots_client::SnapshotsClient::new(ch);
+            let mut c = grpc::client(&sock).await;
             let mut s = c
                 .list(pb::ListSnapshotsRequest::default())
                 .await

@@ -9,27 +9,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kitsnap::snapshotter::service::pb;
-use pb::snapshots_client::SnapshotsClient;
+
+#[path = "support/grpc.rs"]
+mod grpc;
+use grpc::client;
 
 fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_kitsnap")
-}
-
-async fn client(sock: &Path) -> SnapshotsClient<tonic::transport::Channel> {
-    let sock = sock.to_path_buf();
-    let ch = tonic::transport::Endpoint::try_from("http://[::1]:1")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let sock = sock.clone();
-            async move {
-                tokio::net::UnixStream::connect(sock)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
-        .await
-        .unwrap();
-    SnapshotsClient::new(ch)
 }
 
 #[test]
