@@ -426,19 +426,21 @@ pub fn run(cli: Cli) -> Result<()> {
                 "REPOSITORY", "TAG", "NAME", "SIZE"
             )?;
             for e in entries {
-                let name = store
-                    .manifest(&e.descriptor)
-                    .ok()
-                    .and_then(|m| unpack::kitfile_of(&store, &m).ok().flatten())
+                // One manifest read per entry serves both the name and the size.
+                let manifest = store.manifest(&e.descriptor).ok();
+                let name = manifest
+                    .as_ref()
+                    .and_then(|m| unpack::kitfile_of(&store, m).ok().flatten())
                     .map(|k| k.package.name)
                     .unwrap_or_default();
+                let size = e.descriptor.size + manifest.as_ref().map_or(0, |m| m.blobs_size());
                 writeln!(
                     out,
                     "{:<40} {:<16} {:<24} {:>10}  {}",
                     e.name,
                     e.tag.as_deref().unwrap_or("<none>"),
                     name,
-                    human_bytes(store.manifest_size(&e.descriptor)),
+                    human_bytes(size),
                     e.descriptor.digest
                 )?;
             }

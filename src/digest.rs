@@ -188,10 +188,6 @@ impl<W: std::io::Write> HashingWriter<W> {
         let (d, n) = self.hasher.finish()?;
         Ok((self.inner, d, n))
     }
-
-    pub fn get_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
 }
 
 impl<W: std::io::Write> std::io::Write for HashingWriter<W> {

@@ -315,19 +315,6 @@ impl Kitfile {
         }
     }
 
-    /// The digests recorded for `entry` in a stored config.
-    pub fn layer_info(&self, entry: &LayerEntry) -> LayerInfo {
-        let mut me = self.clone();
-        me.layer_slots()
-            .into_iter()
-            .find(|(k, i, _)| *k == entry.kind && *i == entry.index)
-            .map(|(_, _, (d, i))| LayerInfo {
-                digest: d.clone(),
-                diff_id: i.clone(),
-            })
-            .unwrap_or_default()
-    }
-
     /// Checks what can be checked without the filesystem.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.manifest_version.trim().is_empty() {

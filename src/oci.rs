@@ -258,6 +258,11 @@ impl LayerType {
 }
 
 impl Manifest {
+    /// Bytes of the config and layers (the manifest itself not included).
+    pub fn blobs_size(&self) -> u64 {
+        self.config.size + self.layers.iter().map(|l| l.size).sum::<u64>()
+    }
+
     /// The format, recognised by artifactType or by config media type (as KitOps does).
     pub fn model_format(&self) -> Option<ModelFormat> {
         let at = self.artifact_type.as_deref();

@@ -60,13 +60,3 @@ impl<R: std::io::Read> std::io::Read for ProgressReader<R> {
         Ok(n)
     }
 }
-
-impl<R: std::io::BufRead> std::io::BufRead for ProgressReader<R> {
-    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
-        self.inner.fill_buf()
-    }
-    fn consume(&mut self, amt: usize) {
-        self.bar.inc(amt as u64);
-        self.inner.consume(amt)
-    }
-}

@@ -509,14 +509,6 @@ impl Store {
         }
         Ok(stats)
     }
-
-    /// Total bytes of the blobs each manifest uses, for `list`.
-    pub fn manifest_size(&self, desc: &Descriptor) -> u64 {
-        match self.manifest(desc) {
-            Ok(m) => desc.size + m.config.size + m.layers.iter().map(|l| l.size).sum::<u64>(),
-            Err(_) => desc.size,
-        }
-    }
 }
 
 /// fsync a directory so a rename in it survives power loss; best effort.

@@ -48,7 +48,7 @@ fn run_suite(v: &Version) {
         "kitsnap",
         img.to_str().unwrap(),
     ]);
-    let ls = ctd.ctr_ok(&["snapshots", "--snapshotter", "kitsnap", "ls"]);
+    let ls = ctd.snap_ok(&["ls"]);
     let layer = ls
         .lines()
         .skip(1)
@@ -56,12 +56,12 @@ fn run_suite(v: &Version) {
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("{ctx}: no committed snapshot in\n{ls}"))
         .to_string();
-    let info = ctd.ctr_ok(&["snapshots", "--snapshotter", "kitsnap", "info", &layer]);
+    let info = ctd.snap_ok(&["info", &layer]);
     assert!(
         info.to_lowercase().contains("\"kind\": \"committed\""),
         "{ctx}: {info}"
     );
-    let usage = ctd.ctr_ok(&["snapshots", "--snapshotter", "kitsnap", "usage", &layer]);
+    let usage = ctd.snap_ok(&["usage", &layer]);
     let size_line = usage.lines().nth(1).unwrap_or("");
     assert!(
         size_line.contains("MiB") || size_line.contains("KiB"),
@@ -89,7 +89,7 @@ fn run_suite(v: &Version) {
         [b"kitsnap-was-here\n".to_vec()],
         "{ctx}: the write is in one upper dir"
     );
-    let ls = ctd.ctr_ok(&["snapshots", "--snapshotter", "kitsnap", "ls"]);
+    let ls = ctd.snap_ok(&["ls"]);
     assert!(ls.contains("c1") && ls.contains("Active"), "{ctx}: {ls}");
     // containerd's view and the daemon's agree: same snapshots, same kinds (the backend
     // names carry containerd's namespace/sequence prefix).
@@ -143,79 +143,31 @@ fn run_suite(v: &Version) {
     assert!(ls2.contains(&layer) && ls2.contains("c1"), "{ctx}: {ls2}");
 
     // Bad input gets the right errors back through containerd.
-    let e = ctd.ctr_err(&[
-        "snapshots",
-        "--snapshotter",
-        "kitsnap",
-        "prepare",
-        "k1",
-        "no-such-parent",
-    ]);
+    let e = ctd.snap_err(&["prepare", "k1", "no-such-parent"]);
     assert!(e.contains("not found"), "{ctx}: {e}");
-    ctd.ctr_ok(&[
-        "snapshots",
-        "--snapshotter",
-        "kitsnap",
-        "prepare",
-        "k1",
-        &layer,
-    ]);
-    let e = ctd.ctr_err(&[
-        "snapshots",
-        "--snapshotter",
-        "kitsnap",
-        "prepare",
-        "k1",
-        &layer,
-    ]);
+    ctd.snap_ok(&["prepare", "k1", &layer]);
+    let e = ctd.snap_err(&["prepare", "k1", &layer]);
     assert!(e.contains("already exists"), "{ctx}: {e}");
-    ctd.ctr_ok(&[
-        "snapshots",
-        "--snapshotter",
-        "kitsnap",
-        "commit",
-        "k1-done",
-        "k1",
-    ]);
-    let e = ctd.ctr_err(&[
-        "snapshots",
-        "--snapshotter",
-        "kitsnap",
-        "commit",
-        "k1-again",
-        "k1",
-    ]);
+    ctd.snap_ok(&["commit", "k1-done", "k1"]);
+    let e = ctd.snap_err(&["commit", "k1-again", "k1"]);
     assert!(e.contains("not found"), "{ctx}: double commit: {e}");
-    let e = ctd.ctr_err(&["snapshots", "--snapshotter", "kitsnap", "rm", &layer]);
+    let e = ctd.snap_err(&["rm", &layer]);
     assert!(
         e.to_lowercase().contains("child") || e.contains("precondition"),
         "{ctx}: remove with children: {e}"
     );
-    let e = ctd.ctr_err(&[
-        "snapshots",
-        "--snapshotter",
-        "kitsnap",
-        "info",
-        "unknown-key",
-    ]);
+    let e = ctd.snap_err(&["info", "unknown-key"]);
     assert!(e.contains("not found"), "{ctx}: {e}");
-    ctd.ctr_ok(&["snapshots", "--snapshotter", "kitsnap", "rm", "k1-done"]);
-    ctd.ctr_ok(&[
-        "snapshots",
-        "--snapshotter",
-        "kitsnap",
-        "label",
-        &layer,
-        "team=ml",
-    ]);
-    let info = ctd.ctr_ok(&["snapshots", "--snapshotter", "kitsnap", "info", &layer]);
+    ctd.snap_ok(&["rm", "k1-done"]);
+    ctd.snap_ok(&["label", &layer, "team=ml"]);
+    let info = ctd.snap_ok(&["info", &layer]);
     assert!(info.contains("\"team\": \"ml\""), "{ctx}: {info}");
 
     // Removing the container and image lets containerd's GC remove our snapshots.
     ctd.ctr_ok(&["containers", "rm", "c1"]);
     ctd.ctr_ok(&["images", "rm", "--sync", IMAGE]);
     ks.wait_until_empty();
-    let ls = ctd.ctr_ok(&["snapshots", "--snapshotter", "kitsnap", "ls"]);
+    let ls = ctd.snap_ok(&["ls"]);
     assert_eq!(ls.lines().count(), 1, "{ctx}: containerd GC left {ls}");
     assert_eq!(
         ks.snapshot_dirs(),

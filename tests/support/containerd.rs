@@ -319,6 +319,16 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         String::from_utf8_lossy(&o.stderr).into_owned()
     }
 
+    /// `ctr snapshots --snapshotter kitsnap ARGS`, asserting success.
+    pub fn snap_ok(&self, args: &[&str]) -> String {
+        self.ctr_ok(&[&["snapshots", "--snapshotter", "kitsnap"], args].concat())
+    }
+
+    /// `ctr snapshots --snapshotter kitsnap ARGS`, asserting failure; returns stderr.
+    pub fn snap_err(&self, args: &[&str]) -> String {
+        self.ctr_err(&[&["snapshots", "--snapshotter", "kitsnap"], args].concat())
+    }
+
     pub fn log_tail(&self) -> String {
         let l = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
         l.lines()
