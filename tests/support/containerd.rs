@@ -304,7 +304,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             let o = self.ctr(args);
             let err = String::from_utf8_lossy(&o.stderr);
             if o.status.success()
-                || !err.contains("Unavailable") && !err.contains("unavailable")
+                // containerd 1.x says "Unavailable"; 2.x passes on "connection refused".
+                || !(err.to_lowercase().contains("unavailable") || err.contains("connection refused"))
                 || start.elapsed() > Duration::from_secs(15)
             {
                 return self.ctr_ok(args);
