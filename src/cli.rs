@@ -114,6 +114,41 @@ only then enters the store; broken connections are resumed with Range requests. 
 read from containerd's hosts directory (--hosts-dir, default /etc/containerd/certs.d)."
     )]
     Pull(PullArgs),
+    /// Mount a ModelKit read-only on the host (a containerd view), print the path.
+    #[command(
+        long_about = "Asks kitsnap serve for a read-only view of REF: the ModelKit is \
+pulled into containerd first if this node does not hold it, then a containerd View of its \
+layer snapshots is mounted under /run/kitsnap/mounts/NAME, files laid out as in the Kitfile. \
+The path printed can be bind-mounted into containers; writes fail (read-only file system). \
+Mounting the same NAME again adds a holder; `kitsnap umount` drops one. --filter selects \
+layers as in unpack (model, datasets[:NAME_OR_PATH], code, docs, prompts).\n\nExamples:\n  \
+P=$(kitsnap mount 127.0.0.1:5000/kits/llm:v1 --plain-http)\n  \
+ctr run --mount type=bind,src=$P,dst=/models,options=rbind:ro IMAGE ID\n  \
+nerdctl run -v $P:/models:ro IMAGE\n  docker run -v $P:/models:ro IMAGE\n  \
+kitsnap mount REF --filter model --name llm-weights\n  kitsnap mount --list"
+    )]
+    Mount(MountArgs),
+    /// Unmount a `kitsnap mount` (by name or path) and remove its view.
+    Umount {
+        /// Mount name or path.
+        name: String,
+        /// Unmount even if other holders (containers of the Docker plugin) remain.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// Disk used by ModelKits on this node (containerd content, snapshots).
+    #[command(
+        long_about = "For each ModelKit pulled into containerd with kitsnap: its layers' \
+size, the bytes of its blobs in containerd's content store (manifest, config, compressed \
+layers; uncompressed layers live only in their snapshots), and the bytes of its snapshots; \
+then node totals, hardlinks counted once."
+    )]
+    Df {
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
     /// Save credentials for a registry (in the Docker config).
     #[command(
         long_about = "Checks USERNAME and password against REGISTRY and saves them in \
@@ -137,6 +172,37 @@ systemd (Type=notify) it reports readiness once the socket listens."
         /// Registry host, e.g. registry.example.com:5000.
         registry: String,
     },
+}
+
+/// How to reach `kitsnap serve` and in which containerd namespace to work.
+#[derive(Args, Debug, Clone)]
+pub struct DaemonArgs {
+    /// kitsnap serve's socket.
+    #[arg(long, env = "KITSNAP_ADDRESS", value_name = "SOCKET", default_value = daemon::DEFAULT_ADDRESS)]
+    pub address: PathBuf,
+    /// containerd namespace.
+    #[arg(short = 'n', long, env = "CONTAINERD_NAMESPACE", default_value = crate::containerd::DEFAULT_NAMESPACE)]
+    pub namespace: String,
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// ModelKit: REGISTRY/REPO[:TAG] or @sha256:DIGEST (or a local-store name).
+    #[arg(required_unless_present = "list")]
+    pub reference: Option<String>,
+    /// Select layers, as in unpack (repeatable).
+    #[arg(long = "filter", value_name = "FILTER")]
+    pub filters: Vec<String>,
+    /// Mount name (default: derived from REF and the filters).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// List the current mounts instead.
+    #[arg(long, conflicts_with_all = ["reference", "filters", "name"])]
+    pub list: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -179,6 +245,25 @@ impl RegistryArgs {
         Registry::new(host, opts).with_context(|| format!("setting up a client for {host}"))
     }
 
+    /// The same settings for a pull that kitsnap serve makes.
+    fn node_options(&self) -> crate::node::pb::RegistryOptions {
+        crate::node::pb::RegistryOptions {
+            plain_http: self.plain_http,
+            insecure_skip_verify: !self.tls_verify,
+            ca_file: self
+                .ca_files
+                .first()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            hosts_dir: self
+                .hosts_dir
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            concurrency: self.concurrency as u32,
+        }
+    }
+
     fn transfer(&self, progress: bool) -> TransferOptions {
         TransferOptions {
             concurrency: self.concurrency,
@@ -201,6 +286,18 @@ pub struct ServeArgs {
     /// Log level: error, warn, info, debug, trace (or a tracing filter; KITSNAP_LOG overrides).
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// containerd's socket (for ModelKit pulls and views) [default: /run/containerd/containerd.sock]
+    #[arg(long, value_name = "SOCKET")]
+    pub containerd_address: Option<PathBuf>,
+    /// Where ModelKit views are mounted [default: /run/kitsnap/mounts]
+    #[arg(long, value_name = "DIR")]
+    pub mount_root: Option<PathBuf>,
+    /// Docker volume plugin socket [default: /run/docker/plugins/kitsnap.sock]
+    #[arg(long, value_name = "SOCKET")]
+    pub docker_plugin: Option<PathBuf>,
+    /// Do not serve the Docker volume plugin.
+    #[arg(long, conflicts_with = "docker_plugin")]
+    pub no_docker_plugin: bool,
 }
 
 #[derive(Args, Debug)]
@@ -228,6 +325,12 @@ pub struct PushArgs {
 pub struct PullArgs {
     /// ModelKit to pull: REGISTRY/REPO[:TAG] or REGISTRY/REPO@sha256:DIGEST.
     pub reference: String,
+    /// Pull into containerd instead (through kitsnap serve): content store, image record,
+    /// one kitsnap snapshot per layer. A REF in the local store is taken from there.
+    #[arg(long)]
+    pub containerd: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -486,6 +589,74 @@ pub fn run(cli: Cli) -> Result<()> {
                 writeln!(out, "{}", d.digest)?;
             }
         }
+        Command::Pull(a) if a.containerd => {
+            let r = parse_ref(&a.reference)?;
+            let res = runtime()?
+                .block_on(crate::node::client::pull(
+                    &a.daemon.address,
+                    crate::node::client::PullArgs {
+                        reference: r.to_string(),
+                        namespace: a.daemon.namespace.clone(),
+                        store: store_root.is_dir().then(|| store_root.clone()),
+                        registry: a.registry.node_options(),
+                        progress,
+                    },
+                ))
+                .with_context(|| format!("pulling {r} into containerd"))?;
+            eprintln!(
+                "Pulled {} into containerd (namespace {}, from the {}): {} layer(s) unpacked ({}), {} already on this node; top snapshot {}",
+                res.image,
+                a.daemon.namespace,
+                res.source,
+                res.layers_unpacked,
+                human_bytes(res.bytes_fetched),
+                res.layers_reused,
+                res.top_snapshot
+            );
+            writeln!(out, "{}", res.manifest_digest)?;
+        }
+        Command::Mount(a) if a.list => {
+            runtime()?.block_on(crate::node::client::list_mounts(&a.daemon.address, &mut out))?;
+        }
+        Command::Mount(a) => {
+            let reference = a.reference.clone().unwrap_or_default();
+            let r = parse_ref(&reference)?;
+            let res = runtime()?
+                .block_on(crate::node::client::mount(
+                    &a.daemon.address,
+                    crate::node::client::MountArgs {
+                        reference: r.to_string(),
+                        namespace: a.daemon.namespace.clone(),
+                        filters: a.filters.clone(),
+                        name: a.name.clone(),
+                        store: store_root.is_dir().then(|| store_root.clone()),
+                        registry: a.registry.node_options(),
+                    },
+                ))
+                .with_context(|| format!("mounting {r}"))?;
+            if res.pulled {
+                eprintln!("Pulled {r} into containerd (namespace {})", a.daemon.namespace);
+            }
+            eprintln!("Mounted {r} read-only as {} ({} holder(s))", res.name, res.holders);
+            writeln!(out, "{}", res.path)?;
+        }
+        Command::Umount {
+            name,
+            force,
+            daemon,
+        } => {
+            let res = runtime()?
+                .block_on(crate::node::client::umount(&daemon.address, &name, force))
+                .with_context(|| format!("unmounting {name}"))?;
+            if res.unmounted {
+                eprintln!("Unmounted {name}");
+            } else {
+                eprintln!("{name} stays mounted: {} other holder(s) (use --force)", res.holders);
+            }
+        }
+        Command::Df { daemon } => {
+            runtime()?.block_on(crate::node::client::df(&daemon.address, &mut out))?;
+        }
         Command::Pull(a) => {
             let store = open_store()?;
             let r = parse_ref(&a.reference)?;
@@ -562,10 +733,39 @@ pub fn run(cli: Cli) -> Result<()> {
                 .address
                 .or(cfg.address)
                 .unwrap_or_else(|| PathBuf::from(daemon::DEFAULT_ADDRESS));
+            let mut registry = ClientOptions {
+                hosts_dir: cfg.hosts_dir.clone().or_else(|| {
+                    let d = PathBuf::from(crate::hosts::DEFAULT_HOSTS_DIR);
+                    d.is_dir().then_some(d)
+                }),
+                ..ClientOptions::default()
+            };
+            registry.retries = 5;
+            let settings = daemon::Settings {
+                root,
+                address,
+                socket_gid: cfg.socket_gid,
+                containerd_address: a
+                    .containerd_address
+                    .or(cfg.containerd_address)
+                    .unwrap_or_else(|| PathBuf::from(crate::containerd::DEFAULT_ADDRESS)),
+                mount_root: a
+                    .mount_root
+                    .or(cfg.mount_root)
+                    .unwrap_or_else(|| PathBuf::from(crate::node::DEFAULT_MOUNT_ROOT)),
+                docker_plugin: match a.docker_plugin.or(cfg.docker_plugin) {
+                    _ if a.no_docker_plugin => None,
+                    Some(p) if p.as_os_str().is_empty() => None,
+                    Some(p) => Some(p),
+                    None => Some(PathBuf::from(crate::dockerplugin::DEFAULT_SOCKET)),
+                },
+                registry,
+                plain_http: cfg.plain_http.clone(),
+            };
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?
-                .block_on(daemon::serve(root, address, cfg.socket_gid))?;
+                .block_on(daemon::serve(settings))?;
         }
         Command::Logout { registry } => {
             let mut cfg = DockerConfig::load(credentials::default_path())?;

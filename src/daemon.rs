@@ -8,6 +8,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use crate::node::{self, Node, pb::node_server::NodeServer};
+use crate::registry::ClientOptions;
 use crate::snapshotter::Snapshotter;
 use crate::snapshotter::service::{Service, pb::snapshots_server::SnapshotsServer};
 
@@ -24,6 +26,30 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Socket group (numeric gid) for mode-0660 access; default: the daemon's group.
     pub socket_gid: Option<u32>,
+    /// containerd's socket, for ModelKit pulls and views.
+    pub containerd_address: Option<PathBuf>,
+    /// Where ModelKit views are mounted on the host.
+    pub mount_root: Option<PathBuf>,
+    /// Docker volume plugin socket; "" turns the plugin off.
+    pub docker_plugin: Option<PathBuf>,
+    /// containerd-style hosts directory (mirrors, CAs) for pulls the daemon makes.
+    pub hosts_dir: Option<PathBuf>,
+    /// Registries reached over plain HTTP (host[:port]), for pulls the daemon makes.
+    #[serde(default)]
+    pub plain_http: Vec<String>,
+}
+
+/// Everything `serve` needs, resolved from flags, config and defaults.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub root: PathBuf,
+    pub address: PathBuf,
+    pub socket_gid: Option<u32>,
+    pub containerd_address: PathBuf,
+    pub mount_root: PathBuf,
+    pub docker_plugin: Option<PathBuf>,
+    pub registry: ClientOptions,
+    pub plain_http: Vec<String>,
 }
 
 impl Config {
@@ -72,7 +98,13 @@ pub fn init_logging(level: &str) {
         .try_init();
 }
 
-pub async fn serve(root: PathBuf, address: PathBuf, socket_gid: Option<u32>) -> Result<()> {
+pub async fn serve(settings: Settings) -> Result<()> {
+    let Settings {
+        root,
+        address,
+        socket_gid,
+        ..
+    } = settings.clone();
     let snap = Arc::new(
         tokio::task::spawn_blocking({
             let root = root.clone();
@@ -82,11 +114,27 @@ pub async fn serve(root: PathBuf, address: PathBuf, socket_gid: Option<u32>) -> 
         .with_context(|| format!("opening the snapshotter at {}", root.display()))?,
     );
     tracing::info!(root = %root.display(), "metadata opened");
+    let node = Arc::new(
+        Node::open(
+            snap.clone(),
+            settings.containerd_address.clone(),
+            settings.mount_root.clone(),
+            settings.registry.clone(),
+        )
+        .context("opening the node state")?,
+    );
+    let plugin = match &settings.docker_plugin {
+        Some(sock) => Some(
+            crate::dockerplugin::start(node.clone(), sock, settings.plain_http.clone())
+                .with_context(|| format!("starting the Docker volume plugin at {}", sock.display()))?,
+        ),
+        None => None,
+    };
     let (listener, activated) = match activated_listener()? {
         Some(l) => (l, true),
         None => (bind(&address, socket_gid)?, false),
     };
-    tracing::info!(socket = %address.display(), activated, "serving containerd.services.snapshots.v1");
+    tracing::info!(socket = %address.display(), activated, "serving containerd.services.snapshots.v1 and kitsnap.v1.Node");
     sd_notify("READY=1\nSTATUS=serving snapshots.v1");
 
     let shutdown = async {
@@ -104,6 +152,7 @@ pub async fn serve(root: PathBuf, address: PathBuf, socket_gid: Option<u32>) -> 
     };
     tonic::transport::Server::builder()
         .add_service(SnapshotsServer::new(Service { snap }))
+        .add_service(NodeServer::new(node::service::Service { node }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
             shutdown,
@@ -113,6 +162,10 @@ pub async fn serve(root: PathBuf, address: PathBuf, socket_gid: Option<u32>) -> 
     // A socket systemd holds stays for the next start.
     if !activated {
         let _ = std::fs::remove_file(&address);
+    }
+    if let (Some(p), Some(sock)) = (plugin, &settings.docker_plugin) {
+        p.abort();
+        let _ = std::fs::remove_file(sock);
     }
     Ok(())
 }

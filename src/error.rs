@@ -72,6 +72,13 @@ pub enum Error {
     #[error("{0}: authentication required (run `kitsnap login {0}` or check the credentials)")]
     Unauthorized(String),
 
+    /// A transfer stopped for good (its consumer failed or cannot start over).
+    #[error("{0}")]
+    Aborted(String),
+
+    #[error("containerd: {0}")]
+    Containerd(#[from] crate::containerd::CtrError),
+
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -3,17 +3,24 @@
 //! The library is split by job: `kitfile` (schema), `oci` (formats), `store` (local OCI
 //! layout), `pack` / `unpack` (layers), `init` (Kitfile generation), `reference`, `ignore`,
 //! `digest`; `registry` (distribution-v2 client), `credentials` (Docker config),
-//! `hosts` (containerd mirrors) and `transfer` (push/pull); `cli` is the front end.
+//! `hosts` (containerd mirrors) and `transfer` (push/pull); `snapshotter` (containerd's
+//! snapshots.v1 server), `containerd` (client of containerd's services), `node` (ModelKits
+//! pulled into containerd, views, `df`), `mount` (host mounts), `dockerplugin` (Docker
+//! volume plugin), `daemon` (`kitsnap serve`); `cli` is the front end.
 
 pub mod cli;
+pub mod containerd;
 pub mod credentials;
 pub mod daemon;
+pub mod dockerplugin;
 pub mod digest;
 pub mod error;
 pub mod hosts;
 pub mod ignore;
 pub mod init;
 pub mod kitfile;
+pub mod mount;
+pub mod node;
 pub mod oci;
 pub mod pack;
 pub mod progress;

@@ -194,6 +194,54 @@ fn file_body(path: &Path, offset: u64, len: u64, bar: &ProgressBar) -> Result<re
     Ok(reqwest::Body::wrap_stream(stream))
 }
 
+/// Where a downloaded blob goes, in order. `reset` restarts at byte 0 (a server that
+/// ignored `Range`, or the next endpoint); a sink that cannot restart returns
+/// [`Error::Aborted`].
+pub trait BlobSink: Send {
+    fn reset(&mut self) -> Result<()>;
+    fn write(&mut self, data: bytes::Bytes) -> impl Future<Output = Result<()>> + Send;
+    /// Called once after the last byte.
+    fn finish(&mut self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+    /// True when the sink checks the digest itself (so it is not hashed twice).
+    fn verifies(&self) -> bool {
+        false
+    }
+}
+
+struct FileSink<'a>(&'a mut File);
+
+impl BlobSink for FileSink<'_> {
+    fn reset(&mut self) -> Result<()> {
+        self.0.set_len(0)?;
+        self.0.seek(SeekFrom::Start(0))?;
+        Ok(())
+    }
+    async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.0.write_all(&data)?;
+        Ok(())
+    }
+    async fn finish(&mut self) -> Result<()> {
+        self.0.flush()?;
+        Ok(())
+    }
+}
+
+/// Collects a small blob in memory.
+pub struct VecSink(pub Vec<u8>);
+
+impl BlobSink for VecSink {
+    fn reset(&mut self) -> Result<()> {
+        self.0.clear();
+        Ok(())
+    }
+    async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.0.extend_from_slice(&data);
+        Ok(())
+    }
+}
+
 impl Registry {
     pub fn new(host: &str, opts: ClientOptions) -> Result<Registry> {
         let eps = hosts::endpoints(host, opts.hosts_dir.as_deref(), opts.plain_http)?;
@@ -519,12 +567,24 @@ impl Registry {
         file: &mut File,
         bar: &ProgressBar,
     ) -> Result<()> {
+        self.fetch_blob_into(repo, desc, &mut FileSink(file), bar)
+            .await
+    }
+
+    /// Downloads a blob into any [`BlobSink`], with the same resume and fallback rules.
+    /// Unless the sink verifies the digest itself, it is checked here.
+    pub async fn fetch_blob_into<S: BlobSink>(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        sink: &mut S,
+        bar: &ProgressBar,
+    ) -> Result<()> {
         let mut last = None;
         for ep in self.endpoints_for(|e| e.pull) {
-            file.set_len(0)?;
-            file.seek(SeekFrom::Start(0))?;
+            sink.reset()?;
             bar.set_position(0);
-            match self.fetch_from(ep, repo, desc, file, bar).await {
+            match self.fetch_from(ep, repo, desc, sink, bar).await {
                 Ok(()) => return Ok(()),
                 // Content that fails verification upstream will not get better elsewhere.
                 Err(e @ (Error::DigestMismatch { .. } | Error::SizeMismatch { .. }))
@@ -532,6 +592,8 @@ impl Registry {
                 {
                     return Err(e);
                 }
+                // A sink that cannot start over ends the fetch.
+                Err(e @ Error::Aborted(_)) => return Err(e),
                 Err(e) => last = Some(e),
             }
         }
@@ -540,17 +602,17 @@ impl Registry {
         }))
     }
 
-    async fn fetch_from(
+    async fn fetch_from<S: BlobSink>(
         &self,
         ep: usize,
         repo: &str,
         desc: &Descriptor,
-        file: &mut File,
+        sink: &mut S,
         bar: &ProgressBar,
     ) -> Result<()> {
         let scope = format!("repository:{repo}:pull");
         let url = self.url(ep, &format!("{repo}/blobs/{}", desc.digest));
-        let mut hasher = ThreadedHasher::new();
+        let mut hasher = (!sink.verifies()).then(ThreadedHasher::new);
         let mut got: u64 = 0;
         let mut breaks = 0;
         loop {
@@ -580,9 +642,8 @@ impl Registry {
                     == Some(got);
             if got > 0 && !partial_ok {
                 // The server ignored the Range: start over.
-                file.set_len(0)?;
-                file.seek(SeekFrom::Start(0))?;
-                hasher = ThreadedHasher::new();
+                sink.reset()?;
+                hasher = (!sink.verifies()).then(ThreadedHasher::new);
                 got = 0;
                 bar.set_position(0);
             }
@@ -598,10 +659,12 @@ impl Registry {
                                 actual: got + b.len() as u64,
                             });
                         }
-                        hasher.update(&b);
-                        file.write_all(&b)?;
+                        if let Some(h) = hasher.as_mut() {
+                            h.update(&b);
+                        }
                         got += b.len() as u64;
                         bar.inc(b.len() as u64);
+                        sink.write(b).await?;
                     }
                     Err(e) => {
                         broken = Some(http_err(&url, &e));
@@ -623,15 +686,16 @@ impl Registry {
             tracing_note(&format!("{url}: connection broke at byte {got}, resuming"));
             tokio::time::sleep(self.backoff(breaks - 1)).await;
         }
-        file.flush()?;
-        let (actual, _) = hasher.finish()?;
-        if actual != desc.digest {
-            return Err(Error::DigestMismatch {
-                digest: desc.digest.to_string(),
-                actual: actual.to_string(),
-            });
+        if let Some(h) = hasher {
+            let (actual, _) = h.finish()?;
+            if actual != desc.digest {
+                return Err(Error::DigestMismatch {
+                    digest: desc.digest.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
         }
-        Ok(())
+        sink.finish().await
     }
 
     fn push_endpoint(&self) -> Result<usize> {

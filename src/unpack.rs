@@ -54,6 +54,17 @@ impl FilterType {
         })
     }
 
+    /// From [`LayerKind::user_str`] (as stored in node records).
+    pub fn from_user_str(kind: &str) -> FilterType {
+        match kind {
+            "dataset" => FilterType::Datasets,
+            "code" => FilterType::Code,
+            "docs" => FilterType::Docs,
+            "prompt" => FilterType::Prompts,
+            _ => FilterType::Model,
+        }
+    }
+
     pub fn for_kind(kind: LayerKind) -> FilterType {
         match kind {
             LayerKind::Model | LayerKind::ModelPart => FilterType::Model,
@@ -132,6 +143,7 @@ pub struct UnpackReport {
 }
 
 /// A manifest layer matched with its Kitfile entry.
+#[derive(Clone, Debug)]
 pub struct LayerPlan {
     pub kind: LayerKind,
     pub name: String,
@@ -615,7 +627,7 @@ fn extract_tar<R: Read>(
 }
 
 /// A ModelPack `.raw` layer: the blob is the file itself.
-fn extract_raw<R: Read>(
+pub fn extract_raw<R: Read>(
     reader: R,
     desc: &Descriptor,
     dest: &Path,

@@ -34,6 +34,7 @@ fn notifies_systemd_and_stops_cleanly() {
             t.path().join("root").to_str().unwrap(),
             "--address",
             sock.to_str().unwrap(),
+            "--no-docker-plugin",
         ])
         .env("NOTIFY_SOCKET", &notify)
         .stderr(Stdio::null())
@@ -141,7 +142,7 @@ fn serves_a_socket_passed_by_systemd() {
     cmd.args([
         "-c",
         &format!(
-            "LISTEN_PID=$$ LISTEN_FDS=1 exec {} serve --root {} --address /nonexistent/unused.sock",
+            "LISTEN_PID=$$ LISTEN_FDS=1 exec {} serve --root {} --address /nonexistent/unused.sock --no-docker-plugin",
             bin(),
             t.path().join("root").display()
         ),

@@ -7,6 +7,7 @@
 //! directories without a record, which `Cleanup` (and start-up) deletes. Commit and
 //! Update are single transactions.
 
+pub mod compose;
 pub mod filter;
 pub mod service;
 
@@ -21,6 +22,8 @@ use serde::{Deserialize, Serialize};
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// ModelKits pulled into containerd on this node: `namespace\nreference` -> KitRecord.
+const KITS: TableDefinition<&str, &[u8]> = TableDefinition::new("modelkits");
 
 /// Label containerd puts on Prepare when the snapshot could come from elsewhere.
 pub const LABEL_TARGET_REF: &str = "containerd.io/snapshot.ref";
@@ -96,6 +99,9 @@ pub struct Record {
     /// Disk usage, recorded at commit.
     pub size: i64,
     pub inodes: i64,
+    /// A ModelKit tree (under `trees/`) mounted as an extra lower layer.
+    #[serde(default)]
+    pub tree: Option<String>,
 }
 
 /// What containerd gets back: a `containerd.types.Mount`.
@@ -129,10 +135,15 @@ fn encode(r: &Record) -> Result<Vec<u8>> {
 
 /// Disk usage of a tree: bytes in allocated blocks and inodes, hardlinks counted once.
 pub fn disk_usage(dir: &Path) -> Result<(i64, i64)> {
+    disk_usage_many(&[dir.to_path_buf()])
+}
+
+/// Like [`disk_usage`] over several trees, an inode shared between them counted once.
+pub fn disk_usage_many(dirs: &[PathBuf]) -> Result<(i64, i64)> {
     let mut seen = HashSet::new();
     let mut size = 0i64;
     let mut inodes = 0i64;
-    let mut stack = vec![dir.to_path_buf()];
+    let mut stack = dirs.to_vec();
     while let Some(d) = stack.pop() {
         let m = match fs::symlink_metadata(&d) {
             Ok(m) => m,
@@ -161,6 +172,7 @@ impl Snapshotter {
         {
             w.open_table(SNAPSHOTS)?;
             w.open_table(META)?;
+            w.open_table(KITS)?;
         }
         w.commit()?;
         let s = Snapshotter { root, db };
@@ -171,6 +183,10 @@ impl Snapshotter {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    fn trees_dir(&self) -> PathBuf {
+        self.root.join("trees")
     }
 
     fn dir(&self, id: u64) -> PathBuf {
@@ -253,6 +269,13 @@ impl Snapshotter {
                 )));
             }
         }
+        let tree = self.tree_for(key, &labels)?;
+        if kind == Kind::View
+            && let Some(v) = labels.get(compose::LABEL_LAYERS)
+        {
+            // Checked now so that a bad selection fails the View, not a later Mounts.
+            self.select_layers(self.lowers(parent.to_string())?, v)?;
+        }
         let w = self.db.begin_write()?;
         let id = {
             let mut meta = w.open_table(META)?;
@@ -277,6 +300,7 @@ impl Snapshotter {
             updated: t,
             size: 0,
             inodes: 0,
+            tree,
         };
         {
             let mut snaps = w.open_table(SNAPSHOTS)?;
@@ -292,7 +316,16 @@ impl Snapshotter {
     }
 
     fn mounts_of(&self, r: &Record) -> Result<Vec<Mount>> {
-        let lowers = self.lowers(r.parent.clone())?;
+        let mut lowers = self.lowers(r.parent.clone())?;
+        if r.kind == Kind::View
+            && let Some(v) = r.labels.get(compose::LABEL_LAYERS)
+        {
+            lowers = self.select_layers(lowers, v)?;
+        }
+        if let Some(t) = &r.tree {
+            // On top of the image layers, under the container's own upper dir.
+            lowers.insert(0, self.trees_dir().join(t));
+        }
         let s = |p: &Path| p.to_string_lossy().into_owned();
         let m = match (r.kind, lowers.len()) {
             (Kind::Active, 0) => Mount {
@@ -386,7 +419,7 @@ impl Snapshotter {
 
     pub fn remove(&self, key: &str) -> Result<()> {
         let w = self.db.begin_write()?;
-        let id = {
+        let id_rec = {
             let mut t = w.open_table(SNAPSHOTS)?;
             let rec = match t.get(key)? {
                 Some(v) => decode(key, v.value())?,
@@ -402,9 +435,16 @@ impl Snapshotter {
                 }
             }
             t.remove(key)?;
-            rec.id
+            rec
         };
         w.commit()?;
+        let id = id_rec.id;
+        if let Some(tree) = id_rec.tree {
+            let used = self.all()?.iter().any(|(_, r)| r.tree.as_ref() == Some(&tree));
+            if !used {
+                let _ = fs::remove_dir_all(self.trees_dir().join(tree));
+            }
+        }
         // Record first, then the files: a crash here leaves an orphan that Cleanup removes.
         let dir = self.dir(id);
         let tomb = self.root.join("snapshots").join(format!("rm-{id}"));
@@ -479,6 +519,130 @@ impl Snapshotter {
         }
     }
 
+    /// Keeps the layers `spec` names (indices from the bottom) of a chain given top first.
+    fn select_layers(&self, lowers: Vec<PathBuf>, spec: &str) -> Result<Vec<PathBuf>> {
+        let want = compose::parse_layers_label(spec)?;
+        let n = lowers.len();
+        if let Some(bad) = want.iter().find(|&&i| i >= n) {
+            return Err(SnapError::InvalidArgument(format!(
+                "{}: layer {bad} does not exist (the parent chain has {n})",
+                compose::LABEL_LAYERS
+            )));
+        }
+        if want.is_empty() {
+            return Err(SnapError::InvalidArgument("no layers selected".into()));
+        }
+        // lowers[0] is the top, i.e. index n-1.
+        Ok(lowers
+            .into_iter()
+            .enumerate()
+            .filter(|(pos, _)| want.contains(&(n - 1 - pos)))
+            .map(|(_, p)| p)
+            .collect())
+    }
+
+    /// The ModelKit tree a Prepare/View asks for with `kitsnap.modelkit`, built if needed.
+    fn tree_for(&self, key: &str, labels: &BTreeMap<String, String>) -> Result<Option<String>> {
+        let Some(v) = labels.get(compose::LABEL_MODELKIT) else {
+            return Ok(None);
+        };
+        let (reference, dest) = compose::parse_modelkit_label(v)?;
+        // Backend keys are `<namespace>/<seq>/<name>`: prefer the container's namespace.
+        let ns = key.split('/').next().unwrap_or_default();
+        let kit = self.kit(ns, &reference)?.ok_or_else(|| {
+            SnapError::FailedPrecondition(format!(
+                "ModelKit {reference} is not on this node: run `kitsnap pull --containerd {reference}` first"
+            ))
+        })?;
+        let (top_key, _) = self.find_named(&kit.namespace, &kit.top)?.ok_or_else(|| {
+            SnapError::FailedPrecondition(format!(
+                "ModelKit {reference} was removed from containerd (namespace {}); pull it again",
+                kit.namespace
+            ))
+        })?;
+        let mut layers = self.lowers(top_key)?;
+        layers.reverse();
+        if layers.len() != kit.layers.len() {
+            return Err(SnapError::Internal(format!(
+                "ModelKit {reference}: {} layer snapshots for {} layers",
+                layers.len(),
+                kit.layers.len()
+            )));
+        }
+        if let Some(f) = labels.get(compose::LABEL_FILTER) {
+            let filters = f
+                .split(';')
+                .map(|s| s.parse::<crate::unpack::Filter>())
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| SnapError::InvalidArgument(format!("{}: {e}", compose::LABEL_FILTER)))?;
+            layers = layers
+                .into_iter()
+                .zip(&kit.layers)
+                .filter(|(_, l)| {
+                    crate::unpack::selected(
+                        &filters,
+                        crate::unpack::FilterType::from_user_str(&l.kind),
+                        &l.name,
+                        &l.path,
+                    )
+                })
+                .map(|(p, _)| p)
+                .collect();
+        }
+        compose::ensure_tree(&self.trees_dir(), &layers, &dest).map(Some)
+    }
+
+    /// The snapshot containerd calls `name` in namespace `ns` (backend key `ns/<seq>/name`).
+    pub fn find_named(&self, ns: &str, name: &str) -> Result<Option<(String, Record)>> {
+        Ok(self.all()?.into_iter().find(|(k, _)| {
+            k.strip_prefix(ns)
+                .and_then(|r| r.strip_prefix('/'))
+                .and_then(|r| r.split_once('/'))
+                .is_some_and(|(seq, n)| n == name && seq.bytes().all(|b| b.is_ascii_digit()))
+        }))
+    }
+
+    /// Records a ModelKit pulled into containerd.
+    pub fn put_kit(&self, k: &compose::KitRecord) -> Result<()> {
+        let v = serde_json::to_vec(k).map_err(|e| SnapError::Internal(e.to_string()))?;
+        let w = self.db.begin_write()?;
+        w.open_table(KITS)?
+            .insert(compose::kit_key(&k.namespace, &k.reference).as_str(), v.as_slice())?;
+        w.commit()?;
+        Ok(())
+    }
+
+    /// A pulled ModelKit by reference: in `ns` if there, else in any namespace.
+    pub fn kit(&self, ns: &str, reference: &str) -> Result<Option<compose::KitRecord>> {
+        let all = self.kits()?;
+        Ok(all
+            .iter()
+            .find(|k| k.namespace == ns && k.reference == reference)
+            .or_else(|| all.iter().find(|k| k.reference == reference))
+            .cloned())
+    }
+
+    pub fn kits(&self) -> Result<Vec<compose::KitRecord>> {
+        let r = self.db.begin_read()?;
+        let t = r.open_table(KITS)?;
+        let mut out = Vec::new();
+        for e in t.iter()? {
+            let (_, v) = e?;
+            out.push(
+                serde_json::from_slice(v.value())
+                    .map_err(|e| SnapError::Internal(format!("modelkit record: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Every kitsnap snapshot and tree on disk, hardlinks counted once: (snapshots, trees).
+    pub fn disk_totals(&self) -> Result<(i64, i64)> {
+        let snaps = disk_usage(&self.root.join("snapshots"))?.0;
+        let both = disk_usage_many(&[self.root.join("snapshots"), self.trees_dir()])?.0;
+        Ok((snaps, both - snaps))
+    }
+
     /// Deletes directories that no record names (left by crashes or interrupted removes).
     pub fn cleanup(&self) -> Result<usize> {
         let live: HashSet<String> = self
@@ -493,6 +657,16 @@ impl Snapshotter {
             if !live.contains(&name) {
                 fs::remove_dir_all(e.path())?;
                 removed += 1;
+            }
+        }
+        let trees: HashSet<String> = self.all()?.into_iter().filter_map(|(_, r)| r.tree).collect();
+        if let Ok(rd) = fs::read_dir(self.trees_dir()) {
+            for e in rd {
+                let e = e?;
+                if !trees.contains(&*e.file_name().to_string_lossy()) {
+                    fs::remove_dir_all(e.path())?;
+                    removed += 1;
+                }
             }
         }
         Ok(removed)

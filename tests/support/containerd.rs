@@ -89,17 +89,31 @@ fn wait_for(path: &Path, child: &mut Child, what: &str) {
 pub struct Kitsnap {
     pub root: PathBuf,
     pub sock: PathBuf,
+    /// Where `kitsnap mount` views go.
+    pub mounts: PathBuf,
+    /// The Docker volume plugin socket ("" = off).
+    pub docker_plugin: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    containerd_sock: PathBuf,
 }
 
 impl Kitsnap {
+    /// Starts `kitsnap serve` under `dir`; it finds containerd at the socket that
+    /// `Containerd::start(_, dir/containerd, _)` makes.
     pub fn start(dir: &Path) -> Kitsnap {
+        Self::start_with_plugin(dir, Path::new(""))
+    }
+
+    pub fn start_with_plugin(dir: &Path, docker_plugin: &Path) -> Kitsnap {
         let mut k = Kitsnap {
             root: dir.join("kitsnap-root"),
             sock: dir.join("kitsnap.sock"),
+            mounts: dir.join("mounts"),
+            docker_plugin: docker_plugin.to_path_buf(),
             child: None,
             log: dir.join("kitsnap.log"),
+            containerd_sock: dir.join("containerd").join("containerd.sock"),
         };
         k.spawn();
         k
@@ -111,6 +125,11 @@ impl Kitsnap {
             .append(true)
             .open(&self.log)
             .unwrap();
+        let plugin: Vec<&str> = if self.docker_plugin.as_os_str().is_empty() {
+            vec!["--no-docker-plugin"]
+        } else {
+            vec!["--docker-plugin", self.docker_plugin.to_str().unwrap()]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_kitsnap"))
             .args([
                 "serve",
@@ -120,7 +139,12 @@ impl Kitsnap {
                 self.sock.to_str().unwrap(),
                 "--log-level",
                 "debug",
+                "--containerd-address",
+                self.containerd_sock.to_str().unwrap(),
+                "--mount-root",
+                self.mounts.to_str().unwrap(),
             ])
+            .args(plugin)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -187,6 +187,8 @@ pub struct Faults {
     pub cut_blob_after: AtomicU64,
     /// Flip a byte in every blob GET body.
     pub corrupt_blobs: AtomicBool,
+    /// Flip a byte in the body of GETs of this one blob (a digest).
+    pub corrupt_digest: std::sync::Mutex<Option<String>>,
     /// Answer this many PATCH requests with 500 (after reading their body).
     pub patch_500s: AtomicUsize,
     /// Serve this many bytes of junk as every manifest (0: off).
@@ -407,7 +409,14 @@ async fn handle(
     } else {
         0
     };
-    let corrupt = is_blob_get && f.corrupt_blobs.load(Ordering::SeqCst);
+    let corrupt = is_blob_get
+        && (f.corrupt_blobs.load(Ordering::SeqCst)
+            || f
+                .corrupt_digest
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|d| path.ends_with(d.as_str())));
     let mut sent = 0u64;
     let mut flipped = false;
     let stream = resp.bytes_stream().map(move |chunk| {
