@@ -616,7 +616,10 @@ pub fn run(cli: Cli) -> Result<()> {
             writeln!(out, "{}", res.manifest_digest)?;
         }
         Command::Mount(a) if a.list => {
-            runtime()?.block_on(crate::node::client::list_mounts(&a.daemon.address, &mut out))?;
+            runtime()?.block_on(crate::node::client::list_mounts(
+                &a.daemon.address,
+                &mut out,
+            ))?;
         }
         Command::Mount(a) => {
             let reference = a.reference.clone().unwrap_or_default();
@@ -635,9 +638,15 @@ pub fn run(cli: Cli) -> Result<()> {
                 ))
                 .with_context(|| format!("mounting {r}"))?;
             if res.pulled {
-                eprintln!("Pulled {r} into containerd (namespace {})", a.daemon.namespace);
+                eprintln!(
+                    "Pulled {r} into containerd (namespace {})",
+                    a.daemon.namespace
+                );
             }
-            eprintln!("Mounted {r} read-only as {} ({} holder(s))", res.name, res.holders);
+            eprintln!(
+                "Mounted {r} read-only as {} ({} holder(s))",
+                res.name, res.holders
+            );
             writeln!(out, "{}", res.path)?;
         }
         Command::Umount {
@@ -651,7 +660,10 @@ pub fn run(cli: Cli) -> Result<()> {
             if res.unmounted {
                 eprintln!("Unmounted {name}");
             } else {
-                eprintln!("{name} stays mounted: {} other holder(s) (use --force)", res.holders);
+                eprintln!(
+                    "{name} stays mounted: {} other holder(s) (use --force)",
+                    res.holders
+                );
             }
         }
         Command::Df { daemon } => {

@@ -125,12 +125,10 @@ pub struct Containerd {
 
 impl Containerd {
     pub async fn connect(address: &Path, namespace: &str) -> Result<Containerd> {
-        let channel = unix_channel(address)
-            .await
-            .map_err(|e| CtrError::Connect {
-                addr: address.display().to_string(),
-                msg: format!("{e} (is containerd running?)"),
-            })?;
+        let channel = unix_channel(address).await.map_err(|e| CtrError::Connect {
+            addr: address.display().to_string(),
+            msg: format!("{e} (is containerd running?)"),
+        })?;
         Ok(Containerd {
             address: address.to_path_buf(),
             channel,
@@ -428,7 +426,12 @@ impl Containerd {
             .mounts)
     }
 
-    pub async fn commit(&self, name: &str, key: &str, labels: HashMap<String, String>) -> Result<()> {
+    pub async fn commit(
+        &self,
+        name: &str,
+        key: &str,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
         self.snapshots()
             .commit(self.req(snapshots_pb::CommitSnapshotRequest {
                 snapshotter: SNAPSHOTTER.into(),
@@ -488,7 +491,9 @@ impl ContentWriter {
     fn closed(&self) -> CtrError {
         CtrError::Call {
             call: "content.Write",
-            status: Box::new(tonic::Status::unavailable("write stream closed by containerd")),
+            status: Box::new(tonic::Status::unavailable(
+                "write stream closed by containerd",
+            )),
         }
     }
 

@@ -126,7 +126,9 @@ pub async fn serve(settings: Settings) -> Result<()> {
     let plugin = match &settings.docker_plugin {
         Some(sock) => Some(
             crate::dockerplugin::start(node.clone(), sock, settings.plain_http.clone())
-                .with_context(|| format!("starting the Docker volume plugin at {}", sock.display()))?,
+                .with_context(|| {
+                    format!("starting the Docker volume plugin at {}", sock.display())
+                })?,
         ),
         None => None,
     };

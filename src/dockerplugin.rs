@@ -139,12 +139,12 @@ impl Plugin {
                 .await
                 .map(|p| json!({ "Mountpoint": p, "Err": "" })),
             "/VolumeDriver.Unmount" => self.unmount(&r).await.map(|()| json!({ "Err": "" })),
-            "/VolumeDriver.Path" => self
+            "/VolumeDriver.Path" => self.volume(&r.name).map(
+                |v| json!({ "Mountpoint": self.mountpoint(&v).unwrap_or_default(), "Err": "" }),
+            ),
+            "/VolumeDriver.Get" => self
                 .volume(&r.name)
-                .map(|v| json!({ "Mountpoint": self.mountpoint(&v).unwrap_or_default(), "Err": "" })),
-            "/VolumeDriver.Get" => self.volume(&r.name).map(|v| {
-                json!({ "Volume": self.describe(&v), "Err": "" })
-            }),
+                .map(|v| json!({ "Volume": self.describe(&v), "Err": "" })),
             "/VolumeDriver.List" => self.node.volumes().map(|vs| {
                 let list: Vec<Value> = vs.iter().map(|v| self.describe(v)).collect();
                 json!({ "Volumes": list, "Err": "" })
@@ -201,7 +201,12 @@ impl Plugin {
         let parsed: Reference = reference.parse()?;
         let filters: Vec<String> = opts
             .get("filter")
-            .map(|f| f.split(';').filter(|s| !s.is_empty()).map(str::to_string).collect())
+            .map(|f| {
+                f.split(';')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
             .unwrap_or_default();
         for f in &filters {
             f.parse::<crate::unpack::Filter>()?;
@@ -215,7 +220,7 @@ impl Plugin {
                 .unwrap_or_else(|| crate::containerd::DEFAULT_NAMESPACE.into()),
             filters,
             plain_http: opts.get("plain-http").is_some_and(|v| v == "true")
-                || self.plain_http.iter().any(|h| *h == parsed.registry),
+                || self.plain_http.contains(&parsed.registry),
         };
         if let Ok(old) = self.volume(&r.name) {
             if old == v {
@@ -231,7 +236,12 @@ impl Plugin {
 
     async fn remove(&self, r: &Req) -> Result<()> {
         let v = self.volume(&r.name)?;
-        if let Some(m) = self.node.mounts()?.into_iter().find(|m| m.name == v.mount_name()) {
+        if let Some(m) = self
+            .node
+            .mounts()?
+            .into_iter()
+            .find(|m| m.name == v.mount_name())
+        {
             if !m.holders.is_empty() {
                 return Err(Error::Invalid(format!(
                     "volume {:?} is in use by {} container(s)",
@@ -257,7 +267,11 @@ impl Plugin {
                     namespace: v.namespace.clone(),
                     filters: v.filters.clone(),
                     name: Some(v.mount_name()),
-                    holder: if r.id.is_empty() { "docker".into() } else { r.id.clone() },
+                    holder: if r.id.is_empty() {
+                        "docker".into()
+                    } else {
+                        r.id.clone()
+                    },
                     store: None,
                     registry,
                 },
@@ -269,7 +283,11 @@ impl Plugin {
 
     async fn unmount(&self, r: &Req) -> Result<()> {
         let v = self.volume(&r.name)?;
-        let holder = if r.id.is_empty() { "docker" } else { r.id.as_str() };
+        let holder = if r.id.is_empty() {
+            "docker"
+        } else {
+            r.id.as_str()
+        };
         self.node.unmount(&v.mount_name(), holder, false).await?;
         Ok(())
     }

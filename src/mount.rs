@@ -58,13 +58,7 @@ pub fn mount_readonly(mounts: &[Mount], target: &Path) -> io::Result<()> {
         .collect();
     match m.r#type.as_str() {
         "bind" => {
-            sys_mount(
-                &m.source,
-                target,
-                "",
-                libc::MS_BIND | libc::MS_REC,
-                "",
-            )?;
+            sys_mount(&m.source, target, "", libc::MS_BIND | libc::MS_REC, "")?;
             // A bind mount only becomes read-only by a remount.
             let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
             if let Err(e) = sys_mount("", target, "", ro, "") {
@@ -77,7 +71,13 @@ pub fn mount_readonly(mounts: &[Mount], target: &Path) -> io::Result<()> {
             if opts.iter().any(|o| o.starts_with("upperdir=")) {
                 return Err(io::Error::other("refusing a writable overlay for a view"));
             }
-            sys_mount("overlay", target, "overlay", libc::MS_RDONLY, &opts.join(","))
+            sys_mount(
+                "overlay",
+                target,
+                "overlay",
+                libc::MS_RDONLY,
+                &opts.join(","),
+            )
         }
         t => Err(io::Error::other(format!("unsupported mount type {t:?}"))),
     }

@@ -94,7 +94,14 @@ fn push_kits(store: &Path, dir: &Path, reg: &str) -> Kits {
     common::ok(store, &["pack", tb.to_str().unwrap(), "-t", &b]);
     common::ok(
         store,
-        &["pack", ta.to_str().unwrap(), "-t", &gz, "--compression", "gzip"],
+        &[
+            "pack",
+            ta.to_str().unwrap(),
+            "-t",
+            &gz,
+            "--compression",
+            "gzip",
+        ],
     );
     common::ok(
         store,
@@ -103,8 +110,7 @@ fn push_kits(store: &Path, dir: &Path, reg: &str) -> Kits {
     for r in [&a, &b, &gz, &mp] {
         common::ok(store, &["push", r, "--plain-http"]);
     }
-    let m: serde_json::Value =
-        serde_json::from_str(&common::ok(store, &["inspect", &a])).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&common::ok(store, &["inspect", &a])).unwrap();
     Kits {
         a,
         b,
@@ -147,21 +153,42 @@ fn suite(v: &Version) {
     let ctd = Containerd::start(v, &dir.join("containerd"), &ks.sock);
     let img = dir.join("busybox.tar");
     busybox_image(&img);
-    ctd.ctr_ok(&["images", "import", "--snapshotter", "kitsnap", img.to_str().unwrap()]);
+    ctd.ctr_ok(&[
+        "images",
+        "import",
+        "--snapshotter",
+        "kitsnap",
+        img.to_str().unwrap(),
+    ]);
     let image_layers = committed_kitsnap(&ctd).len();
     // Pulls below come from the registry, not the store the kits were packed in.
     let empty = dir.join("empty-store");
 
     // --- pull: content + image record + one committed snapshot per layer.
-    let out = kit(&empty, &ks, &["pull", "--containerd", &kits.a, "--plain-http"]);
-    assert!(out.status.success(), "{ctx}: {}\n{}", String::from_utf8_lossy(&out.stderr), tail(&ks.log()));
+    let out = kit(
+        &empty,
+        &ks,
+        &["pull", "--containerd", &kits.a, "--plain-http"],
+    );
+    assert!(
+        out.status.success(),
+        "{ctx}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&ks.log())
+    );
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains("3 layer(s) unpacked"), "{ctx}: {msg}");
     let images = ctd.ctr_ok(&["images", "ls", "-q"]);
-    assert!(images.lines().any(|l| l == kits.a), "{ctx}: image record missing:\n{images}");
+    assert!(
+        images.lines().any(|l| l == kits.a),
+        "{ctx}: image record missing:\n{images}"
+    );
     let snaps = committed_kitsnap(&ctd);
     assert_eq!(snaps.len(), image_layers + 3, "{ctx}: {snaps:?}");
-    assert!(snaps.contains(&kits.model_digest_a_layer), "{ctx}: the first layer's snapshot is named by its digest: {snaps:?}");
+    assert!(
+        snaps.contains(&kits.model_digest_a_layer),
+        "{ctx}: the first layer's snapshot is named by its digest: {snaps:?}"
+    );
     // The config carries containerd's GC reference to the top snapshot.
     let content = ctd.ctr_ok(&["content", "ls"]);
     assert!(
@@ -169,16 +196,31 @@ fn suite(v: &Version) {
         "{ctx}: no snapshot GC label in\n{content}"
     );
     // Uncompressed layers live only in their snapshots.
-    assert!(!content.contains(&kits.model_digest_a_layer), "{ctx}: uncompressed layer blob stored twice:\n{content}");
+    assert!(
+        !content.contains(&kits.model_digest_a_layer),
+        "{ctx}: uncompressed layer blob stored twice:\n{content}"
+    );
 
     // --- a second kit sharing the model layer reuses it.
-    let out = kit_ok(&empty, &ks, &["pull", "--containerd", &kits.b, "--plain-http"]);
+    let out = kit_ok(
+        &empty,
+        &ks,
+        &["pull", "--containerd", &kits.b, "--plain-http"],
+    );
     let log = ks.log();
     let snaps_b = committed_kitsnap(&ctd);
     // Model and dataset are the same bytes at the same place: only the docs layer is new.
-    assert_eq!(snaps_b.len(), image_layers + 4, "{ctx}: model and dataset layers reused: {snaps_b:?}");
+    assert_eq!(
+        snaps_b.len(),
+        image_layers + 4,
+        "{ctx}: model and dataset layers reused: {snaps_b:?}"
+    );
     assert!(out.is_empty() || out.starts_with("sha256:"), "{ctx}: {out}");
-    let o = kit(&empty, &ks, &["pull", "--containerd", &kits.b, "--plain-http"]);
+    let o = kit(
+        &empty,
+        &ks,
+        &["pull", "--containerd", &kits.b, "--plain-http"],
+    );
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("0 layer(s) unpacked"),
         "{ctx}: re-pull must not unpack: {}\n{}",
@@ -187,47 +229,148 @@ fn suite(v: &Version) {
     );
 
     // --- compressed and ModelPack kits.
-    kit_ok(&empty, &ks, &["pull", "--containerd", &kits.gz, "--plain-http"]);
-    kit_ok(&empty, &ks, &["pull", "--containerd", &kits.mp, "--plain-http"]);
+    kit_ok(
+        &empty,
+        &ks,
+        &["pull", "--containerd", &kits.gz, "--plain-http"],
+    );
+    kit_ok(
+        &empty,
+        &ks,
+        &["pull", "--containerd", &kits.mp, "--plain-http"],
+    );
     let content = ctd.ctr_ok(&["content", "ls"]);
-    assert!(content.contains("containerd.io/gc.ref.content.l.0"), "{ctx}: compressed layer blobs are kept and referenced:\n{content}");
+    assert!(
+        content.contains("containerd.io/gc.ref.content.l.0"),
+        "{ctx}: compressed layer blobs are kept and referenced:\n{content}"
+    );
 
     // --- mount: a read-only host view, used by a container via a bind mount.
     let path = kit_ok(&empty, &ks, &["mount", &kits.a]).trim().to_string();
     assert!(Path::new(&path).starts_with(&ks.mounts), "{ctx}: {path}");
-    assert_eq!(sha(&std::fs::read(Path::new(&path).join("model.bin")).unwrap()), kits.model_sha);
+    assert_eq!(
+        sha(&std::fs::read(Path::new(&path).join("model.bin")).unwrap()),
+        kits.model_sha
+    );
     assert!(Path::new(&path).join("data/train.csv").exists());
     let w = std::fs::write(Path::new(&path).join("x"), b"x").unwrap_err();
-    assert_eq!(w.raw_os_error(), Some(libc::EROFS), "{ctx}: host write: {w}");
+    assert_eq!(
+        w.raw_os_error(),
+        Some(libc::EROFS),
+        "{ctx}: host write: {w}"
+    );
     let mnt = format!("type=bind,src={path},dst=/models,options=rbind:ro");
-    let (ok, out) = run_out(&ctd, &["run", "--rm", "--snapshotter", "kitsnap", "--mount", &mnt, IMAGE, "m1", "sh", "-c", "sha256sum /models/model.bin; echo x > /models/y"]);
-    assert!(out.contains(&kits.model_sha), "{ctx}: in-container sha256:\n{out}");
-    assert!(!ok && out.contains("Read-only file system"), "{ctx}: write in the container must fail read-only:\n{out}");
+    let (ok, out) = run_out(
+        &ctd,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "kitsnap",
+            "--mount",
+            &mnt,
+            IMAGE,
+            "m1",
+            "sh",
+            "-c",
+            "sha256sum /models/model.bin; echo x > /models/y",
+        ],
+    );
+    assert!(
+        out.contains(&kits.model_sha),
+        "{ctx}: in-container sha256:\n{out}"
+    );
+    assert!(
+        !ok && out.contains("Read-only file system"),
+        "{ctx}: write in the container must fail read-only:\n{out}"
+    );
     // Filtered view: only the dataset.
-    let fpath = kit_ok(&empty, &ks, &["mount", &kits.a, "--filter", "datasets"]).trim().to_string();
+    let fpath = kit_ok(&empty, &ks, &["mount", &kits.a, "--filter", "datasets"])
+        .trim()
+        .to_string();
     assert!(Path::new(&fpath).join("data/train.csv").exists(), "{ctx}");
-    assert!(!Path::new(&fpath).join("model.bin").exists(), "{ctx}: filter ignored");
+    assert!(
+        !Path::new(&fpath).join("model.bin").exists(),
+        "{ctx}: filter ignored"
+    );
     let list = kit_ok(&empty, &ks, &["mount", "--list"]);
     assert_eq!(list.lines().count(), 3, "{ctx}: {list}");
     // A mounted view keeps its ModelKit alive through `images rm` + GC.
     ctd.ctr_ok(&["images", "rm", "--sync", &kits.a]);
-    assert_eq!(sha(&std::fs::read(Path::new(&path).join("model.bin")).unwrap()), kits.model_sha, "{ctx}: GC removed a mounted view's layers");
+    assert_eq!(
+        sha(&std::fs::read(Path::new(&path).join("model.bin")).unwrap()),
+        kits.model_sha,
+        "{ctx}: GC removed a mounted view's layers"
+    );
     kit_ok(&empty, &ks, &["umount", &path]);
     kit_ok(&empty, &ks, &["umount", &fpath]);
     assert!(!Path::new(&path).exists(), "{ctx}: mount dir left");
 
     // --- rootfs composition: the kit under /models as extra lower layers of the image.
-    let label = format!("containerd.io/snapshot/kitsnap.modelkit={}:/models/llm", kits.b);
-    let (ok, out) = run_out(&ctd, &["run", "--rm", "--snapshotter", "kitsnap", "--snapshotter-label", &label, IMAGE, "c1", "sh", "-c", "sha256sum /models/llm/model.bin && cat /models/llm/README.md && ls /bin/busybox"]);
-    assert!(ok && out.contains(&kits.model_sha) && out.contains("# B, other docs"), "{ctx}: composed rootfs:\n{out}\n{}", tail(&ks.log()));
+    let label = format!(
+        "containerd.io/snapshot/kitsnap.modelkit={}:/models/llm",
+        kits.b
+    );
+    let (ok, out) = run_out(
+        &ctd,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "kitsnap",
+            "--snapshotter-label",
+            &label,
+            IMAGE,
+            "c1",
+            "sh",
+            "-c",
+            "sha256sum /models/llm/model.bin && cat /models/llm/README.md && ls /bin/busybox",
+        ],
+    );
+    assert!(
+        ok && out.contains(&kits.model_sha) && out.contains("# B, other docs"),
+        "{ctx}: composed rootfs:\n{out}\n{}",
+        tail(&ks.log())
+    );
     // No copy: the tree's file is the snapshot's file (one inode, two links at least).
     let trees = ks.root.join("trees");
-    let (ok, out) = run_out(&ctd, &["run", "--rm", "--snapshotter", "kitsnap", "--snapshotter-label", &label, IMAGE, "c2", "sh", "-c", "stat -c %h /models/llm/model.bin; echo new > /models/llm/model.bin; cat /models/llm/model.bin"]);
-    assert!(ok && out.contains("new"), "{ctx}: a container's write lands in its own upper layer:\n{out}");
-    let links: u64 = out.lines().next().unwrap_or("0").trim().parse().unwrap_or(0);
-    assert!(links >= 2, "{ctx}: model file not hardlinked (links {links})");
+    let (ok, out) = run_out(
+        &ctd,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "kitsnap",
+            "--snapshotter-label",
+            &label,
+            IMAGE,
+            "c2",
+            "sh",
+            "-c",
+            "stat -c %h /models/llm/model.bin; echo new > /models/llm/model.bin; cat /models/llm/model.bin",
+        ],
+    );
+    assert!(
+        ok && out.contains("new"),
+        "{ctx}: a container's write lands in its own upper layer:\n{out}"
+    );
+    let links: u64 = out
+        .lines()
+        .next()
+        .unwrap_or("0")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(
+        links >= 2,
+        "{ctx}: model file not hardlinked (links {links})"
+    );
     let p2 = kit_ok(&empty, &ks, &["mount", &kits.b]).trim().to_string();
-    assert_eq!(sha(&std::fs::read(Path::new(&p2).join("model.bin")).unwrap()), kits.model_sha, "{ctx}: the shared copy changed");
+    assert_eq!(
+        sha(&std::fs::read(Path::new(&p2).join("model.bin")).unwrap()),
+        kits.model_sha,
+        "{ctx}: the shared copy changed"
+    );
     kit_ok(&empty, &ks, &["umount", &p2]);
     // containerd removes a container's snapshot from the backend at its next GC.
     let tree_count = || std::fs::read_dir(&trees).map(|d| d.count()).unwrap_or(0);
@@ -235,24 +378,61 @@ fn suite(v: &Version) {
     while tree_count() > 0 && start.elapsed() < std::time::Duration::from_secs(20) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert_eq!(tree_count(), 0, "{ctx}: tree left after its containers went");
-    let (ok, out) = run_out(&ctd, &["run", "--rm", "--snapshotter", "kitsnap", "--snapshotter-label", "containerd.io/snapshot/kitsnap.modelkit=nowhere.example/none:v1", IMAGE, "c3", "true"]);
+    assert_eq!(
+        tree_count(),
+        0,
+        "{ctx}: tree left after its containers went"
+    );
+    let (ok, out) = run_out(
+        &ctd,
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "kitsnap",
+            "--snapshotter-label",
+            "containerd.io/snapshot/kitsnap.modelkit=nowhere.example/none:v1",
+            IMAGE,
+            "c3",
+            "true",
+        ],
+    );
     assert!(!ok && out.contains("is not on this node"), "{ctx}: {out}");
 
     // --- df accounts for content and snapshots.
     let df = kit_ok(&empty, &ks, &["df"]);
-    assert!(df.contains(&kits.b) && df.contains("On this node"), "{ctx}: {df}");
+    assert!(
+        df.contains(&kits.b) && df.contains("On this node"),
+        "{ctx}: {df}"
+    );
 
     // --- errors: not a ModelKit; a registry failure mid-pull leaves nothing behind.
-    let skopeo = Command::new("skopeo").arg("--version").output().is_ok_and(|o| o.status.success());
+    let skopeo = Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if skopeo {
         let dst = format!("docker://{}/images/busybox:1", reg.addr());
         let o = Command::new("skopeo")
-            .args(["copy", "--dest-tls-verify=false", &format!("oci-archive:{}", img.display()), &dst])
+            .args([
+                "copy",
+                "--dest-tls-verify=false",
+                &format!("oci-archive:{}", img.display()),
+                &dst,
+            ])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let e = kit_err(&empty, &ks, &["pull", "--containerd", &format!("{}/images/busybox:1", reg.addr()), "--plain-http"]);
+        let e = kit_err(
+            &empty,
+            &ks,
+            &[
+                "pull",
+                "--containerd",
+                &format!("{}/images/busybox:1", reg.addr()),
+                "--plain-http",
+            ],
+        );
         assert!(e.contains("not a ModelKit"), "{ctx}: {e}");
     } else {
         eprintln!("\n!!! skopeo missing: not-a-ModelKit case skipped !!!\n");
@@ -264,24 +444,44 @@ fn suite(v: &Version) {
     let f_ref = format!("{}/kits/f:v1", proxy.addr());
     common::ok(&store, &["pack", fresh.to_str().unwrap(), "-t", &f_ref]);
     common::ok(&store, &["push", &f_ref, "--plain-http"]);
-    let m: serde_json::Value = serde_json::from_str(&common::ok(&store, &["inspect", &f_ref])).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&common::ok(&store, &["inspect", &f_ref])).unwrap();
     let docs_layer = m["layers"][2]["digest"].as_str().unwrap().to_string();
     *proxy.faults.corrupt_digest.lock().unwrap() = Some(docs_layer.clone());
     let before = committed_kitsnap(&ctd);
-    let e = kit_err(&empty, &ks, &["pull", "--containerd", &f_ref, "--plain-http"]);
+    let e = kit_err(
+        &empty,
+        &ks,
+        &["pull", "--containerd", &f_ref, "--plain-http"],
+    );
     // Either the tar reader or the digest check catches it; the error names the layer.
     assert!(e.contains(&docs_layer[..19]), "{ctx}: {e}");
-    assert!(!ctd.ctr_ok(&["images", "ls", "-q"]).contains("kits/f"), "{ctx}: image registered after a failed pull");
-    assert_eq!(committed_kitsnap(&ctd), before, "{ctx}: snapshots of a failed pull stayed");
+    assert!(
+        !ctd.ctr_ok(&["images", "ls", "-q"]).contains("kits/f"),
+        "{ctx}: image registered after a failed pull"
+    );
+    assert_eq!(
+        committed_kitsnap(&ctd),
+        before,
+        "{ctx}: snapshots of a failed pull stayed"
+    );
     let all = ctd.snap_ok(&["ls"]);
-    assert!(!all.contains("kitsnap-extract"), "{ctx}: active extraction left:\n{all}");
+    assert!(
+        !all.contains("kitsnap-extract"),
+        "{ctx}: active extraction left:\n{all}"
+    );
 
     // --- images rm + GC removes every kitsnap snapshot (after the container image too).
     for r in [&kits.b, &kits.gz, &kits.mp, &IMAGE.to_string()] {
         ctd.ctr_ok(&["images", "rm", "--sync", r]);
     }
     ks.wait_until_empty();
-    assert_eq!(ks.snapshot_dirs(), 0, "{ctx}: snapshots left after images rm:\n{}", ctd.snap_ok(&["ls"]));
+    assert_eq!(
+        ks.snapshot_dirs(),
+        0,
+        "{ctx}: snapshots left after images rm:\n{}",
+        ctd.snap_ok(&["ls"])
+    );
 }
 
 #[test]
@@ -297,6 +497,8 @@ fn modelkits_in_containers_with_every_containerd_version() {
         eprintln!("--- containerd {}", v.name);
         suite(v);
     }
-    assert!(!versions.is_empty(), "no containerd at all: apt-get install containerd");
+    assert!(
+        !versions.is_empty(),
+        "no containerd at all: apt-get install containerd"
+    );
 }
-

@@ -66,12 +66,20 @@ pub async fn pull(address: &Path, a: PullArgs) -> Result<pb::PullResult> {
                     crate::progress::multi_bytes(
                         &mp,
                         l.size,
-                        format!("{} {} ({})", l.kind, l.path, &l.digest[..l.digest.len().min(19)]),
+                        format!(
+                            "{} {} ({})",
+                            l.kind,
+                            l.path,
+                            &l.digest[..l.digest.len().min(19)]
+                        ),
                     )
                 });
                 bar.set_position(l.done);
                 match l.state.as_str() {
-                    "reused" => bar.finish_with_message(format!("{} {}: already on this node", l.kind, l.path)),
+                    "reused" => bar.finish_with_message(format!(
+                        "{} {}: already on this node",
+                        l.kind, l.path
+                    )),
                     "unpacked" => bar.finish(),
                     _ => {}
                 }
@@ -132,7 +140,11 @@ pub async fn list_mounts(address: &Path, out: &mut impl Write) -> Result<()> {
         .await
         .map_err(status)?
         .into_inner();
-    writeln!(out, "{:<32} {:<44} {:<8} PATH", "NAME", "MODELKIT", "HOLDERS")?;
+    writeln!(
+        out,
+        "{:<32} {:<44} {:<8} PATH",
+        "NAME", "MODELKIT", "HOLDERS"
+    )?;
     for m in r.mounts {
         writeln!(
             out,

@@ -83,7 +83,13 @@ fn internal(e: impl std::fmt::Display) -> Error {
 pub fn mount_name(reference: &str, filters: &[String]) -> String {
     let mut n: String = reference
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_.-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if !filters.is_empty() {
         let d = crate::digest::Digest::of(filters.join(";").as_bytes());
@@ -97,7 +103,9 @@ fn check_name(n: &str) -> Result<()> {
     if n.is_empty()
         || n.starts_with('.')
         || n.len() > 200
-        || !n.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
     {
         return Err(Error::Invalid(format!(
             "mount name {n:?}: use letters, digits, `_`, `.`, `-` (not first)"
@@ -195,7 +203,11 @@ impl Node {
 
     /// The ModelKit's record if its snapshots are still in containerd's namespace `ns`.
     async fn present_kit(&self, ctr: &Containerd, reference: &str) -> Result<Option<KitRecord>> {
-        let Some(k) = self.snap.kit(ctr.namespace(), reference).map_err(internal)? else {
+        let Some(k) = self
+            .snap
+            .kit(ctr.namespace(), reference)
+            .map_err(internal)?
+        else {
             return Ok(None);
         };
         if k.namespace != ctr.namespace() {
@@ -214,7 +226,10 @@ impl Node {
             .iter()
             .map(|f| f.parse())
             .collect::<Result<_>>()?;
-        if filters.iter().any(|f| f.types.contains(&FilterType::Kitfile)) {
+        if filters
+            .iter()
+            .any(|f| f.types.contains(&FilterType::Kitfile))
+        {
             return Err(Error::Invalid(
                 "the kitfile filter does not apply to mounts (views hold layers only)".into(),
             ));
@@ -227,7 +242,10 @@ impl Node {
         let ctr = self.ctr(&req.namespace).await?;
 
         if let Some(mut rec) = self.mounts()?.into_iter().find(|m| m.name == name) {
-            if rec.reference != reference || rec.filters != req.filters || rec.namespace != req.namespace {
+            if rec.reference != reference
+                || rec.filters != req.filters
+                || rec.namespace != req.namespace
+            {
                 return Err(Error::Invalid(format!(
                     "mount name {name:?} is already used for {} (filters {:?}); choose another --name",
                     rec.reference, rec.filters
@@ -261,9 +279,9 @@ impl Node {
                 };
                 pull::pull(&self.containerd, &self.snap, &spec, events).await?;
                 pulled = true;
-                self.present_kit(&ctr, &reference)
-                    .await?
-                    .ok_or_else(|| Error::Internal(format!("{reference} vanished after its pull")))?
+                self.present_kit(&ctr, &reference).await?.ok_or_else(|| {
+                    Error::Internal(format!("{reference} vanished after its pull"))
+                })?
             }
         };
         let mut labels = HashMap::from([(
@@ -276,7 +294,12 @@ impl Node {
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| {
-                    unpack::selected(&filters, FilterType::from_user_str(&l.kind), &l.name, &l.path)
+                    unpack::selected(
+                        &filters,
+                        FilterType::from_user_str(&l.kind),
+                        &l.name,
+                        &l.path,
+                    )
                 })
                 .map(|(i, _)| i.to_string())
                 .collect();
@@ -319,12 +342,20 @@ impl Node {
             view,
         };
         self.put_mount(&rec)?;
-        Ok(Mounted { record: rec, pulled })
+        Ok(Mounted {
+            record: rec,
+            pulled,
+        })
     }
 
     /// Drops `holder`; the last holder (or `force`) unmounts and removes the view.
     /// Returns the record as it stands, and whether it was unmounted.
-    pub async fn unmount(&self, name_or_path: &str, holder: &str, force: bool) -> Result<(MountRecord, bool)> {
+    pub async fn unmount(
+        &self,
+        name_or_path: &str,
+        holder: &str,
+        force: bool,
+    ) -> Result<(MountRecord, bool)> {
         let _g = self.lock.lock().await;
         let mut rec = self
             .mounts()?
@@ -385,7 +416,11 @@ impl Node {
                 }
             }
             for l in &k.layers {
-                if let Some((_, r)) = self.snap.find_named(&k.namespace, &l.chain).map_err(internal)? {
+                if let Some((_, r)) = self
+                    .snap
+                    .find_named(&k.namespace, &l.chain)
+                    .map_err(internal)?
+                {
                     kit.snapshot_bytes += r.size.max(0) as u64;
                 }
             }
@@ -419,10 +454,7 @@ impl Node {
         let Some(cfg) = info.labels.get(containerd::LABEL_GC_CONTENT_CONFIG) else {
             return Ok(None);
         };
-        Ok(ctr
-            .content_info(cfg)
-            .await?
-            .map(|i| i.size.max(0) as u64))
+        Ok(ctr.content_info(cfg).await?.map(|i| i.size.max(0) as u64))
     }
 }
 

@@ -29,7 +29,9 @@ use crate::containerd::{self, Containerd, ContentWriter};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::kitfile::Kitfile;
-use crate::oci::{ANNOTATION_KITFILE, Compression, Descriptor, MEDIA_TYPE_MANIFEST, Manifest, ModelFormat};
+use crate::oci::{
+    ANNOTATION_KITFILE, Compression, Descriptor, MEDIA_TYPE_MANIFEST, Manifest, ModelFormat,
+};
 use crate::reference::Reference;
 use crate::registry::{BlobSink, ClientOptions, Registry, VecSink};
 use crate::snapshotter::Snapshotter;
@@ -278,12 +280,13 @@ impl<R: Read> Read for CountingReader<R> {
     }
 }
 
-fn extract(
-    reader: impl Read,
-    l: &LayerPlan,
-    dir: &std::path::Path,
-) -> Result<()> {
-    let what = format!("{} layer {} ({})", l.kind.user_str(), l.path, l.desc.digest.short());
+fn extract(reader: impl Read, l: &LayerPlan, dir: &std::path::Path) -> Result<()> {
+    let what = format!(
+        "{} layer {} ({})",
+        l.kind.user_str(),
+        l.path,
+        l.desc.digest.short()
+    );
     if l.raw {
         unpack::extract_raw(reader, &l.desc, dir, &l.path, false, &what)
     } else {
@@ -306,10 +309,20 @@ async fn fill_layer(
             let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
             let plan = l.clone();
             let worker = tokio::task::spawn_blocking(move || {
-                extract(ChannelReader { rx, cur: Bytes::new() }, &plan, &dir)
+                extract(
+                    ChannelReader {
+                        rx,
+                        cur: Bytes::new(),
+                    },
+                    &plan,
+                    &dir,
+                )
             });
             let content = if keep_blob {
-                Some(ctr.write_stream(l.desc.digest.as_str(), l.desc.size as i64).await?)
+                Some(
+                    ctr.write_stream(l.desc.digest.as_str(), l.desc.size as i64)
+                        .await?,
+                )
             } else {
                 None
             };
@@ -392,7 +405,10 @@ pub async fn pull(
     let kf = kitfile_from(&manifest, &config)?;
     let plans = unpack::plan_layers(&manifest, kf.as_ref())?;
     if plans.is_empty() {
-        return Err(Error::Invalid(format!("{} has no layers to mount", spec.reference)));
+        return Err(Error::Invalid(format!(
+            "{} has no layers to mount",
+            spec.reference
+        )));
     }
     let digests: Vec<&Digest> = plans.iter().map(|l| &l.desc.digest).collect();
     let chain = chain_names(&digests);
@@ -401,7 +417,10 @@ pub async fn pull(
     let ctr0 = Containerd::connect(address, &spec.namespace).await?;
     let id = format!("kitsnap-pull-{}", nonce());
     let ctr = ctr0.with_new_lease(&id, LEASE_TTL).await?;
-    let res = pull_leased(&ctr, &src, spec, &plans, &chain, events, &config, &mbytes, &manifest, &mdesc).await;
+    let res = pull_leased(
+        &ctr, &src, spec, &plans, &chain, events, &config, &mbytes, &manifest, &mdesc,
+    )
+    .await;
     match res {
         Ok(mut r) => {
             ctr.delete_lease(false).await?;
@@ -471,7 +490,10 @@ async fn pull_leased(
         let mut progress = Progress::new(events, i, l);
         let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
         let labels = HashMap::from([
-            (crate::snapshotter::LABEL_TARGET_REF.to_string(), chain[i].clone()),
+            (
+                crate::snapshotter::LABEL_TARGET_REF.to_string(),
+                chain[i].clone(),
+            ),
             (LABEL_LAYER_DIGEST.to_string(), l.desc.digest.to_string()),
         ]);
         let key = format!("kitsnap-extract-{}-{}", nonce(), chain[i]);
@@ -488,7 +510,9 @@ async fn pull_leased(
         };
         let filled = async {
             let dir = crate::mount::writable_dir(&mounts).ok_or_else(|| {
-                Error::Internal(format!("unexpected mounts from the kitsnap snapshotter: {mounts:?}"))
+                Error::Internal(format!(
+                    "unexpected mounts from the kitsnap snapshotter: {mounts:?}"
+                ))
             })?;
             let keep = fill_layer(ctr, src, l, dir, Progress::new(events, i, l)).await?;
             ctr.commit(&chain[i], &key, labels.clone()).await?;
@@ -519,7 +543,11 @@ async fn pull_leased(
         manifest.config.digest.as_str(),
         config.to_vec(),
         HashMap::from([(
-            format!("{}.{}", containerd::LABEL_GC_SNAPSHOT, containerd::SNAPSHOTTER),
+            format!(
+                "{}.{}",
+                containerd::LABEL_GC_SNAPSHOT,
+                containerd::SNAPSHOTTER
+            ),
             top,
         )]),
     )
@@ -538,7 +566,11 @@ async fn pull_leased(
     }
     if let Source::Registry(_, repo) = src {
         mlabels.insert(
-            format!("{}.{}", containerd::LABEL_DISTRIBUTION_SOURCE, spec.reference.registry),
+            format!(
+                "{}.{}",
+                containerd::LABEL_DISTRIBUTION_SOURCE,
+                spec.reference.registry
+            ),
             repo.clone(),
         );
     }

@@ -58,7 +58,8 @@ fn registry_options(base: &ClientOptions, o: Option<pb::RegistryOptions>) -> Cli
 }
 
 fn parse_ref(s: &str) -> Result<Reference, Status> {
-    s.parse::<Reference>().map_err(|e| Status::invalid_argument(e.to_string()))
+    s.parse::<Reference>()
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn namespace(ns: String) -> String {

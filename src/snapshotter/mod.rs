@@ -440,7 +440,10 @@ impl Snapshotter {
         w.commit()?;
         let id = id_rec.id;
         if let Some(tree) = id_rec.tree {
-            let used = self.all()?.iter().any(|(_, r)| r.tree.as_ref() == Some(&tree));
+            let used = self
+                .all()?
+                .iter()
+                .any(|(_, r)| r.tree.as_ref() == Some(&tree));
             if !used {
                 let _ = fs::remove_dir_all(self.trees_dir().join(tree));
             }
@@ -574,7 +577,9 @@ impl Snapshotter {
                 .split(';')
                 .map(|s| s.parse::<crate::unpack::Filter>())
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| SnapError::InvalidArgument(format!("{}: {e}", compose::LABEL_FILTER)))?;
+                .map_err(|e| {
+                    SnapError::InvalidArgument(format!("{}: {e}", compose::LABEL_FILTER))
+                })?;
             layers = layers
                 .into_iter()
                 .zip(&kit.layers)
@@ -606,8 +611,10 @@ impl Snapshotter {
     pub fn put_kit(&self, k: &compose::KitRecord) -> Result<()> {
         let v = serde_json::to_vec(k).map_err(|e| SnapError::Internal(e.to_string()))?;
         let w = self.db.begin_write()?;
-        w.open_table(KITS)?
-            .insert(compose::kit_key(&k.namespace, &k.reference).as_str(), v.as_slice())?;
+        w.open_table(KITS)?.insert(
+            compose::kit_key(&k.namespace, &k.reference).as_str(),
+            v.as_slice(),
+        )?;
         w.commit()?;
         Ok(())
     }
@@ -659,7 +666,11 @@ impl Snapshotter {
                 removed += 1;
             }
         }
-        let trees: HashSet<String> = self.all()?.into_iter().filter_map(|(_, r)| r.tree).collect();
+        let trees: HashSet<String> = self
+            .all()?
+            .into_iter()
+            .filter_map(|(_, r)| r.tree)
+            .collect();
         if let Ok(rd) = fs::read_dir(self.trees_dir()) {
             for e in rd {
                 let e = e?;

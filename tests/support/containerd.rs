@@ -404,6 +404,40 @@ pub const IMAGE: &str = "docker.io/library/kitsnap-busybox:test";
 
 /// An OCI image archive of a busybox-static rootfs (one layer), named `IMAGE`.
 pub fn busybox_image(out_tar: &Path) {
+    let layer = busybox_layer();
+    let dir = tempfile::tempdir().unwrap();
+    let ld = blob(dir.path(), &layer);
+    busybox_oci(out_tar, dir, layer, ld);
+}
+
+/// The same rootfs as a `docker save` archive (Docker 20.10 loads no OCI archives).
+pub fn busybox_docker_archive(out_tar: &Path, tag: &str) {
+    let layer = busybox_layer();
+    let ld = format!("sha256:{}", hex::encode(Sha256::digest(&layer)));
+    let cfg = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "rootfs": {"type": "layers", "diff_ids": [ld]}
+    })
+    .to_string();
+    let manifest =
+        serde_json::json!([{"Config": "config.json", "RepoTags": [tag], "Layers": ["layer.tar"]}])
+            .to_string();
+    let mut t = tar::Builder::new(std::fs::File::create(out_tar).unwrap());
+    for (name, data) in [
+        ("layer.tar", layer),
+        ("config.json", cfg.into_bytes()),
+        ("manifest.json", manifest.into_bytes()),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        t.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    t.into_inner().unwrap().flush().unwrap();
+}
+
+fn busybox_layer() -> Vec<u8> {
     assert!(
         Path::new(BUSYBOX).exists(),
         "busybox-static is required (apt-get install busybox-static)"
@@ -444,9 +478,10 @@ pub fn busybox_image(out_tar: &Path) {
             .append_link(&mut h, format!("bin/{a}"), "busybox")
             .unwrap();
     }
-    let layer = layer.into_inner().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let ld = blob(dir.path(), &layer);
+    layer.into_inner().unwrap()
+}
+
+fn busybox_oci(out_tar: &Path, dir: tempfile::TempDir, layer: Vec<u8>, ld: String) {
     let cfg = serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},

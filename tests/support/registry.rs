@@ -411,8 +411,7 @@ async fn handle(
     };
     let corrupt = is_blob_get
         && (f.corrupt_blobs.load(Ordering::SeqCst)
-            || f
-                .corrupt_digest
+            || f.corrupt_digest
                 .lock()
                 .unwrap()
                 .as_ref()
