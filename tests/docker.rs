@@ -2,12 +2,9 @@
 //! its own socket and state directories: `docker run --mount type=volume,volume-driver=...`
 //! pulls the ModelKit on first use, containers read it read-only and share one mount.
 
-#[allow(dead_code)]
 mod common;
-#[allow(dead_code)]
 #[path = "support/registry.rs"]
 mod registry;
-#[allow(dead_code)]
 #[path = "support/containerd.rs"]
 mod support;
 

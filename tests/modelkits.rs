@@ -2,12 +2,9 @@
 //! containerd 1.6 / 1.7 / 2.x, runc, busybox containers. `kitsnap pull --containerd`,
 //! `kitsnap mount` + `ctr run --mount`, rootfs composition with a snapshot label, GC.
 
-#[allow(dead_code)]
 mod common;
-#[allow(dead_code)]
 #[path = "support/registry.rs"]
 mod registry;
-#[allow(dead_code)]
 #[path = "support/containerd.rs"]
 mod support;
 
