@@ -19,6 +19,8 @@ command -v containerd >/dev/null || need+=(containerd)
 command -v runc >/dev/null || need+=(runc)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "ok installed" || need+=(busybox-static)
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# dockerd 20.10 for the Docker volume plugin test (started by the test on its own socket).
+[ -x /usr/sbin/dockerd ] || need+=(docker.io)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 
 if ((${#need[@]})); then

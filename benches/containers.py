@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""ModelKits in containers: kitsnap against the same weights baked into an image layer.
+
+Cold: from an empty node to the first byte of the model read inside a container.
+  kitsnap:  `kitsnap pull --containerd` + `kitsnap mount` + `ctr run --mount ... head -c1`
+            (the app image, busybox, is already on the node: it is not the model)
+  baseline: `ctr pull` of busybox + a layer holding the same weights (overlayfs snapshotter),
+            then `ctr run IMAGE head -c1`
+  Both read from one local registry (Debian's docker-registry); the page cache is dropped
+  before every round. Target: kitsnap/baseline <= 0.6.
+Warm: a container with the model mounted vs the same container without: extra <= 50 ms.
+Disk: `kitsnap df` node total after the pull over the model size: <= 1.1.
+
+Needs root, containerd, runc, docker-registry, skopeo, busybox-static, a release build.
+Usage: benches/containers.py [--size-mib N] [--rounds N] [--containerd-bin DIR]
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from registry import Registry  # noqa: E402
+from snapshotter import blob, layer, wait_sock  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APP = "docker.io/library/kitsnap-app:latest"
+
+
+def oci_layout(out, layers, name):
+    ds = [blob(out, l) for l in layers]
+    cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+                      "rootfs": {"type": "layers", "diff_ids": ds}}).encode()
+    cd = blob(out, cfg)
+    man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                      "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": len(cfg)},
+                      "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": len(l)}
+                                 for d, l in zip(ds, layers)]}).encode()
+    md = blob(out, man)
+    with open(f"{out}/oci-layout", "w") as f:
+        f.write('{"imageLayoutVersion":"1.0.0"}')
+    with open(f"{out}/index.json", "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                   "digest": md, "size": len(man), "annotations": {"io.containerd.image.name": name,
+                                                                   "org.opencontainers.image.ref.name": "latest"}}]}, f)
+
+
+def busybox_layer():
+    base = [(d, "dir", None) for d in ["bin", "tmp", "etc", "proc", "sys", "dev", "models"]]
+    base.append(("bin/busybox", "file", open("/bin/busybox", "rb").read()))
+    base += [(f"bin/{a}", "link", "busybox") for a in ["sh", "true", "cat", "ls", "head"]]
+    return layer(base)
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=2048)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--containerd-bin", default="/usr/bin")
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/kitsnap"))
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="kitsnap-ctrbench-", dir="/var/tmp")
+    procs = []
+    reg = Registry(work)
+    try:
+        reg.restart()
+        addr = f"127.0.0.1:{reg.port}"
+        model = os.path.join(work, "kit", "model.bin")
+        os.makedirs(os.path.dirname(model))
+        with open(model, "wb") as f:
+            for _ in range(a.size_mib):
+                f.write(os.urandom(1 << 20))
+        with open(os.path.join(work, "kit", "Kitfile"), "w") as f:
+            f.write("manifestVersion: 1.0.0\npackage:\n  name: bench\nmodel:\n  name: bench\n  path: model.bin\n")
+        kit_ref = f"{addr}/bench/kit:v1"
+        env_store = dict(os.environ, KITSNAP_STORE=os.path.join(work, "store"))
+        subprocess.run([a.bin, "pack", os.path.join(work, "kit"), "-t", kit_ref, "--no-progress"], env=env_store,
+                       check=True, capture_output=True)
+        subprocess.run([a.bin, "push", kit_ref, "--plain-http", "--no-progress"], env=env_store, check=True,
+                       capture_output=True)
+        shutil.rmtree(os.path.join(work, "store"))
+        # The baseline image: the app layer plus the same weights in a layer at /models.
+        bb = busybox_layer()
+        img_ref = f"{addr}/bench/baked:v1"
+        baked = os.path.join(work, "baked")
+        with open(model, "rb") as f:
+            weights = f.read()
+        oci_layout(baked, [bb, layer([("models/model.bin", "file", weights)])], img_ref)
+        del weights
+        subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{baked}", f"docker://{img_ref}"],
+                       check=True, capture_output=True)
+        shutil.rmtree(baked)
+        app = os.path.join(work, "app")
+        oci_layout(app, [bb], APP)
+        subprocess.run(["tar", "-C", app, "-cf", app + ".tar", "."], check=True)
+
+        ks_sock = os.path.join(work, "kitsnap.sock")
+        ctd_sock = os.path.join(work, "containerd.sock")
+        mounts = os.path.join(work, "mounts")
+        procs.append(subprocess.Popen([a.bin, "serve", "--root", os.path.join(work, "ks"), "--address", ks_sock,
+                                       "--containerd-address", ctd_sock, "--mount-root", mounts,
+                                       "--no-docker-plugin", "--log-level", "warn"], stderr=subprocess.DEVNULL))
+        wait_sock(ks_sock)
+        with open(os.path.join(work, "config.toml"), "w") as f:
+            f.write(f'version = 2\nroot = "{work}/root"\nstate = "{work}/state"\n'
+                    f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{ctd_sock}"\n'
+                    f'[proxy_plugins.kitsnap]\n  type = "snapshot"\n  address = "{ks_sock}"\n')
+        env = dict(os.environ, PATH=f"{a.containerd_bin}:{os.environ['PATH']}", KITSNAP_ADDRESS=ks_sock,
+                   CONTAINERD_NAMESPACE="bench", KITSNAP_STORE=os.path.join(work, "empty-store"))
+        procs.append(subprocess.Popen([os.path.join(a.containerd_bin, "containerd"), "--config",
+                                       os.path.join(work, "config.toml")], env=env, stderr=subprocess.DEVNULL))
+        wait_sock(ctd_sock)
+        time.sleep(0.5)
+        ctr = [os.path.join(a.containerd_bin, "ctr"), "--address", ctd_sock, "-n", "bench"]
+
+        def sh(cmd, **kw):
+            r = subprocess.run(cmd, env=env, capture_output=True, text=True, errors="replace", **kw)
+            if r.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
+            return r
+
+        sh(ctr + ["images", "import", "--snapshotter", "kitsnap", app + ".tar"])
+        version = sh([os.path.join(a.containerd_bin, "containerd"), "--version"]).stdout.split()[2]
+        print(f"containers benchmark: {a.size_mib} MiB model, containerd {version}, local registry, "
+              f"median of {a.rounds} cold rounds, {os.cpu_count()} cores")
+
+        def cold_kitsnap(i):
+            drop_caches()
+            t0 = time.perf_counter()
+            sh([a.bin, "pull", "--containerd", kit_ref, "--plain-http", "--no-progress"])
+            path = sh([a.bin, "mount", kit_ref, "--name", "bench"]).stdout.strip()
+            sh(ctr + ["run", "--rm", "--snapshotter", "kitsnap", "--mount",
+                      f"type=bind,src={path},dst=/models,options=rbind:ro", APP, f"k{i}", "head", "-c1",
+                      "/models/model.bin"])
+            t = time.perf_counter() - t0
+            df = sh([a.bin, "df"]).stdout
+            return t, df
+
+        def cleanup_kitsnap():
+            sh([a.bin, "umount", "bench"])
+            sh(ctr + ["images", "rm", "--sync", kit_ref])
+
+        def cold_baseline(i):
+            drop_caches()
+            t0 = time.perf_counter()
+            sh(ctr + ["images", "pull", "--plain-http", img_ref])
+            sh(ctr + ["run", "--rm", img_ref, f"b{i}", "head", "-c1", "/models/model.bin"])
+            t = time.perf_counter() - t0
+            sh(ctr + ["images", "rm", "--sync", img_ref])
+            return t
+
+        ks, base, df = [], [], ""
+        for i in range(a.rounds):
+            base.append(cold_baseline(i))
+            t, df = cold_kitsnap(i)
+            ks.append(t)
+            if i + 1 < a.rounds:
+                cleanup_kitsnap()
+        k, b = statistics.median(ks), statistics.median(base)
+
+        # Warm: the model is on the node and mounted; start containers with and without it.
+        path = os.path.join(mounts, "bench")
+        with_m, without = [], []
+        for i in range(7):
+            t0 = time.perf_counter()
+            sh(ctr + ["run", "--rm", "--snapshotter", "kitsnap", APP, f"w{i}", "true"])
+            without.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            sh(ctr + ["run", "--rm", "--snapshotter", "kitsnap", "--mount",
+                      f"type=bind,src={path},dst=/models,options=rbind:ro", APP, f"m{i}", "true"])
+            with_m.append(time.perf_counter() - t0)
+        w0, w1 = statistics.median(without), statistics.median(with_m)
+
+        total = re.search(r"total ([0-9.]+ \w+)", df)
+        size = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+        num, unit = total.group(1).split() if total else ("0", "B")
+        disk = float(num) * size[unit]
+        model_bytes = a.size_mib << 20
+        print()
+        print("| measure | baseline | kitsnap | result |")
+        print("|---|---|---|---|")
+        print(f"| cold: registry to first byte read in a container | `ctr pull` + run (overlayfs) {b:.2f} s | "
+              f"pull --containerd + mount + run {k:.2f} s | **{k / b:.2f}** (target <= 0.6) |")
+        print(f"| warm: start a container | no mount {w0 * 1000:.0f} ms | model mounted {w1 * 1000:.0f} ms | "
+              f"**{(w1 - w0) * 1000:+.0f} ms** (target <= 50 ms) |")
+        print(f"| disk after pull (`kitsnap df` node total) | model {model_bytes / (1 << 30):.2f} GiB | "
+              f"{disk / (1 << 30):.2f} GiB | **{disk / model_bytes:.3f}x** (target <= 1.1) |")
+        sh([a.bin, "umount", "bench"])
+    finally:
+        for p in reversed(procs):
+            p.kill()
+            p.wait()
+        reg.stop()
+        subprocess.run(f"grep -o ' {work}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l", shell=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
