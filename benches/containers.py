@@ -182,6 +182,8 @@ def main():
                       f"type=bind,src={path},dst=/models,options=rbind:ro", APP, f"m{i}", "true"])
             with_m.append(time.perf_counter() - t0)
         w0, w1 = statistics.median(without), statistics.median(with_m)
+        with open(f"/proc/{procs[0].pid}/status") as f:
+            hwm = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
 
         total = re.search(r"total ([0-9.]+ \w+)", df)
         size = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
@@ -197,6 +199,7 @@ def main():
               f"**{(w1 - w0) * 1000:+.0f} ms** (target <= 50 ms) |")
         print(f"| disk after pull (`kitsnap df` node total) | model {model_bytes / (1 << 30):.2f} GiB | "
               f"{disk / (1 << 30):.2f} GiB | **{disk / model_bytes:.3f}x** (target <= 1.1) |")
+        print(f"| kitsnap serve peak RSS over every pull above | | {hwm / 1024:.0f} MiB | |")
         sh([a.bin, "umount", "bench"])
     finally:
         for p in reversed(procs):

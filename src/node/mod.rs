@@ -312,13 +312,12 @@ impl Node {
             labels.insert(LABEL_LAYERS.to_string(), picked.join(","));
         }
         let view = format!("{VIEW_PREFIX}{name}");
-        let mounts = match ctr.view(&view, &kit.top, labels).await {
+        let mounts = match ctr.view(&view, &kit.top, labels.clone()).await {
             Err(e) if e.is_already_exists() => {
-                // Left by an interrupted mount: start over with a fresh view.
+                // Left by a mount interrupted before its record was written: replace it.
+                tracing::info!(%view, "replacing a stale view");
                 ctr.remove(&view).await?;
-                return Err(Error::Aborted(format!(
-                    "a stale view {view} was removed; run the mount again"
-                )));
+                ctr.view(&view, &kit.top, labels).await?
             }
             r => r?,
         };

@@ -550,6 +550,11 @@ impl Snapshotter {
             return Ok(None);
         };
         let (reference, dest) = compose::parse_modelkit_label(v)?;
+        // Pulls record normalised references (`registry/repo:tag`): compare the same way.
+        let reference = reference
+            .parse::<crate::reference::Reference>()
+            .map(|r| r.to_string())
+            .unwrap_or(reference);
         // Backend keys are `<namespace>/<seq>/<name>`: prefer the container's namespace.
         let ns = key.split('/').next().unwrap_or_default();
         let kit = self.kit(ns, &reference)?.ok_or_else(|| {
