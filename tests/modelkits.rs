@@ -72,6 +72,8 @@ struct Kits {
     b: String,
     gz: String,
     mp: String,
+    /// zstd, only in the local store (never pushed).
+    zst: String,
     model_sha: String,
     model_digest_a_layer: String,
 }
@@ -104,6 +106,18 @@ fn push_kits(store: &Path, dir: &Path, reg: &str) -> Kits {
         store,
         &["pack", ta.to_str().unwrap(), "-t", &mp, "--use-model-pack"],
     );
+    let zst = format!("{reg}/kits/zst:v1");
+    common::ok(
+        store,
+        &[
+            "pack",
+            tb.to_str().unwrap(),
+            "-t",
+            &zst,
+            "--compression",
+            "zstd",
+        ],
+    );
     for r in [&a, &b, &gz, &mp] {
         common::ok(store, &["push", r, "--plain-http"]);
     }
@@ -113,6 +127,7 @@ fn push_kits(store: &Path, dir: &Path, reg: &str) -> Kits {
         b,
         gz,
         mp,
+        zst,
         model_sha: sha(&model),
         model_digest_a_layer: m["layers"][0]["digest"].as_str().unwrap().to_string(),
     }
@@ -139,6 +154,41 @@ fn run_out(ctd: &Containerd, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Pulls over `kitsnap.v1.Node` directly: (finished layer events, the result).
+fn pull_events(sock: &Path, reference: &str) -> (usize, kitsnap::node::pb::PullResult) {
+    use kitsnap::node::pb;
+    let sock = sock.to_path_buf();
+    let reference = reference.to_string();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let ch = kitsnap::containerd::unix_channel(&sock).await.unwrap();
+            let mut c = pb::node_client::NodeClient::new(ch);
+            let mut s = c
+                .pull(pb::PullRequest {
+                    reference,
+                    namespace: NS.into(),
+                    store: String::new(),
+                    registry: Some(pb::RegistryOptions {
+                        plain_http: true,
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut finished = 0;
+            while let Some(ev) = s.message().await.unwrap() {
+                match ev.event {
+                    Some(pb::pull_event::Event::Layer(l)) if l.state != "fetching" => finished += 1,
+                    Some(pb::pull_event::Event::Result(r)) => return (finished, r),
+                    _ => {}
+                }
+            }
+            panic!("pull stream ended without a result");
+        })
+}
+
 fn suite(v: &Version) {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
@@ -146,7 +196,7 @@ fn suite(v: &Version) {
     let reg = registry::RegistryProc::start(&dir.join("registry"), None, None);
     let store = dir.join("store");
     let kits = push_kits(&store, dir, &reg.addr());
-    let ks = Kitsnap::start(dir);
+    let mut ks = Kitsnap::start(dir);
     let ctd = Containerd::start(v, &dir.join("containerd"), &ks.sock);
     let img = dir.join("busybox.tar");
     busybox_image(&img);
@@ -231,10 +281,22 @@ fn suite(v: &Version) {
         &ks,
         &["pull", "--containerd", &kits.gz, "--plain-http"],
     );
-    kit_ok(
-        &empty,
-        &ks,
-        &["pull", "--containerd", &kits.mp, "--plain-http"],
+    // The ModelPack through the daemon's own API: the progress stream has every layer.
+    let (layers, result) = pull_events(&ks.sock, &kits.mp);
+    assert_eq!(layers, 3, "{ctx}: one finished progress event per layer");
+    assert_eq!(
+        result.layers_unpacked + result.layers_reused,
+        3,
+        "{ctx}: {result:?}"
+    );
+    assert_eq!(result.source, "registry");
+    // A kit only in the local store the CLI names (zstd) comes from there.
+    let o = kit(&store, &ks, &["pull", "--containerd", &kits.zst]);
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && msg.contains("from the store"),
+        "{ctx}: {msg}\n{}",
+        tail(&ks.log())
     );
     let content = ctd.ctr_ok(&["content", "ls"]);
     assert!(
@@ -292,6 +354,15 @@ fn suite(v: &Version) {
     );
     let list = kit_ok(&empty, &ks, &["mount", "--list"]);
     assert_eq!(list.lines().count(), 3, "{ctx}: {list}");
+    // A daemon restart keeps the mounts and their records.
+    ks.restart();
+    ctd.ctr_ok_after_restart(&["snapshots", "--snapshotter", "kitsnap", "ls"]);
+    assert_eq!(
+        kit_ok(&empty, &ks, &["mount", "--list"]),
+        list,
+        "{ctx}: mounts after a restart"
+    );
+    assert!(Path::new(&fpath).join("data/train.csv").exists(), "{ctx}");
     // A mounted view keeps its ModelKit alive through `images rm` + GC.
     ctd.ctr_ok(&["images", "rm", "--sync", &kits.a]);
     assert_eq!(
@@ -469,7 +540,7 @@ fn suite(v: &Version) {
     );
 
     // --- images rm + GC removes every kitsnap snapshot (after the container image too).
-    for r in [&kits.b, &kits.gz, &kits.mp, &IMAGE.to_string()] {
+    for r in [&kits.b, &kits.gz, &kits.mp, &kits.zst, &IMAGE.to_string()] {
         ctd.ctr_ok(&["images", "rm", "--sync", r]);
     }
     ks.wait_until_empty();
