@@ -306,7 +306,8 @@ async fn fill_layer(
         && ctr.content_info(l.desc.digest.as_str()).await?.is_none();
     match src {
         Source::Registry(reg, repo) => {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+            // Bounded: at most this many chunks in flight whatever the layer size.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
             let plan = l.clone();
             let worker = tokio::task::spawn_blocking(move || {
                 extract(

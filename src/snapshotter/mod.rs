@@ -115,6 +115,10 @@ pub struct Mount {
 pub struct Snapshotter {
     root: PathBuf,
     db: Database,
+    /// Orders directory creation and removal against `cleanup`: containerd calls Cleanup
+    /// from its GC while other clients Prepare, and a directory made for a snapshot whose
+    /// record is not committed yet must not look like an orphan.
+    fs_ops: std::sync::Mutex<()>,
 }
 
 fn now() -> (i64, u32) {
@@ -175,7 +179,11 @@ impl Snapshotter {
             w.open_table(KITS)?;
         }
         w.commit()?;
-        let s = Snapshotter { root, db };
+        let s = Snapshotter {
+            root,
+            db,
+            fs_ops: std::sync::Mutex::new(()),
+        };
         // Finish what a crash interrupted.
         s.cleanup()?;
         Ok(s)
@@ -183,6 +191,11 @@ impl Snapshotter {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    fn fs_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        // A panic elsewhere leaves the data consistent (the lock guards no data).
+        self.fs_ops.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn trees_dir(&self) -> PathBuf {
@@ -239,6 +252,7 @@ impl Snapshotter {
         if key.is_empty() {
             return Err(SnapError::InvalidArgument("snapshot key is empty".into()));
         }
+        let _fs = self.fs_lock();
         if let Ok(existing) = self.get(key) {
             let _ = existing;
             return Err(SnapError::AlreadyExists(key.to_string()));
@@ -418,6 +432,7 @@ impl Snapshotter {
     }
 
     pub fn remove(&self, key: &str) -> Result<()> {
+        let _fs = self.fs_lock();
         let w = self.db.begin_write()?;
         let id_rec = {
             let mut t = w.open_table(SNAPSHOTS)?;
@@ -657,6 +672,7 @@ impl Snapshotter {
 
     /// Deletes directories that no record names (left by crashes or interrupted removes).
     pub fn cleanup(&self) -> Result<usize> {
+        let _fs = self.fs_lock();
         let live: HashSet<String> = self
             .all()?
             .into_iter()
@@ -774,6 +790,33 @@ mod tests {
         }
         assert!(s.list(&[]).unwrap().is_empty());
         assert_eq!(fs::read_dir(d.path().join("snapshots")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn cleanup_racing_prepare_never_takes_a_new_snapshot() {
+        // containerd's GC calls Cleanup while other clients Prepare.
+        let d = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(Snapshotter::open(d.path()).unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let cleaner = {
+            let (s, stop) = (s.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    s.cleanup().unwrap();
+                }
+            })
+        };
+        for i in 0..300 {
+            let key = format!("k{i}");
+            let m = s.create(Kind::Active, &key, "", BTreeMap::new()).unwrap();
+            assert!(
+                Path::new(&m[0].source).is_dir(),
+                "snapshot {key} lost its directory"
+            );
+            s.remove(&key).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        cleaner.join().unwrap();
     }
 
     #[test]
