@@ -111,7 +111,16 @@ kitsnap push my-model:v1 127.0.0.1:5000/my-model:v1 --plain-http"
         long_about = "Pulls REF (NAME:TAG or NAME@sha256:DIGEST) with every blob it \
 needs, skipping blobs the store already has. Each blob is digest-checked while it streams and \
 only then enters the store; broken connections are resumed with Range requests. Mirrors are \
-read from containerd's hosts directory (--hosts-dir, default /etc/containerd/certs.d)."
+read from containerd's hosts directory (--hosts-dir, default /etc/containerd/certs.d).\n\n\
+With --containerd, kitsnap serve pulls REF into containerd instead (namespace -n, default \
+`default`): one committed snapshot per layer in the kitsnap snapshotter, made through \
+containerd's API under a lease, the manifest and config in containerd's content store with \
+the GC labels containerd's unpacker uses, and an image record (`ctr images ls`). Layers the \
+node already holds are neither downloaded nor unpacked; `ctr images rm` lets containerd's GC \
+remove everything. A REF in the local store is taken from there.\n\nExamples:\n  \
+kitsnap pull registry.example.com/org/llm:v1\n  \
+kitsnap pull --containerd registry.example.com/org/llm:v1\n  \
+kitsnap pull --containerd -n k8s.io 127.0.0.1:5000/kits/llm:v1 --plain-http"
     )]
     Pull(PullArgs),
     /// Mount a ModelKit read-only on the host (a containerd view), print the path.
@@ -162,9 +171,14 @@ credential helper (credsStore/credHelpers) when one is configured. The password 
         long_about = "Serves containerd's snapshots.v1 API on a unix socket (mode 0660) \
 as an overlay snapshotter with crash-safe metadata (redb) under --root. Register it in \
 containerd's config:\n\n  [proxy_plugins.kitsnap]\n    type = \"snapshot\"\n    address = \"/run/kitsnap/kitsnap.sock\"\n\n\
-then use `ctr ... --snapshotter kitsnap`. Settings come from --config (default \
-/etc/kitsnap/config.toml: root, address, log_level, socket_gid), overridden by flags. Under \
-systemd (Type=notify) it reports readiness once the socket listens."
+then use `ctr ... --snapshotter kitsnap`. The same socket serves kitsnap.v1.Node (the API \
+behind `pull --containerd`, `mount`, `umount` and `df`, which reaches containerd at \
+--containerd-address), and a Docker volume plugin listens at --docker-plugin. A snapshot \
+labelled containerd.io/snapshot/kitsnap.modelkit=REF:/DIR gets the ModelKit REF as an extra \
+read-only lower layer at DIR. Settings come from --config (default /etc/kitsnap/config.toml: \
+root, address, log_level, socket_gid, containerd_address, mount_root, docker_plugin, \
+hosts_dir, plain_http), overridden by flags. Under systemd (Type=notify) it reports \
+readiness once the socket listens."
     )]
     Serve(ServeArgs),
     /// Forget the credentials for a registry.
