@@ -229,6 +229,8 @@ struct ExtractSink {
     content: Option<ContentWriter>,
     progress: Progress,
     started: bool,
+    /// The extracting thread stopped taking bytes: its own error is the one to report.
+    extractor_gone: bool,
 }
 
 impl BlobSink for ExtractSink {
@@ -248,12 +250,15 @@ impl BlobSink for ExtractSink {
         if let Some(c) = self.content.as_mut() {
             c.send(data.clone()).await?;
         }
-        let Some(tx) = &self.tx else {
-            return Err(Error::Aborted("extraction finished early".into()));
+        let sent = match &self.tx {
+            Some(tx) => tx.send(data).await.is_ok(),
+            None => false,
         };
-        tx.send(data)
-            .await
-            .map_err(|_| Error::Aborted("extraction stopped".into()))
+        if !sent {
+            self.extractor_gone = true;
+            return Err(Error::Aborted("extraction stopped".into()));
+        }
+        Ok(())
     }
 
     async fn finish(&mut self) -> Result<()> {
@@ -332,6 +337,7 @@ async fn fill_layer(
                 content,
                 progress,
                 started: false,
+                extractor_gone: false,
             };
             let fetched = reg
                 .fetch_blob_into(repo, &l.desc, &mut sink, &indicatif::ProgressBar::hidden())
@@ -341,10 +347,11 @@ async fn fill_layer(
                 .await
                 .map_err(|e| Error::Internal(format!("extraction task: {e}")))?;
             match (fetched, extracted) {
-                // The extractor's error says what was wrong with the bytes.
-                (Err(Error::Aborted(_)), Err(e)) | (Ok(()), Err(e)) => return Err(e),
-                (Err(e), _) => return Err(e),
                 (Ok(()), Ok(())) => {}
+                // The extractor's error says what was wrong with the bytes.
+                (Ok(()), Err(e)) => return Err(e),
+                (Err(_), Err(e)) if sink.extractor_gone => return Err(e),
+                (Err(e), _) => return Err(e),
             }
             if let Some(c) = sink.content.take() {
                 c.commit(HashMap::new()).await?;
@@ -488,7 +495,7 @@ async fn pull_leased(
     };
     let mut kept: Vec<bool> = Vec::with_capacity(plans.len());
     for (i, l) in plans.iter().enumerate() {
-        let mut progress = Progress::new(events, i, l);
+        let progress = Progress::new(events, i, l);
         let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
         let labels = HashMap::from([
             (
@@ -504,6 +511,7 @@ async fn pull_leased(
             Err(e) if e.is_already_exists() => {
                 result.layers_reused += 1;
                 kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
+                let mut progress = progress;
                 progress.state("reused").await;
                 continue;
             }
@@ -515,7 +523,7 @@ async fn pull_leased(
                     "unexpected mounts from the kitsnap snapshotter: {mounts:?}"
                 ))
             })?;
-            let keep = fill_layer(ctr, src, l, dir, Progress::new(events, i, l)).await?;
+            let keep = fill_layer(ctr, src, l, dir, progress).await?;
             ctr.commit(&chain[i], &key, labels.clone()).await?;
             Ok::<bool, Error>(keep)
         }
