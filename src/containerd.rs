@@ -4,7 +4,7 @@
 //! held by the lease until the image record references it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use tonic::Request;
 use tonic::metadata::MetadataValue;
@@ -62,7 +62,6 @@ pub const LABEL_GC_CONTENT_CONFIG: &str = "containerd.io/gc.ref.content.config";
 pub const LABEL_GC_CONTENT_LAYER: &str = "containerd.io/gc.ref.content.l";
 pub const LABEL_GC_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";
 pub const LABEL_DISTRIBUTION_SOURCE: &str = "containerd.io/distribution.source";
-pub const LABEL_UNCOMPRESSED: &str = "containerd.io/uncompressed";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtrError {
@@ -117,7 +116,6 @@ pub async fn unix_channel(sock: &Path) -> std::result::Result<Channel, tonic::tr
 /// containerd, in one namespace, optionally under one lease.
 #[derive(Clone)]
 pub struct Containerd {
-    address: PathBuf,
     channel: Channel,
     namespace: String,
     lease: Option<String>,
@@ -130,25 +128,19 @@ impl Containerd {
             msg: format!("{e} (is containerd running?)"),
         })?;
         Ok(Containerd {
-            address: address.to_path_buf(),
             channel,
             namespace: namespace.to_string(),
             lease: None,
         })
     }
 
-    pub fn address(&self) -> &Path {
-        &self.address
-    }
-
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
 
-    /// The same connection, in another namespace.
-    pub fn in_namespace(&self, ns: &str) -> Containerd {
+    /// The same connection, outside any lease.
+    fn without_lease(&self) -> Containerd {
         Containerd {
-            namespace: ns.to_string(),
             lease: None,
             ..self.clone()
         }
@@ -205,7 +197,7 @@ impl Containerd {
     /// Deletes the current lease; `sync` waits for the garbage collection it triggers.
     pub async fn delete_lease(&self, sync: bool) -> Result<()> {
         let Some(id) = &self.lease else { return Ok(()) };
-        let outside = self.in_namespace(&self.namespace);
+        let outside = self.without_lease();
         self.leases()
             .delete(outside.req(pb::leases::DeleteRequest {
                 id: id.clone(),
@@ -359,16 +351,6 @@ impl Containerd {
             }
             Err(s) => Err(call("images.Create")(s)),
         }
-    }
-
-    pub async fn image_list(&self) -> Result<Vec<pb::images::Image>> {
-        Ok(self
-            .images()
-            .list(self.req(pb::images::ListImagesRequest { filters: vec![] }))
-            .await
-            .map_err(call("images.List"))?
-            .into_inner()
-            .images)
     }
 
     // ---- snapshots (of the kitsnap snapshotter) ----
