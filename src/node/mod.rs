@@ -141,64 +141,65 @@ impl Node {
         Ok(Containerd::connect(&self.containerd, ns).await?)
     }
 
-    pub fn mounts(&self) -> Result<Vec<MountRecord>> {
+    /// Every value of a JSON-valued table.
+    fn read_all<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>> {
         let r = self.db.begin_read().map_err(internal)?;
-        let t = r.open_table(MOUNTS).map_err(internal)?;
+        let t = r.open_table(table).map_err(internal)?;
         let mut out = Vec::new();
         for e in t.iter().map_err(internal)? {
             let (_, v) = e.map_err(internal)?;
             out.push(serde_json::from_slice(v.value()).map_err(internal)?);
         }
         Ok(out)
+    }
+
+    fn write(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: Option<&impl Serialize>,
+    ) -> Result<()> {
+        let w = self.db.begin_write().map_err(internal)?;
+        {
+            let mut t = w.open_table(table).map_err(internal)?;
+            match value {
+                Some(v) => {
+                    let b = serde_json::to_vec(v).map_err(internal)?;
+                    t.insert(key, b.as_slice()).map_err(internal)?;
+                }
+                None => {
+                    t.remove(key).map_err(internal)?;
+                }
+            }
+        }
+        w.commit().map_err(internal)
+    }
+
+    pub fn mounts(&self) -> Result<Vec<MountRecord>> {
+        self.read_all(MOUNTS)
     }
 
     pub fn volumes(&self) -> Result<Vec<crate::dockerplugin::Volume>> {
-        let r = self.db.begin_read().map_err(internal)?;
-        let t = r.open_table(VOLUMES).map_err(internal)?;
-        let mut out = Vec::new();
-        for e in t.iter().map_err(internal)? {
-            let (_, v) = e.map_err(internal)?;
-            out.push(serde_json::from_slice(v.value()).map_err(internal)?);
-        }
-        Ok(out)
+        self.read_all(VOLUMES)
     }
 
     pub fn put_volume(&self, v: &crate::dockerplugin::Volume) -> Result<()> {
-        let b = serde_json::to_vec(v).map_err(internal)?;
-        let w = self.db.begin_write().map_err(internal)?;
-        w.open_table(VOLUMES)
-            .map_err(internal)?
-            .insert(v.name.as_str(), b.as_slice())
-            .map_err(internal)?;
-        w.commit().map_err(internal)
+        self.write(VOLUMES, &v.name, Some(v))
     }
 
     pub fn delete_volume(&self, name: &str) -> Result<()> {
-        let w = self.db.begin_write().map_err(internal)?;
-        w.open_table(VOLUMES)
-            .map_err(internal)?
-            .remove(name)
-            .map_err(internal)?;
-        w.commit().map_err(internal)
+        self.write(VOLUMES, name, None::<&crate::dockerplugin::Volume>)
     }
 
     fn put_mount(&self, m: &MountRecord) -> Result<()> {
-        let v = serde_json::to_vec(m).map_err(internal)?;
-        let w = self.db.begin_write().map_err(internal)?;
-        w.open_table(MOUNTS)
-            .map_err(internal)?
-            .insert(m.name.as_str(), v.as_slice())
-            .map_err(internal)?;
-        w.commit().map_err(internal)
+        self.write(MOUNTS, &m.name, Some(m))
     }
 
     fn delete_mount(&self, name: &str) -> Result<()> {
-        let w = self.db.begin_write().map_err(internal)?;
-        w.open_table(MOUNTS)
-            .map_err(internal)?
-            .remove(name)
-            .map_err(internal)?;
-        w.commit().map_err(internal)
+        self.write(MOUNTS, name, None::<&MountRecord>)
     }
 
     /// The ModelKit's record if its snapshots are still in containerd's namespace `ns`.
@@ -213,7 +214,7 @@ impl Node {
         if k.namespace != ctr.namespace() {
             return Ok(None);
         }
-        Ok(ctr.stat(&k.top).await?.map(|_| k))
+        Ok(ctr.stat(k.top()).await?.map(|_| k))
     }
 
     /// Pulls (if needed) and mounts a read-only view; an existing mount of the same name
@@ -312,12 +313,12 @@ impl Node {
             labels.insert(LABEL_LAYERS.to_string(), picked.join(","));
         }
         let view = format!("{VIEW_PREFIX}{name}");
-        let mounts = match ctr.view(&view, &kit.top, labels.clone()).await {
+        let mounts = match ctr.view(&view, kit.top(), labels.clone()).await {
             Err(e) if e.is_already_exists() => {
                 // Left by a mount interrupted before its record was written: replace it.
                 tracing::info!(%view, "replacing a stale view");
                 ctr.remove(&view).await?;
-                ctr.view(&view, &kit.top, labels).await?
+                ctr.view(&view, kit.top(), labels).await?
             }
             r => r?,
         };
@@ -385,7 +386,7 @@ impl Node {
         let mut namespaces = BTreeSet::new();
         for k in self.snap.kits().map_err(internal)? {
             let ctr = self.ctr(&k.namespace).await?;
-            if ctr.stat(&k.top).await?.is_none() {
+            if ctr.stat(k.top()).await?.is_none() {
                 // Removed from containerd since (images rm + GC): not on this node.
                 continue;
             }

@@ -151,9 +151,9 @@ fn nonce() -> String {
     format!("{}-{}", std::process::id(), t.as_nanos())
 }
 
+#[derive(Clone)]
 struct Progress {
     events: Events,
-    index: u32,
     layer: pb::LayerProgress,
     last: Instant,
 }
@@ -162,7 +162,6 @@ impl Progress {
     fn new(events: &Events, index: usize, l: &LayerPlan) -> Progress {
         Progress {
             events: events.clone(),
-            index: index as u32,
             layer: pb::LayerProgress {
                 index: index as u32,
                 digest: l.desc.digest.to_string(),
@@ -186,10 +185,8 @@ impl Progress {
     }
 
     fn event(&self) -> pb::PullEvent {
-        let mut l = self.layer.clone();
-        l.index = self.index;
         pb::PullEvent {
-            event: Some(pb::pull_event::Event::Layer(l)),
+            event: Some(pb::pull_event::Event::Layer(self.layer.clone())),
         }
     }
 
@@ -361,12 +358,7 @@ async fn fill_layer(
         Source::Store(store) => {
             let file = store.open_blob(&l.desc.digest)?;
             let plan = l.clone();
-            let p2 = Progress {
-                events: progress.events.clone(),
-                index: progress.index,
-                layer: progress.layer.clone(),
-                last: progress.last,
-            };
+            let p2 = progress.clone();
             tokio::task::spawn_blocking(move || {
                 let r = CountingReader {
                     inner: std::io::BufReader::with_capacity(1 << 20, file),
@@ -420,7 +412,6 @@ pub async fn pull(
     }
     let digests: Vec<&Digest> = plans.iter().map(|l| &l.desc.digest).collect();
     let chain = chain_names(&digests);
-    let top = chain.last().cloned().unwrap_or_default();
 
     let ctr0 = Containerd::connect(address, &spec.namespace).await?;
     let id = format!("kitsnap-pull-{}", nonce());
@@ -436,7 +427,6 @@ pub async fn pull(
                 namespace: spec.namespace.clone(),
                 reference: spec.reference.to_string(),
                 manifest_digest: mdesc.digest.to_string(),
-                top: top.clone(),
                 layers: plans
                     .iter()
                     .zip(&chain)
@@ -547,7 +537,6 @@ async fn pull_leased(
         }
     }
 
-    let top = chain.last().cloned().unwrap_or_default();
     ctr.write_blob(
         manifest.config.digest.as_str(),
         config.to_vec(),
@@ -557,7 +546,7 @@ async fn pull_leased(
                 containerd::LABEL_GC_SNAPSHOT,
                 containerd::SNAPSHOTTER
             ),
-            top,
+            result.top_snapshot.clone(),
         )]),
     )
     .await?;

@@ -29,10 +29,19 @@ pub struct KitRecord {
     pub namespace: String,
     pub reference: String,
     pub manifest_digest: String,
-    /// The containerd name of the top layer snapshot.
-    pub top: String,
+    /// Bottom first; a pull never records a kit without layers.
     pub layers: Vec<KitLayer>,
     pub pulled: i64,
+}
+
+impl KitRecord {
+    /// The containerd name of the top layer snapshot.
+    pub fn top(&self) -> &str {
+        self.layers
+            .last()
+            .map(|l| l.chain.as_str())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -577,7 +577,7 @@ impl Snapshotter {
                 "ModelKit {reference} is not on this node: run `kitsnap pull --containerd {reference}` first"
             ))
         })?;
-        let (top_key, _) = self.find_named(&kit.namespace, &kit.top)?.ok_or_else(|| {
+        let (top_key, _) = self.find_named(&kit.namespace, kit.top())?.ok_or_else(|| {
             SnapError::FailedPrecondition(format!(
                 "ModelKit {reference} was removed from containerd (namespace {}); pull it again",
                 kit.namespace
