@@ -15,7 +15,6 @@ Needs root, containerd, runc, docker-registry, skopeo, busybox-static, a release
 Usage: benches/containers.py [--size-mib N] [--rounds N] [--containerd-bin DIR]
 """
 import argparse
-import json
 import os
 import re
 import shutil
@@ -27,28 +26,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from registry import Registry  # noqa: E402
-from snapshotter import blob, layer, wait_sock  # noqa: E402
+from snapshotter import layer, oci_layout, wait_sock  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = "docker.io/library/kitsnap-app:latest"
-
-
-def oci_layout(out, layers, name):
-    ds = [blob(out, l) for l in layers]
-    cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
-                      "rootfs": {"type": "layers", "diff_ids": ds}}).encode()
-    cd = blob(out, cfg)
-    man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                      "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": len(cfg)},
-                      "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": len(l)}
-                                 for d, l in zip(ds, layers)]}).encode()
-    md = blob(out, man)
-    with open(f"{out}/oci-layout", "w") as f:
-        f.write('{"imageLayoutVersion":"1.0.0"}')
-    with open(f"{out}/index.json", "w") as f:
-        json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                   "digest": md, "size": len(man), "annotations": {"io.containerd.image.name": name,
-                                                                   "org.opencontainers.image.ref.name": "latest"}}]}, f)
 
 
 def busybox_layer():
@@ -97,13 +78,13 @@ def main():
         baked = os.path.join(work, "baked")
         with open(model, "rb") as f:
             weights = f.read()
-        oci_layout(baked, [bb, layer([("models/model.bin", "file", weights)])], img_ref)
+        oci_layout(baked, [bb, layer([("models/model.bin", "file", weights)])], img_ref, "latest")
         del weights
         subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{baked}", f"docker://{img_ref}"],
                        check=True, capture_output=True)
         shutil.rmtree(baked)
         app = os.path.join(work, "app")
-        oci_layout(app, [bb], APP)
+        oci_layout(app, [bb], APP, "latest")
         subprocess.run(["tar", "-C", app, "-cf", app + ".tar", "."], check=True)
 
         ks_sock = os.path.join(work, "kitsnap.sock")

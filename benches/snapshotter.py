@@ -49,12 +49,9 @@ def layer(entries):
     return buf.getvalue()
 
 
-def build_image(work, payload_mib):
-    out = os.path.join(work, "img")
-    base = [(d, "dir", None) for d in ["bin", "tmp", "etc", "proc", "sys", "dev", "data"]]
-    base.append(("bin/busybox", "file", open("/bin/busybox", "rb").read()))
-    base += [(f"bin/{a}", "link", "busybox") for a in ["sh", "true", "cat", "ls"]]
-    layers = [layer(base), layer([("data/payload.bin", "file", os.urandom(payload_mib << 20))])]
+def oci_layout(out, layers, name, ref_name=None):
+    """Writes an OCI image layout at `out`: one image of uncompressed `layers`, named `name`
+    for containerd (and `ref_name` for skopeo's `oci:` transport, when given)."""
     ds = [blob(out, l) for l in layers]
     cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
                       "rootfs": {"type": "layers", "diff_ids": ds}}).encode()
@@ -66,9 +63,21 @@ def build_image(work, payload_mib):
     md = blob(out, man)
     with open(f"{out}/oci-layout", "w") as f:
         f.write('{"imageLayoutVersion":"1.0.0"}')
+    annotations = {"io.containerd.image.name": name}
+    if ref_name:
+        annotations["org.opencontainers.image.ref.name"] = ref_name
     with open(f"{out}/index.json", "w") as f:
         json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-                   "digest": md, "size": len(man), "annotations": {"io.containerd.image.name": IMAGE}}]}, f)
+                   "digest": md, "size": len(man), "annotations": annotations}]}, f)
+
+
+def build_image(work, payload_mib):
+    out = os.path.join(work, "img")
+    base = [(d, "dir", None) for d in ["bin", "tmp", "etc", "proc", "sys", "dev", "data"]]
+    base.append(("bin/busybox", "file", open("/bin/busybox", "rb").read()))
+    base += [(f"bin/{a}", "link", "busybox") for a in ["sh", "true", "cat", "ls"]]
+    layers = [layer(base), layer([("data/payload.bin", "file", os.urandom(payload_mib << 20))])]
+    oci_layout(out, layers, IMAGE)
     tar = os.path.join(work, "img.tar")
     subprocess.run(["tar", "-C", out, "-cf", tar, "."], check=True)
     return tar
