@@ -1,5 +1,15 @@
+//! `kitsnap`: the packaging CLI (a drop-in for KitOps' `kit`) and the node daemon
+//! (`kitsnap serve`). Argument parsing in `cli`, flags resolved in `settings`, one file
+//! per verb in `commands/`, the daemon's gRPC client in `client`.
+
+mod cli;
+mod client;
+mod commands;
+mod settings;
+
 use clap::Parser;
-use kitsnap::cli::{Cli, Command};
+
+use crate::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
@@ -10,9 +20,30 @@ fn main() {
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
+        init_diagnostics();
     }
-    if let Err(e) = kitsnap::cli::run(cli) {
+    let ctx = settings::Ctx::new(cli.store, cli.no_progress);
+    if let Err(e) = commands::run(cli.command, &ctx) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Diagnostics (retries, credential helpers, ...) go to stderr through `tracing`: quiet
+/// by default, `KITSNAP_LOG=info` (or any tracing filter) shows them; `KITSNAP_DEBUG`
+/// is the older switch for the same.
+fn init_diagnostics() {
+    let default = if std::env::var_os("KITSNAP_DEBUG").is_some() {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KITSNAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
 }

@@ -1,0 +1,390 @@
+//! Safe, streaming extraction of one layer: a hostile layer can never write outside the
+//! target directory.
+//!
+//! Every layer is digest-verified while it streams. Entries are checked one by one:
+//! absolute paths, `..`, links whose target leaves the directory, device nodes, fifos and
+//! duplicate entries are refused, and no entry is ever written through a symlink. When a
+//! layer fails (bad entry or bad digest), the files it created are removed again.
+
+use std::collections::HashSet;
+use std::fs::{self, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::digest::HashingReader;
+use crate::error::{Error, IoContext, Result};
+use crate::layers::LayerPlan;
+use crate::oci::{Compression, Descriptor};
+
+pub(crate) const IO_BUF: usize = 1 << 20;
+
+/// Extracts one planned layer (tar of any compression, or a raw file) into `dest`,
+/// verifying its digest and size while it streams.
+pub fn extract<R: Read>(reader: R, l: &LayerPlan, dest: &Path, overwrite: bool) -> Result<()> {
+    let what = format!(
+        "{} layer {} ({})",
+        l.kind.user_str(),
+        l.path,
+        l.desc.digest.short()
+    );
+    if l.raw {
+        extract_raw(reader, &l.desc, dest, &l.path, overwrite, &what)
+    } else {
+        extract_layer(reader, &l.desc, l.compression, dest, overwrite, &what)
+    }
+}
+
+/// Removes what a failed layer created, newest first.
+struct Rollback(Vec<PathBuf>);
+
+impl Rollback {
+    fn undo(&mut self) {
+        for p in self.0.drain(..).rev() {
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    let _ = fs::remove_dir(&p);
+                }
+                Ok(_) => {
+                    let _ = fs::remove_file(&p);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Streams one tar layer (any compression) into `dest`, verifying its digest and size.
+pub fn extract_layer<R: Read>(
+    reader: R,
+    desc: &Descriptor,
+    compression: Compression,
+    dest: &Path,
+    overwrite: bool,
+    what: &str,
+) -> Result<()> {
+    let mut hr = HashingReader::new(reader);
+    let mut rb = Rollback(Vec::new());
+    let res = (|| -> Result<()> {
+        match compression {
+            Compression::None => extract_tar(&mut hr, dest, overwrite, what, &mut rb.0),
+            Compression::Gzip | Compression::GzipFastest => extract_tar(
+                flate2::read::GzDecoder::new(&mut hr),
+                dest,
+                overwrite,
+                what,
+                &mut rb.0,
+            ),
+            Compression::Zstd => extract_tar(
+                zstd::stream::read::Decoder::new(&mut hr)?,
+                dest,
+                overwrite,
+                what,
+                &mut rb.0,
+            ),
+        }
+    })();
+    let checked = res.and_then(|()| verify(hr, desc));
+    if checked.is_err() {
+        rb.undo();
+    }
+    checked
+}
+
+fn verify<R: Read>(hr: HashingReader<R>, desc: &Descriptor) -> Result<()> {
+    let (actual, n) = hr.finish()?;
+    if actual != desc.digest {
+        return Err(Error::DigestMismatch {
+            digest: desc.digest.to_string(),
+            actual: actual.to_string(),
+        });
+    }
+    if n != desc.size {
+        return Err(Error::SizeMismatch {
+            digest: desc.digest.to_string(),
+            expected: desc.size,
+            actual: n,
+        });
+    }
+    Ok(())
+}
+
+/// Splits a path from an archive into safe components, refusing absolute paths and `..`.
+fn safe_components(raw: &str, what: &str) -> Result<Vec<String>> {
+    let unsafe_err = |msg: String| Error::UnsafeLayer {
+        layer: what.to_string(),
+        msg,
+    };
+    if raw.starts_with('/') {
+        return Err(unsafe_err(format!("entry {raw:?} has an absolute path")));
+    }
+    if raw.contains('\0') || raw.contains('\\') && raw.contains("..") {
+        return Err(unsafe_err(format!("entry {raw:?} has an invalid path")));
+    }
+    let mut out = Vec::new();
+    for c in raw.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => return Err(unsafe_err(format!("entry {raw:?} contains `..`"))),
+            c => out.push(c.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// Makes sure every parent of `rel` under `dest` is a real directory (creating missing
+/// ones), so nothing is ever written through a symlink.
+fn ensure_parents(
+    dest: &Path,
+    parts: &[String],
+    checked: &mut HashSet<PathBuf>,
+    created: &mut Vec<PathBuf>,
+    what: &str,
+) -> Result<PathBuf> {
+    let mut cur = dest.to_path_buf();
+    for p in &parts[..parts.len().saturating_sub(1)] {
+        cur.push(p);
+        if checked.contains(&cur) {
+            continue;
+        }
+        match fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(Error::UnsafeLayer {
+                    layer: what.to_string(),
+                    msg: format!(
+                        "entry {:?} would be written through the symlink {}",
+                        parts.join("/"),
+                        cur.display()
+                    ),
+                });
+            }
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(Error::Invalid(format!(
+                    "{}: cannot create a directory where a file exists",
+                    cur.display()
+                )));
+            }
+            Err(_) => {
+                fs::create_dir(&cur).at(&cur)?;
+                created.push(cur.clone());
+            }
+        }
+        checked.insert(cur.clone());
+    }
+    Ok(cur.join(parts.last().map(String::as_str).unwrap_or("")))
+}
+
+/// Creates a new file, never following a symlink planted at `target`.
+fn create_file(target: &Path, mode: u32) -> Result<std::fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(target)
+        .at(target)
+}
+
+/// Clears the way for a new file at `target`: refuses an existing one unless overwriting.
+fn make_room(target: &Path, overwrite: bool) -> Result<()> {
+    match fs::symlink_metadata(target) {
+        Err(_) => Ok(()),
+        Ok(_) if !overwrite => Err(Error::Exists(target.to_path_buf())),
+        Ok(m) if m.is_dir() => Err(Error::Invalid(format!(
+            "{}: a directory is in the way of a file",
+            target.display()
+        ))),
+        Ok(_) => fs::remove_file(target).at(target),
+    }
+}
+
+fn extract_tar<R: Read>(
+    reader: R,
+    dest: &Path,
+    overwrite: bool,
+    what: &str,
+    created: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let unsafe_err = |msg: String| Error::UnsafeLayer {
+        layer: what.to_string(),
+        msg,
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut seen: HashSet<Vec<String>> = HashSet::new();
+    let mut files: HashSet<Vec<String>> = HashSet::new();
+    let mut checked: HashSet<PathBuf> = HashSet::new();
+    let mut buf = vec![0u8; IO_BUF];
+    for entry in archive
+        .entries()
+        .map_err(|e| unsafe_err(format!("not a tar archive: {e}")))?
+    {
+        let mut entry = entry.map_err(|e| unsafe_err(format!("corrupt tar: {e}")))?;
+        let et = entry.header().entry_type();
+        if matches!(et, tar::EntryType::XGlobalHeader) {
+            continue;
+        }
+        let raw = String::from_utf8(entry.path_bytes().into_owned())
+            .map_err(|_| unsafe_err("entry name is not UTF-8".into()))?;
+        let parts = safe_components(&raw, what)?;
+        if parts.is_empty() {
+            if et.is_dir() {
+                continue;
+            }
+            return Err(unsafe_err(format!("entry {raw:?} has an empty path")));
+        }
+        if !seen.insert(parts.clone()) {
+            return Err(unsafe_err(format!("duplicate entry {raw:?}")));
+        }
+        let target = ensure_parents(dest, &parts, &mut checked, created, what)?;
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        match et {
+            tar::EntryType::Directory => match fs::symlink_metadata(&target) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(unsafe_err(format!(
+                        "directory entry {raw:?} collides with a symlink"
+                    )));
+                }
+                Ok(_) => {
+                    return Err(Error::Invalid(format!(
+                        "{}: a file is in the way of a directory",
+                        target.display()
+                    )));
+                }
+                Err(_) => {
+                    fs::create_dir(&target).at(&target)?;
+                    created.push(target.clone());
+                    // Keep directories writable for the rest of the layer.
+                    fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
+                        .at(&target)?;
+                }
+            },
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                make_room(&target, overwrite)?;
+                let mut f = create_file(&target, mode)?;
+                created.push(target.clone());
+                loop {
+                    let n = entry
+                        .read(&mut buf)
+                        .map_err(|e| unsafe_err(format!("truncated entry {raw:?}: {e}")))?;
+                    if n == 0 {
+                        break;
+                    }
+                    f.write_all(&buf[..n]).at(&target)?;
+                }
+                files.insert(parts.clone());
+            }
+            tar::EntryType::Symlink => {
+                let link = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| unsafe_err(format!("symlink {raw:?} has no target")))?;
+                let link = String::from_utf8(link.into_owned())
+                    .map_err(|_| unsafe_err(format!("symlink {raw:?} target is not UTF-8")))?;
+                if link.starts_with('/') {
+                    return Err(unsafe_err(format!(
+                        "symlink {raw:?} points to absolute path {link:?}"
+                    )));
+                }
+                // Resolve the target against the link's directory; it must stay inside.
+                let mut depth: Vec<&str> = parts[..parts.len() - 1]
+                    .iter()
+                    .map(String::as_str)
+                    .collect();
+                for c in link.split('/') {
+                    match c {
+                        "" | "." => {}
+                        ".." => {
+                            if depth.pop().is_none() {
+                                return Err(unsafe_err(format!(
+                                    "symlink {raw:?} -> {link:?} points outside the target directory"
+                                )));
+                            }
+                        }
+                        c => depth.push(c),
+                    }
+                }
+                make_room(&target, overwrite)?;
+                std::os::unix::fs::symlink(&link, &target).at(&target)?;
+                created.push(target.clone());
+            }
+            tar::EntryType::Link => {
+                let link = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| unsafe_err(format!("hardlink {raw:?} has no target")))?;
+                let link = String::from_utf8(link.into_owned())
+                    .map_err(|_| unsafe_err(format!("hardlink {raw:?} target is not UTF-8")))?;
+                let lparts = safe_components(&link, what).map_err(|_| {
+                    unsafe_err(format!(
+                        "hardlink {raw:?} -> {link:?} points outside the target directory"
+                    ))
+                })?;
+                if !files.contains(&lparts) {
+                    return Err(unsafe_err(format!(
+                        "hardlink {raw:?} -> {link:?} must name a file earlier in the same layer"
+                    )));
+                }
+                make_room(&target, overwrite)?;
+                let src = lparts.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
+                fs::hard_link(&src, &target).at(&target)?;
+                created.push(target.clone());
+                files.insert(parts.clone());
+            }
+            other => {
+                let kind = match other {
+                    tar::EntryType::Char | tar::EntryType::Block => "device node",
+                    tar::EntryType::Fifo => "fifo",
+                    _ => "unsupported entry type",
+                };
+                return Err(unsafe_err(format!("entry {raw:?} is a {kind}; refused")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A ModelPack `.raw` layer: the blob is the file itself.
+pub fn extract_raw<R: Read>(
+    reader: R,
+    desc: &Descriptor,
+    dest: &Path,
+    path: &str,
+    overwrite: bool,
+    what: &str,
+) -> Result<()> {
+    let parts = safe_components(path, what)?;
+    if parts.is_empty() {
+        return Err(Error::UnsafeLayer {
+            layer: what.to_string(),
+            msg: "raw layer has an empty file path".into(),
+        });
+    }
+    let mut created = Vec::new();
+    let mut checked = HashSet::new();
+    let mut hr = HashingReader::new(reader);
+    let res = (|| -> Result<()> {
+        let target = ensure_parents(dest, &parts, &mut checked, &mut created, what)?;
+        make_room(&target, overwrite)?;
+        let mut f = create_file(&target, 0o644)?;
+        created.push(target.clone());
+        std::io::copy(&mut hr, &mut f).at(&target)?;
+        Ok(())
+    })();
+    let checked = res.and_then(|()| verify(hr, desc));
+    if checked.is_err() {
+        Rollback(created).undo();
+    }
+    checked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn component_safety() {
+        assert!(safe_components("/etc/passwd", "l").is_err());
+        assert!(safe_components("a/../../b", "l").is_err());
+        assert_eq!(safe_components("./a//b/", "l").unwrap(), vec!["a", "b"]);
+    }
+}

@@ -1,0 +1,588 @@
+//! The local store: an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/`).
+//!
+//! Crash safety: a blob is written under `ingest/`, fsynced, checked against its digest and
+//! renamed into `blobs/`; `index.json` is replaced by rename after the blobs it names exist.
+//! A killed writer therefore leaves at most stray files in `ingest/`, never a torn blob or
+//! an index entry without its content. Two lock files order concurrent processes:
+//! `gc.lock` (shared by writers, exclusive for garbage collection) and `index.lock`
+//! (exclusive around every read-modify-write of `index.json`).
+
+use std::collections::HashSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::digest::{Digest, HashingReader};
+use crate::error::{Error, IoContext, Result};
+use crate::oci::{self, ANNOTATION_REF_NAME, Descriptor, Index, MEDIA_TYPE_MANIFEST, Manifest};
+use crate::reference::Reference;
+
+/// Keeps the repository of a manifest whose tag moved elsewhere, so it still lists.
+pub const ANNOTATION_UNTAGGED_REPO: &str = "dev.kitsnap.repository";
+/// Manifests and configs are small; anything larger is refused rather than read into memory.
+pub const MAX_METADATA_BLOB: u64 = 4 << 20;
+
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A tagged (or untagged) ModelKit in the store.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// `registry/repository`
+    pub name: String,
+    pub tag: Option<String>,
+    pub descriptor: Descriptor,
+}
+
+impl Entry {
+    pub fn display_ref(&self) -> String {
+        match &self.tag {
+            Some(t) => format!("{}:{t}", self.name),
+            None => format!("{}@{}", self.name, self.descriptor.digest),
+        }
+    }
+}
+
+/// A lock held for as long as the guard lives.
+pub struct LockGuard(File);
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// A blob being written. Dropped without `commit`, its temporary file is removed.
+pub struct Ingest {
+    path: PathBuf,
+    file: Option<File>,
+    committed: bool,
+}
+
+impl Ingest {
+    pub fn file(&mut self) -> Result<&mut File> {
+        self.file
+            .as_mut()
+            .ok_or_else(|| Error::Internal("ingest already closed".into()))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Ingest {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct GcStats {
+    pub blobs_removed: usize,
+    pub bytes_freed: u64,
+    pub temp_files_removed: usize,
+}
+
+static INGEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// `$KITSNAP_HOME/storage`, else `$XDG_DATA_HOME/kitsnap/storage`, else
+    /// `~/.local/share/kitsnap/storage` (KitOps' layout under our own name).
+    pub fn default_root() -> PathBuf {
+        if let Some(h) = std::env::var_os("KITSNAP_HOME").filter(|v| !v.is_empty()) {
+            return PathBuf::from(h).join("storage");
+        }
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("/var/lib"));
+        data.join("kitsnap").join("storage")
+    }
+
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        for d in [root.join("blobs/sha256"), root.join("ingest")] {
+            fs::create_dir_all(&d).at(&d)?;
+        }
+        let layout = root.join("oci-layout");
+        if !layout.exists() {
+            let s = Store { root: root.clone() };
+            s.write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+        }
+        let store = Store { root };
+        if !store.root.join("index.json").exists() {
+            let _l = store.lock_index()?;
+            if !store.root.join("index.json").exists() {
+                store.write_index(&Index::default())?;
+            }
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn lock(&self, name: &str, exclusive: bool) -> Result<LockGuard> {
+        let p = self.root.join(name);
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&p)
+            .at(&p)?;
+        if exclusive {
+            f.lock().at(&p)?;
+        } else {
+            f.lock_shared().at(&p)?;
+        }
+        Ok(LockGuard(f))
+    }
+
+    /// Held by anything that writes blobs before naming them in the index, so that a
+    /// concurrent garbage collection cannot delete them half-way.
+    pub fn writer_lock(&self) -> Result<LockGuard> {
+        self.lock("gc.lock", false)
+    }
+
+    fn lock_index(&self) -> Result<LockGuard> {
+        self.lock("index.lock", true)
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.root.join("blobs").join(d.algorithm()).join(d.hex())
+    }
+
+    pub fn has_blob(&self, d: &Digest) -> bool {
+        self.blob_path(d).is_file()
+    }
+
+    pub fn open_blob(&self, d: &Digest) -> Result<File> {
+        let p = self.blob_path(d);
+        File::open(&p).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(format!("blob {d}")),
+            _ => Error::IoAt { path: p, source: e },
+        })
+    }
+
+    /// Reads a small blob (manifest, config) and verifies its digest and size.
+    pub fn read_blob(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        if desc.size > MAX_METADATA_BLOB {
+            return Err(Error::Invalid(format!(
+                "blob {} is {} bytes, over the {} byte limit for manifests and configs",
+                desc.digest, desc.size, MAX_METADATA_BLOB
+            )));
+        }
+        let mut data = Vec::with_capacity(desc.size as usize);
+        self.open_blob(&desc.digest)?
+            .take(MAX_METADATA_BLOB + 1)
+            .read_to_end(&mut data)?;
+        let actual = Digest::of(&data);
+        if actual != desc.digest {
+            return Err(Error::DigestMismatch {
+                digest: desc.digest.to_string(),
+                actual: actual.to_string(),
+            });
+        }
+        if data.len() as u64 != desc.size {
+            return Err(Error::SizeMismatch {
+                digest: desc.digest.to_string(),
+                expected: desc.size,
+                actual: data.len() as u64,
+            });
+        }
+        Ok(data)
+    }
+
+    /// Starts writing a blob whose digest is not known yet.
+    pub fn ingest(&self) -> Result<Ingest> {
+        let name = format!(
+            "{}-{}-{}.tmp",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+            INGEST_SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = self.root.join("ingest").join(name);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .read(true)
+            .open(&path)
+            .at(&path)?;
+        Ok(Ingest {
+            path,
+            file: Some(file),
+            committed: false,
+        })
+    }
+
+    /// Moves a fully written ingest into `blobs/` under `digest`. The caller computed the
+    /// digest while writing; with `verify`, the file is re-read and checked, for content
+    /// that came from elsewhere.
+    pub fn commit(&self, mut ingest: Ingest, digest: &Digest, verify: bool) -> Result<()> {
+        let file = ingest
+            .file
+            .take()
+            .ok_or_else(|| Error::Internal("ingest already closed".into()))?;
+        file.sync_all().at(&ingest.path)?;
+        drop(file);
+        if verify {
+            let mut r = HashingReader::new(File::open(&ingest.path).at(&ingest.path)?);
+            std::io::copy(&mut r, &mut std::io::sink())?;
+            let (actual, _) = r.finish()?;
+            if &actual != digest {
+                return Err(Error::DigestMismatch {
+                    digest: digest.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+        }
+        let dest = self.blob_path(digest);
+        if dest.exists() {
+            // Same content already stored: the ingest is dropped (and deleted).
+            return Ok(());
+        }
+        fs::rename(&ingest.path, &dest).at(&dest)?;
+        ingest.committed = true;
+        sync_dir(dest.parent().unwrap_or(&self.root));
+        Ok(())
+    }
+
+    /// Stores a small in-memory blob and returns its descriptor.
+    pub fn put_bytes(&self, media_type: &str, data: &[u8]) -> Result<Descriptor> {
+        let digest = Digest::of(data);
+        if !self.has_blob(&digest) {
+            let mut ing = self.ingest()?;
+            ing.file()?.write_all(data)?;
+            self.commit(ing, &digest, false)?;
+        }
+        Ok(Descriptor {
+            media_type: media_type.to_string(),
+            digest,
+            size: data.len() as u64,
+            ..Default::default()
+        })
+    }
+
+    fn write_atomic(&self, path: &Path, data: &[u8]) -> Result<()> {
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        {
+            let mut f = File::create(&tmp).at(&tmp)?;
+            f.write_all(data).at(&tmp)?;
+            f.sync_all().at(&tmp)?;
+        }
+        fs::rename(&tmp, path).at(path)?;
+        sync_dir(&self.root);
+        Ok(())
+    }
+
+    pub fn read_index(&self) -> Result<Index> {
+        let p = self.root.join("index.json");
+        let data = fs::read(&p).at(&p)?;
+        serde_json::from_slice(&data).map_err(|source| Error::Json {
+            what: p.display().to_string(),
+            source,
+        })
+    }
+
+    fn write_index(&self, idx: &Index) -> Result<()> {
+        let data = oci::to_go_json(idx)?;
+        self.write_atomic(&self.root.join("index.json"), &data)
+    }
+
+    /// Read-modify-write of the index under its lock.
+    fn update_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
+        let _l = self.lock_index()?;
+        let mut idx = self.read_index()?;
+        let out = f(&mut idx)?;
+        self.write_index(&idx)?;
+        Ok(out)
+    }
+
+    /// Points `reference` (which must carry a tag) at `desc`. A manifest that loses its
+    /// last tag stays listed as untagged until removed.
+    pub fn tag(&self, reference: &Reference, desc: &Descriptor) -> Result<()> {
+        let tag = reference
+            .tag_or_default()
+            .ok_or_else(|| Error::Invalid(format!("{reference}: a tag is needed here")))?;
+        let full = format!("{}:{tag}", reference.name());
+        let name = reference.name();
+        self.update_index(|idx| {
+            let mut orphaned = None;
+            idx.manifests.retain(|m| {
+                let r = m.annotations.get(ANNOTATION_REF_NAME);
+                if r == Some(&full) {
+                    orphaned = Some(m.clone());
+                    return false;
+                }
+                // Drop an untagged entry of the manifest being tagged.
+                !(r.is_none() && m.digest == desc.digest)
+            });
+            let mut entry = desc.clone();
+            entry.annotations.remove(ANNOTATION_UNTAGGED_REPO);
+            entry
+                .annotations
+                .insert(ANNOTATION_REF_NAME.into(), full.clone());
+            idx.manifests.push(entry);
+            if let Some(mut old) = orphaned
+                && old.digest != desc.digest
+                && !idx.manifests.iter().any(|m| m.digest == old.digest)
+            {
+                old.annotations.remove(ANNOTATION_REF_NAME);
+                old.annotations
+                    .insert(ANNOTATION_UNTAGGED_REPO.into(), name.clone());
+                idx.manifests.push(old);
+            }
+            Ok(())
+        })
+    }
+
+    /// Records a manifest fetched by digest: listed untagged under `name` until tagged.
+    pub fn add_untagged(&self, name: &str, desc: &Descriptor) -> Result<()> {
+        self.update_index(|idx| {
+            if !idx.manifests.iter().any(|m| m.digest == desc.digest) {
+                let mut e = desc.clone();
+                e.annotations.clear();
+                e.annotations
+                    .insert(ANNOTATION_UNTAGGED_REPO.into(), name.to_string());
+                idx.manifests.push(e);
+            }
+            Ok(())
+        })
+    }
+
+    /// Every ModelKit in the store, tagged ones first, in index order.
+    pub fn list(&self) -> Result<Vec<Entry>> {
+        let idx = self.read_index()?;
+        let mut out = Vec::new();
+        for m in &idx.manifests {
+            if let Some(r) = m.annotations.get(ANNOTATION_REF_NAME) {
+                let (name, tag) = match r.rsplit_once(':') {
+                    Some((n, t)) if !t.contains('/') => (n.to_string(), Some(t.to_string())),
+                    _ => (r.clone(), None),
+                };
+                out.push(Entry {
+                    name,
+                    tag,
+                    descriptor: m.clone(),
+                });
+            } else if let Some(repo) = m.annotations.get(ANNOTATION_UNTAGGED_REPO) {
+                out.push(Entry {
+                    name: repo.clone(),
+                    tag: None,
+                    descriptor: m.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Finds the manifest a reference names: by digest (anywhere in the store) or by tag.
+    pub fn resolve(&self, reference: &Reference) -> Result<Descriptor> {
+        let entries = self.list()?;
+        if let Some(d) = &reference.digest {
+            if let Some(e) = entries.iter().find(|e| &e.descriptor.digest == d) {
+                let mut desc = e.descriptor.clone();
+                desc.annotations.clear();
+                return Ok(desc);
+            }
+            if self.has_blob(d) {
+                let size = fs::metadata(self.blob_path(d))?.len();
+                return Ok(Descriptor {
+                    media_type: MEDIA_TYPE_MANIFEST.into(),
+                    digest: d.clone(),
+                    size,
+                    ..Default::default()
+                });
+            }
+            return Err(Error::NotFound(reference.to_string()));
+        }
+        let tag = reference.tag_or_default().unwrap_or("latest");
+        let name = reference.name();
+        entries
+            .into_iter()
+            .find(|e| e.name == name && e.tag.as_deref() == Some(tag))
+            .map(|e| {
+                let mut d = e.descriptor;
+                d.annotations.clear();
+                d
+            })
+            .ok_or_else(|| Error::NotFound(format!("{name}:{tag}")))
+    }
+
+    pub fn manifest(&self, desc: &Descriptor) -> Result<Manifest> {
+        let data = self.read_blob(desc)?;
+        serde_json::from_slice(&data).map_err(|source| Error::Json {
+            what: format!("manifest {}", desc.digest),
+            source,
+        })
+    }
+
+    /// The Kitfile of a stored ModelKit (None for a ModelPack without KitOps' annotation).
+    pub fn kitfile(&self, manifest: &Manifest) -> Result<Option<crate::kitfile::Kitfile>> {
+        crate::layers::kitfile_of(manifest, || self.read_blob(&manifest.config))
+    }
+
+    /// Removes a tag, or (for a digest reference) every index entry of that manifest.
+    /// Returns how many entries went. Blobs are left for `gc`.
+    pub fn untag(&self, reference: &Reference) -> Result<usize> {
+        let name = reference.name();
+        let tag = reference.tag_or_default().map(str::to_string);
+        let digest = reference.digest.clone();
+        self.update_index(|idx| {
+            let before = idx.manifests.len();
+            idx.manifests.retain(|m| {
+                if let Some(d) = &digest {
+                    return &m.digest != d;
+                }
+                let full = format!("{name}:{}", tag.as_deref().unwrap_or("latest"));
+                m.annotations.get(ANNOTATION_REF_NAME) != Some(&full)
+            });
+            let removed = before - idx.manifests.len();
+            if removed == 0 {
+                return Err(Error::NotFound(reference.to_string()));
+            }
+            Ok(removed)
+        })
+    }
+
+    /// Drops every index entry.
+    pub fn untag_all(&self) -> Result<usize> {
+        self.update_index(|idx| {
+            let n = idx.manifests.len();
+            idx.manifests.clear();
+            Ok(n)
+        })
+    }
+
+    /// Removes untagged manifests from the index.
+    pub fn prune_untagged(&self) -> Result<usize> {
+        self.update_index(|idx| {
+            let before = idx.manifests.len();
+            idx.manifests
+                .retain(|m| m.annotations.contains_key(ANNOTATION_REF_NAME));
+            Ok(before - idx.manifests.len())
+        })
+    }
+
+    /// Deletes blobs no index entry reaches, and temporary files of dead writers.
+    pub fn gc(&self) -> Result<GcStats> {
+        let _gc = self.lock("gc.lock", true)?;
+        let _idx = self.lock_index()?;
+        let idx = self.read_index()?;
+        let mut live: HashSet<String> = HashSet::new();
+        for m in &idx.manifests {
+            live.insert(m.digest.hex().to_string());
+            // A manifest we cannot read keeps only itself alive; its layers may go.
+            if let Ok(man) = self.manifest(m) {
+                live.insert(man.config.digest.hex().to_string());
+                for l in &man.layers {
+                    live.insert(l.digest.hex().to_string());
+                }
+            }
+        }
+        let mut stats = GcStats::default();
+        let blobs = self.root.join("blobs/sha256");
+        for e in fs::read_dir(&blobs).at(&blobs)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if !live.contains(&name) {
+                stats.bytes_freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(e.path()).at(e.path())?;
+                stats.blobs_removed += 1;
+            }
+        }
+        // With gc.lock held exclusively no writer is running: every ingest file is stale.
+        let ingest = self.root.join("ingest");
+        for e in fs::read_dir(&ingest).at(&ingest)? {
+            let e = e?;
+            fs::remove_file(e.path()).at(e.path())?;
+            stats.temp_files_removed += 1;
+        }
+        Ok(stats)
+    }
+}
+
+/// fsync a directory so a rename in it survives power loss; best effort.
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blobs_tags_and_gc() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert!(dir.path().join("oci-layout").exists());
+        let a = s.put_bytes("x/y", b"hello").unwrap();
+        assert_eq!(s.read_blob(&a).unwrap(), b"hello");
+        let man = Manifest {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+            artifact_type: None,
+            config: a.clone(),
+            layers: vec![],
+            subject: None,
+            annotations: Default::default(),
+        };
+        let mdesc = s
+            .put_bytes(MEDIA_TYPE_MANIFEST, &oci::to_go_json(&man).unwrap())
+            .unwrap();
+        let r1: Reference = "demo:v1".parse().unwrap();
+        s.tag(&r1, &mdesc).unwrap();
+        s.tag(&"demo:v2".parse().unwrap(), &mdesc).unwrap();
+        assert_eq!(s.resolve(&r1).unwrap().digest, mdesc.digest);
+        assert_eq!(s.list().unwrap().len(), 2);
+        let junk = s.put_bytes("x/y", b"unreferenced").unwrap();
+        let mut stray = s.ingest().unwrap();
+        stray.file().unwrap().write_all(b"partial").unwrap();
+        std::mem::forget(stray); // as if the writer had been killed
+        let st = s.gc().unwrap();
+        assert_eq!(st.blobs_removed, 1);
+        assert_eq!(st.temp_files_removed, 1);
+        assert!(!s.has_blob(&junk.digest));
+        assert!(s.has_blob(&a.digest));
+        s.untag(&r1).unwrap();
+        assert!(s.resolve(&r1).is_err());
+        assert!(s.untag(&r1).is_err());
+        s.untag_all().unwrap();
+        s.gc().unwrap();
+        assert!(!s.has_blob(&a.digest));
+    }
+
+    #[test]
+    fn moved_tag_leaves_untagged_entry_and_detects_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let a = s.put_bytes(MEDIA_TYPE_MANIFEST, b"{\"a\":1}").unwrap();
+        let b = s.put_bytes(MEDIA_TYPE_MANIFEST, b"{\"b\":2}").unwrap();
+        let r: Reference = "m:latest".parse().unwrap();
+        s.tag(&r, &a).unwrap();
+        s.tag(&r, &b).unwrap();
+        let l = s.list().unwrap();
+        assert_eq!(l.len(), 2);
+        assert!(
+            l.iter()
+                .any(|e| e.tag.is_none() && e.descriptor.digest == a.digest)
+        );
+        assert_eq!(s.prune_untagged().unwrap(), 1);
+        fs::write(s.blob_path(&b.digest), b"{\"b\":3}").unwrap();
+        assert!(matches!(s.read_blob(&b), Err(Error::DigestMismatch { .. })));
+    }
+}

@@ -1,0 +1,120 @@
+//! `unpack`: writes a ModelKit's files into a directory, selectively (`--filter`), with
+//! every layer checked by [`crate::extract`].
+
+use std::fs;
+use std::io::BufReader;
+use std::path::PathBuf;
+
+use crate::error::{Error, IoContext, Result};
+use crate::extract::{self, IO_BUF};
+use crate::kitfile::Kitfile;
+use crate::layers::{self, Filter, FilterType, LayerPlan};
+use crate::oci::{Descriptor, LayerKind};
+use crate::progress::{self, ProgressReader};
+use crate::store::Store;
+
+/// KitOps' limit on chained parent ModelKits (`model.path` naming another ModelKit).
+pub const MAX_PARENT_CHAIN: usize = 10;
+
+#[derive(Clone, Debug)]
+pub struct UnpackOptions {
+    pub dest: PathBuf,
+    pub filters: Vec<Filter>,
+    pub overwrite: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct UnpackReport {
+    /// (kind, path) of each layer written.
+    pub layers: Vec<(LayerKind, String)>,
+    pub kitfile_written: bool,
+    pub bytes: u64,
+}
+
+/// Unpacks the ModelKit `manifest_desc` from the store into `opts.dest`.
+pub fn unpack(
+    store: &Store,
+    manifest_desc: &Descriptor,
+    opts: &UnpackOptions,
+) -> Result<UnpackReport> {
+    fs::create_dir_all(&opts.dest).at(&opts.dest)?;
+    let dest = fs::canonicalize(&opts.dest).at(&opts.dest)?;
+    let mut report = UnpackReport::default();
+    let manifest = store.manifest(manifest_desc)?;
+    let kf = store.kitfile(&manifest)?;
+
+    let want_kitfile = opts.filters.is_empty()
+        || opts
+            .filters
+            .iter()
+            .any(|f| f.types.contains(&FilterType::Kitfile));
+    if let (true, Some(kf)) = (want_kitfile, &kf) {
+        let p = dest.join("Kitfile");
+        if fs::symlink_metadata(&p).is_ok() && !opts.overwrite {
+            return Err(Error::Exists(p));
+        }
+        let _ = fs::remove_file(&p);
+        fs::write(&p, kf.to_yaml()?).at(&p)?;
+        report.kitfile_written = true;
+    }
+
+    // Parent chain: the model comes from the ModelKit that model.path names.
+    let mut chain = Vec::new();
+    if let Some(kf) = &kf {
+        let mut parent = kf.model_parent();
+        let model_wanted = opts.filters.is_empty()
+            || opts
+                .filters
+                .iter()
+                .any(|f| f.types.contains(&FilterType::Model));
+        while let (Some(r), true) = (parent.take(), model_wanted) {
+            if chain.len() >= MAX_PARENT_CHAIN {
+                return Err(Error::Invalid(format!(
+                    "more than {MAX_PARENT_CHAIN} chained parent ModelKits"
+                )));
+            }
+            let pd = store.resolve(&r).map_err(|_| {
+                Error::NotFound(format!(
+                    "parent ModelKit {r} (named by model.path; pull it first)"
+                ))
+            })?;
+            let pm = store.manifest(&pd)?;
+            let pkf = store.kitfile(&pm)?;
+            parent = pkf.as_ref().and_then(Kitfile::model_parent);
+            chain.push((pm, pkf));
+        }
+    }
+
+    let mut work: Vec<LayerPlan> = Vec::new();
+    for (pm, pkf) in &chain {
+        work.extend(
+            layers::plan_layers(pm, pkf.as_ref())?
+                .into_iter()
+                .filter(|l| matches!(l.kind, LayerKind::Model | LayerKind::ModelPart)),
+        );
+    }
+    work.extend(layers::plan_layers(&manifest, kf.as_ref())?);
+    work.retain(|l| {
+        layers::selected(
+            &opts.filters,
+            FilterType::for_kind(l.kind),
+            &l.name,
+            &l.path,
+        )
+    });
+
+    let total = work.iter().map(|l| l.desc.size).sum();
+    let bar = progress::bytes(total, "unpacking", opts.progress);
+    for l in &work {
+        bar.set_message(format!("{} {}", l.kind.user_str(), l.path));
+        let file = store.open_blob(&l.desc.digest)?;
+        let reader = ProgressReader::new(BufReader::with_capacity(IO_BUF, file), bar.clone());
+        extract::extract(reader, l, &dest, opts.overwrite)?;
+        report.layers.push((l.kind, l.path.clone()));
+        report.bytes += l.desc.size;
+    }
+    bar.finish_and_clear();
+    Ok(report)
+}
+

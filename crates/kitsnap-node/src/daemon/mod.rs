@@ -1,0 +1,121 @@
+//! `kitsnap serve`: the containerd proxy snapshotter daemon on a unix socket, with
+//! systemd readiness (`sd_notify`) and graceful shutdown on SIGTERM/SIGINT.
+
+pub mod config;
+pub mod systemd;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kitsnap_registry::client::ClientOptions;
+use sd_notify::NotifyState;
+
+use crate::api::node::node_server::NodeServer;
+use crate::api::snapshots::snapshots_server::SnapshotsServer;
+use crate::error::{Error, Result};
+use crate::node::{self, Node};
+use crate::snapshotter::Snapshotter;
+use crate::snapshotter::service::Service;
+
+pub use config::{Config, DEFAULT_CONFIG};
+
+pub const DEFAULT_ROOT: &str = "/var/lib/kitsnap";
+pub const DEFAULT_ADDRESS: &str = "/run/kitsnap/kitsnap.sock";
+
+/// Everything `serve` needs, resolved from flags, config and defaults.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub root: PathBuf,
+    pub address: PathBuf,
+    pub socket_gid: Option<u32>,
+    pub containerd_address: PathBuf,
+    pub mount_root: PathBuf,
+    pub docker_plugin: Option<PathBuf>,
+    pub registry: ClientOptions,
+    pub plain_http: Vec<String>,
+}
+
+pub fn init_logging(level: &str) {
+    // The level applies to kitsnap; libraries (h2, tonic) stay at warn unless KITSNAP_LOG says.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KITSNAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,kitsnap={level}")));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub async fn serve(settings: Settings) -> Result<()> {
+    let Settings {
+        root,
+        address,
+        socket_gid,
+        ..
+    } = settings.clone();
+    let snap = Arc::new(
+        tokio::task::spawn_blocking({
+            let root = root.clone();
+            move || Snapshotter::open(root)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("opening the snapshotter: {e}")))??,
+    );
+    tracing::info!(root = %root.display(), "metadata opened");
+    let node = Arc::new(
+        Node::open(
+            snap.clone(),
+            settings.containerd_address.clone(),
+            settings.mount_root.clone(),
+            settings.registry.clone(),
+        )?,
+    );
+    let plugin = match &settings.docker_plugin {
+        Some(sock) => Some(
+            crate::dockerplugin::start(node.clone(), sock, settings.plain_http.clone())?,
+        ),
+        None => None,
+    };
+    let (listener, activated) = match systemd::activated_listener()? {
+        Some(l) => (l, true),
+        None => (systemd::bind(&address, socket_gid)?, false),
+    };
+    tracing::info!(socket = %address.display(), activated, "serving containerd.services.snapshots.v1 and kitsnap.v1.Node");
+    systemd::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("serving snapshots.v1"),
+    ]);
+
+    let shutdown = async {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        tracing::info!("shutting down");
+        systemd::notify(&[NotifyState::Stopping]);
+    };
+    tonic::transport::Server::builder()
+        .add_service(SnapshotsServer::new(Service { snap }))
+        .add_service(NodeServer::new(node::service::Service { node }))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await
+        .map_err(Error::Serve)?;
+    // A socket systemd holds stays for the next start.
+    if !activated {
+        let _ = std::fs::remove_file(&address);
+    }
+    if let (Some(p), Some(sock)) = (plugin, &settings.docker_plugin) {
+        p.abort();
+        let _ = std::fs::remove_file(sock);
+    }
+    Ok(())
+}

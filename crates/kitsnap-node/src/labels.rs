@@ -1,0 +1,34 @@
+//! Every label kitsnap reads or writes, in one place.
+//!
+//! containerd passes only `containerd.io/snapshot/*` and `containerd.io/snapshot.ref`
+//! labels on to a proxy snapshotter, so everything the snapshotter must see lives under
+//! `containerd.io/snapshot/kitsnap.*`.
+
+/// On content and snapshots: keeps them from containerd's GC while set.
+pub const GC_ROOT: &str = "containerd.io/gc.root";
+/// On a lease: when containerd's GC may drop it (RFC 3339).
+pub const GC_EXPIRE: &str = "containerd.io/gc.expire";
+/// On a manifest: its config blob.
+pub const GC_CONTENT_CONFIG: &str = "containerd.io/gc.ref.content.config";
+/// On a manifest: `<prefix>.<i>` names layer blob i.
+pub const GC_CONTENT_LAYER: &str = "containerd.io/gc.ref.content.l";
+/// On a config: `<prefix>.<snapshotter>` names the top snapshot of the unpacked image.
+pub const GC_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";
+/// On content: `<prefix>.<registry host>` = repository it came from (Spegel reads it).
+pub const DISTRIBUTION_SOURCE: &str = "containerd.io/distribution.source";
+
+/// Set by containerd on Prepare when a snapshotter may provide the layer itself
+/// (the remote-snapshot protocol): the chain ID the committed snapshot must carry.
+pub const TARGET_REF: &str = "containerd.io/snapshot.ref";
+
+/// On each layer snapshot kitsnap commits: the layer blob it holds.
+pub const LAYER_DIGEST: &str = "containerd.io/snapshot/kitsnap.layer";
+/// On an active snapshot: compose ModelKit `REF:/DIR` into the rootfs.
+pub const MODELKIT: &str = "containerd.io/snapshot/kitsnap.modelkit";
+/// With [`MODELKIT`]: which of its layers (the `--filter` syntax).
+pub const FILTER: &str = "containerd.io/snapshot/kitsnap.filter";
+/// On a View: only these layers of the parent chain (0 = the bottom one), comma-separated.
+pub const LAYERS: &str = "containerd.io/snapshot/kitsnap.layers";
+
+/// On the image record of a ModelKit pulled by kitsnap.
+pub const IMAGE_KIND: &str = "dev.kitsnap.modelkit";

@@ -1,0 +1,477 @@
+//! ModelKits on a node: pulled into containerd once ([`pull`]), shown to containers as
+//! read-only host mounts of containerd Views ([`Node::mount`]), measured by [`Node::df`].
+//! The daemon owns this state; the CLI, the gRPC `kitsnap.v1.Node` service
+//! ([`service`]) and the Docker volume plugin are its clients.
+
+pub mod pull;
+pub mod service;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use kitsnap_core::layers::{self, Filter, FilterType};
+use kitsnap_core::reference::Reference;
+use kitsnap_registry::client::ClientOptions;
+
+use crate::api::node as pb;
+use crate::containerd::Containerd;
+use crate::error::{Error, Result};
+use crate::labels as label;
+use crate::snapshotter::Snapshotter;
+use crate::snapshotter::compose::KitRecord;
+
+pub const DEFAULT_MOUNT_ROOT: &str = "/run/kitsnap/mounts";
+/// The holder a CLI `kitsnap mount` registers.
+pub const CLI_HOLDER: &str = "cli";
+/// containerd snapshot keys of kitsnap's views.
+const VIEW_PREFIX: &str = "kitsnap-view/";
+
+const MOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("mounts");
+/// Docker volumes (name -> dockerplugin::Volume).
+const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
+
+/// A host mount of a ModelKit view.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct MountRecord {
+    pub name: String,
+    pub path: PathBuf,
+    pub reference: String,
+    pub namespace: String,
+    pub filters: Vec<String>,
+    pub holders: BTreeSet<String>,
+    pub view: String,
+}
+
+pub struct MountRequest {
+    pub reference: Reference,
+    pub namespace: String,
+    pub filters: Vec<String>,
+    pub name: Option<String>,
+    pub holder: String,
+    pub store: Option<PathBuf>,
+    pub registry: ClientOptions,
+}
+
+pub struct Mounted {
+    pub record: MountRecord,
+    pub pulled: bool,
+}
+
+pub struct Node {
+    pub snap: Arc<Snapshotter>,
+    pub containerd: PathBuf,
+    pub mount_root: PathBuf,
+    /// Registry settings for pulls the daemon starts itself (Docker volumes).
+    pub registry: ClientOptions,
+    db: Database,
+    /// Mounts, unmounts and the pulls they start are one at a time: they are rare and
+    /// must not race on the same name.
+    lock: tokio::sync::Mutex<()>,
+}
+
+fn internal(e: impl std::fmt::Display) -> Error {
+    Error::Internal(e.to_string())
+}
+
+/// A mount name from a reference: `[A-Za-z0-9_.-]`, plus a filter hash when filtered.
+pub fn mount_name(reference: &str, filters: &[String]) -> String {
+    let mut n: String = reference
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !filters.is_empty() {
+        let d = kitsnap_core::digest::Digest::of(filters.join(";").as_bytes());
+        n.push('-');
+        n.push_str(&d.hex()[..8]);
+    }
+    n
+}
+
+fn check_name(n: &str) -> Result<()> {
+    if n.is_empty()
+        || n.starts_with('.')
+        || n.len() > 200
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    {
+        return Err(Error::invalid(format!(
+            "mount name {n:?}: use letters, digits, `_`, `.`, `-` (not first)"
+        )));
+    }
+    Ok(())
+}
+
+impl Node {
+    pub fn open(
+        snap: Arc<Snapshotter>,
+        containerd: PathBuf,
+        mount_root: PathBuf,
+        registry: ClientOptions,
+    ) -> Result<Node> {
+        let path = snap.root().join("node.redb");
+        let db = Database::create(&path).map_err(internal)?;
+        let w = db.begin_write().map_err(internal)?;
+        w.open_table(MOUNTS).map_err(internal)?;
+        w.open_table(VOLUMES).map_err(internal)?;
+        w.commit().map_err(internal)?;
+        Ok(Node {
+            snap,
+            containerd,
+            mount_root,
+            registry,
+            db,
+            lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub async fn ctr(&self, ns: &str) -> Result<Containerd> {
+        Ok(Containerd::connect(&self.containerd, ns).await?)
+    }
+
+    /// Every value of a JSON-valued table.
+    fn read_all<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>> {
+        let r = self.db.begin_read().map_err(internal)?;
+        let t = r.open_table(table).map_err(internal)?;
+        let mut out = Vec::new();
+        for e in t.iter().map_err(internal)? {
+            let (_, v) = e.map_err(internal)?;
+            out.push(serde_json::from_slice(v.value()).map_err(internal)?);
+        }
+        Ok(out)
+    }
+
+    fn write(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: Option<&impl Serialize>,
+    ) -> Result<()> {
+        let w = self.db.begin_write().map_err(internal)?;
+        {
+            let mut t = w.open_table(table).map_err(internal)?;
+            match value {
+                Some(v) => {
+                    let b = serde_json::to_vec(v).map_err(internal)?;
+                    t.insert(key, b.as_slice()).map_err(internal)?;
+                }
+                None => {
+                    t.remove(key).map_err(internal)?;
+                }
+            }
+        }
+        w.commit().map_err(internal)
+    }
+
+    pub fn mounts(&self) -> Result<Vec<MountRecord>> {
+        self.read_all(MOUNTS)
+    }
+
+    pub fn volumes(&self) -> Result<Vec<crate::dockerplugin::Volume>> {
+        self.read_all(VOLUMES)
+    }
+
+    pub fn put_volume(&self, v: &crate::dockerplugin::Volume) -> Result<()> {
+        self.write(VOLUMES, &v.name, Some(v))
+    }
+
+    pub fn delete_volume(&self, name: &str) -> Result<()> {
+        self.write(VOLUMES, name, None::<&crate::dockerplugin::Volume>)
+    }
+
+    fn put_mount(&self, m: &MountRecord) -> Result<()> {
+        self.write(MOUNTS, &m.name, Some(m))
+    }
+
+    fn delete_mount(&self, name: &str) -> Result<()> {
+        self.write(MOUNTS, name, None::<&MountRecord>)
+    }
+
+    /// The ModelKit's record if its snapshots are still in containerd's namespace `ns`.
+    async fn present_kit(&self, ctr: &Containerd, reference: &str) -> Result<Option<KitRecord>> {
+        let Some(k) = self
+            .snap
+            .kit(ctr.namespace(), reference)
+            .map_err(internal)?
+        else {
+            return Ok(None);
+        };
+        if k.namespace != ctr.namespace() {
+            return Ok(None);
+        }
+        Ok(ctr.stat(k.top()).await?.map(|_| k))
+    }
+
+    /// Pulls (if needed) and mounts a read-only view; an existing mount of the same name
+    /// gains a holder.
+    pub async fn mount(&self, req: MountRequest, events: &pull::Events) -> Result<Mounted> {
+        let _g = self.lock.lock().await;
+        let reference = req.reference.to_string();
+        let filters: Vec<Filter> = req
+            .filters
+            .iter()
+            .map(|f| f.parse::<Filter>().map_err(Error::from))
+            .collect::<Result<_>>()?;
+        if filters
+            .iter()
+            .any(|f| f.types.contains(&FilterType::Kitfile))
+        {
+            return Err(Error::invalid(
+                "the kitfile filter does not apply to mounts (views hold layers only)",
+            ));
+        }
+        let name = req
+            .name
+            .clone()
+            .unwrap_or_else(|| mount_name(&reference, &req.filters));
+        check_name(&name)?;
+        let ctr = self.ctr(&req.namespace).await?;
+
+        if let Some(mut rec) = self.mounts()?.into_iter().find(|m| m.name == name) {
+            if rec.reference != reference
+                || rec.filters != req.filters
+                || rec.namespace != req.namespace
+            {
+                return Err(Error::invalid(format!(
+                    "mount name {name:?} is already used for {} (filters {:?}); choose another --name",
+                    rec.reference, rec.filters
+                )));
+            }
+            if !crate::mount::is_mounted(&rec.path) {
+                // After a reboot (/run is gone) or a manual umount: mount the view again.
+                let mounts = ctr.mounts(&rec.view).await?;
+                std::fs::create_dir_all(&rec.path)?;
+                crate::mount::mount_readonly(&mounts, &rec.path).map_err(|e| {
+                    Error::Internal(format!("mounting {}: {e}", rec.path.display()))
+                })?;
+            }
+            rec.holders.insert(req.holder.clone());
+            self.put_mount(&rec)?;
+            return Ok(Mounted {
+                record: rec,
+                pulled: false,
+            });
+        }
+
+        let mut pulled = false;
+        let kit = match self.present_kit(&ctr, &reference).await? {
+            Some(k) => k,
+            None => {
+                let spec = pull::PullSpec {
+                    reference: req.reference.clone(),
+                    namespace: req.namespace.clone(),
+                    store: req.store.clone(),
+                    registry: req.registry.clone(),
+                };
+                pull::pull(&self.containerd, &self.snap, &spec, events).await?;
+                pulled = true;
+                self.present_kit(&ctr, &reference).await?.ok_or_else(|| {
+                    Error::Internal(format!("{reference} vanished after its pull"))
+                })?
+            }
+        };
+        let mut labels = HashMap::from([(
+            label::GC_ROOT.to_string(),
+            kitsnap_core::rfc3339(std::time::SystemTime::now()),
+        )]);
+        if !filters.is_empty() {
+            let picked: Vec<String> = kit
+                .layers
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| {
+                    layers::selected(
+                        &filters,
+                        FilterType::from_user_str(&l.kind),
+                        &l.name,
+                        &l.path,
+                    )
+                })
+                .map(|(i, _)| i.to_string())
+                .collect();
+            if picked.is_empty() {
+                return Err(Error::not_found(format!(
+                    "no layer of {reference} matches the filters {:?}",
+                    req.filters
+                )));
+            }
+            labels.insert(label::LAYERS.to_string(), picked.join(","));
+        }
+        let view = format!("{VIEW_PREFIX}{name}");
+        let mounts = match ctr.view(&view, kit.top(), labels.clone()).await {
+            Err(e) if e.is_already_exists() => {
+                // Left by a mount interrupted before its record was written: replace it.
+                tracing::info!(%view, "replacing a stale view");
+                ctr.remove(&view).await?;
+                ctr.view(&view, kit.top(), labels).await?
+            }
+            r => r?,
+        };
+        let path = self.mount_root.join(&name);
+        let done = (|| -> Result<()> {
+            std::fs::create_dir_all(&path)?;
+            crate::mount::mount_readonly(&mounts, &path)
+                .map_err(|e| Error::Internal(format!("mounting {}: {e}", path.display())))
+        })();
+        if let Err(e) = done {
+            let _ = ctr.remove(&view).await;
+            return Err(e);
+        }
+        let rec = MountRecord {
+            name,
+            path,
+            reference,
+            namespace: req.namespace.clone(),
+            filters: req.filters.clone(),
+            holders: BTreeSet::from([req.holder.clone()]),
+            view,
+        };
+        self.put_mount(&rec)?;
+        Ok(Mounted {
+            record: rec,
+            pulled,
+        })
+    }
+
+    /// Drops `holder`; the last holder (or `force`) unmounts and removes the view.
+    /// Returns the record as it stands, and whether it was unmounted.
+    pub async fn unmount(
+        &self,
+        name_or_path: &str,
+        holder: &str,
+        force: bool,
+    ) -> Result<(MountRecord, bool)> {
+        let _g = self.lock.lock().await;
+        let mut rec = self
+            .mounts()?
+            .into_iter()
+            .find(|m| m.name == name_or_path || m.path == Path::new(name_or_path))
+            .ok_or_else(|| Error::not_found(format!("no kitsnap mount named {name_or_path:?}")))?;
+        rec.holders.remove(holder);
+        if !rec.holders.is_empty() && !force {
+            self.put_mount(&rec)?;
+            return Ok((rec, false));
+        }
+        crate::mount::unmount(&rec.path)
+            .map_err(|e| Error::Internal(format!("unmounting {}: {e}", rec.path.display())))?;
+        let _ = std::fs::remove_dir(&rec.path);
+        let ctr = self.ctr(&rec.namespace).await?;
+        match ctr.remove(&rec.view).await {
+            Err(e) if !e.is_not_found() => return Err(e.into()),
+            _ => {}
+        }
+        self.delete_mount(&rec.name)?;
+        rec.holders.clear();
+        Ok((rec, true))
+    }
+
+    /// Disk used by ModelKits on this node.
+    pub async fn df(&self) -> Result<pb::DfResponse> {
+        let mut out = pb::DfResponse::default();
+        let mut namespaces = BTreeSet::new();
+        for k in self.snap.kits().map_err(internal)? {
+            let ctr = self.ctr(&k.namespace).await?;
+            if ctr.stat(k.top()).await?.is_none() {
+                // Removed from containerd since (images rm + GC): not on this node.
+                continue;
+            }
+            namespaces.insert(k.namespace.clone());
+            let mut kit = pb::DfKit {
+                reference: k.reference.clone(),
+                namespace: k.namespace.clone(),
+                manifest_digest: k.manifest_digest.clone(),
+                layers: k.layers.len() as u32,
+                model_bytes: k.layers.iter().map(|l| l.size).sum(),
+                ..Default::default()
+            };
+            let mut blobs: Vec<&str> = k.layers.iter().map(|l| l.digest.as_str()).collect();
+            blobs.push(&k.manifest_digest);
+            for b in blobs {
+                if let Some(i) = ctr.content_info(b).await? {
+                    kit.content_bytes += i.size.max(0) as u64;
+                }
+            }
+            if let Some(img) = ctr.image_get(&k.reference).await?
+                && let Some(t) = img.target
+                && t.digest == k.manifest_digest
+            {
+                // The config is small but real: count it too.
+                if let Ok(Some(m)) = self.config_of(&ctr, &k.manifest_digest).await {
+                    kit.content_bytes += m;
+                }
+            }
+            for l in &k.layers {
+                if let Some((_, r)) = self
+                    .snap
+                    .find_named(&k.namespace, &l.chain)
+                    .map_err(internal)?
+                {
+                    kit.snapshot_bytes += r.size.max(0) as u64;
+                }
+            }
+            out.kits.push(kit);
+        }
+        for ns in namespaces {
+            let ctr = self.ctr(&ns).await?;
+            out.content_bytes += ctr
+                .content_list()
+                .await?
+                .iter()
+                .map(|i| i.size.max(0) as u64)
+                .sum::<u64>();
+        }
+        let s = self.snap.clone();
+        let (snaps, trees) = tokio::task::spawn_blocking(move || s.disk_totals())
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        out.snapshot_bytes = snaps.max(0) as u64;
+        out.tree_bytes = trees.max(0) as u64;
+        out.total_bytes = out.content_bytes + out.snapshot_bytes + out.tree_bytes;
+        Ok(out)
+    }
+
+    /// Size of the config blob of a manifest in the content store (None if absent).
+    async fn config_of(&self, ctr: &Containerd, manifest: &str) -> Result<Option<u64>> {
+        let Some(info) = ctr.content_info(manifest).await? else {
+            return Ok(None);
+        };
+        let Some(cfg) = info.labels.get(label::GC_CONTENT_CONFIG) else {
+            return Ok(None);
+        };
+        Ok(ctr.content_info(cfg).await?.map(|i| i.size.max(0) as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_names() {
+        assert_eq!(
+            mount_name("localhost:5000/kits/m:v1", &[]),
+            "localhost_5000_kits_m_v1"
+        );
+        let f = mount_name("r/m:v1", &["model".into()]);
+        assert!(f.starts_with("r_m_v1-") && f.len() == "r_m_v1-".len() + 8);
+        assert_ne!(f, mount_name("r/m:v1", &["datasets".into()]));
+        assert!(check_name("ok-name_1.2").is_ok());
+        for bad in ["", ".hidden", "a/b", "a b"] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+}

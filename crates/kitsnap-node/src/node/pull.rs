@@ -1,0 +1,582 @@
+//! `kitsnap pull --containerd`: a ModelKit into containerd, the way containerd's own
+//! unpacker would put an image there, but for artifacts containerd cannot unpack.
+//!
+//! Under a lease: one snapshot per layer is prepared *through containerd* (snapshotter
+//! `kitsnap`, chained in manifest order, named by the chain of layer digests), the layer is
+//! streamed from the registry straight into the snapshot's directory and committed; then
+//! the config (labelled `containerd.io/gc.ref.snapshot.kitsnap=<top>`) and the manifest
+//! (labelled with its content references) go into the content store and the image record
+//! is written last. Deleting the lease then leaves the image as the only thing keeping it
+//! all: `ctr images rm` lets containerd's GC remove every snapshot, and a failed pull
+//! deletes its lease synchronously so that nothing half-registered stays.
+//!
+//! Disk: an uncompressed layer's blob is exactly the tar of its snapshot, so it is not
+//! stored a second time in the content store (the bytes go to the snapshot only). A
+//! compressed blob is kept (teed into the content store while streaming), because it
+//! cannot be rebuilt byte for byte from the files.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+
+use kitsnap_core::digest::Digest;
+use kitsnap_core::extract;
+use kitsnap_core::layers::{self, LayerPlan};
+use kitsnap_core::oci::{Compression, Descriptor, MEDIA_TYPE_MANIFEST, Manifest};
+use kitsnap_core::reference::Reference;
+use kitsnap_core::store::Store;
+use kitsnap_registry::client::{BlobSink, ClientOptions, Registry, VecSink};
+use kitsnap_registry::transfer;
+
+use crate::api::node as pb;
+use crate::containerd::{self, Containerd, ContentWriter};
+use crate::error::{Error, RegistryError, Result};
+use crate::labels as label;
+use crate::snapshotter::Snapshotter;
+use crate::snapshotter::compose::{KitLayer, KitRecord};
+
+pub type Events = tokio::sync::mpsc::Sender<pb::PullEvent>;
+
+/// How long a crashed pull's lease keeps its partial content before containerd's GC.
+const LEASE_TTL: Duration = Duration::from_secs(3600);
+
+pub struct PullSpec {
+    pub reference: Reference,
+    pub namespace: String,
+    /// A local store to take the ModelKit from, if it holds the reference.
+    pub store: Option<PathBuf>,
+    pub registry: ClientOptions,
+}
+
+/// Where blobs come from.
+enum Source {
+    Store(Arc<Store>),
+    Registry(Arc<Registry>, String),
+}
+
+impl Source {
+    fn name(&self) -> &'static str {
+        match self {
+            Source::Store(_) => "store",
+            Source::Registry(..) => "registry",
+        }
+    }
+
+    async fn small_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
+        match self {
+            Source::Store(s) => Ok(s.read_blob(d)?),
+            Source::Registry(reg, repo) => {
+                if d.size > kitsnap_core::store::MAX_METADATA_BLOB {
+                    return Err(Error::invalid(format!(
+                        "config blob {} is {} bytes; refusing more than {}",
+                        d.digest,
+                        d.size,
+                        kitsnap_core::store::MAX_METADATA_BLOB
+                    )));
+                }
+                let mut sink = VecSink(Vec::new());
+                reg.fetch_blob_into(repo, d, &mut sink, &indicatif::ProgressBar::hidden())
+                    .await?;
+                Ok(sink.0)
+            }
+        }
+    }
+}
+
+/// The chain names of the layers: `chain[0] = d0`, `chain[i] = sha256(chain[i-1] + " " +
+/// d_i)` over the *blob* digests, which are verified while streaming, so no config can
+/// make two different layers share a snapshot.
+pub fn chain_names(digests: &[&Digest]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(digests.len());
+    for d in digests {
+        let next = match out.last() {
+            None => d.to_string(),
+            Some(prev) => {
+                let h = Sha256::digest(format!("{prev} {d}").as_bytes());
+                format!("sha256:{}", hex::encode(h))
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+async fn resolve(spec: &PullSpec) -> Result<(Source, Vec<u8>, Manifest, Descriptor)> {
+    if let Some(dir) = &spec.store {
+        let store = Store::open(dir.clone())?;
+        if let Ok(desc) = store.resolve(&spec.reference) {
+            let m = store.manifest(&desc)?;
+            if m.model_format().is_none() {
+                return Err(layers::not_a_modelkit(&m).into());
+            }
+            let bytes = store.read_blob(&desc)?;
+            return Ok((Source::Store(Arc::new(store)), bytes, m, desc));
+        }
+    }
+    transfer::check_remote(&spec.reference)?;
+    let reg = Registry::new(&spec.reference.registry, spec.registry.clone())?;
+    let (bytes, m, desc) = transfer::remote_manifest(&reg, &spec.reference).await?;
+    Ok((
+        Source::Registry(Arc::new(reg), spec.reference.repository.clone()),
+        bytes,
+        m,
+        desc,
+    ))
+}
+
+fn nonce() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("{}-{}", std::process::id(), t.as_nanos())
+}
+
+#[derive(Clone)]
+struct Progress {
+    events: Events,
+    layer: pb::LayerProgress,
+    last: Instant,
+}
+
+impl Progress {
+    fn new(events: &Events, index: usize, l: &LayerPlan) -> Progress {
+        Progress {
+            events: events.clone(),
+            layer: pb::LayerProgress {
+                index: index as u32,
+                digest: l.desc.digest.to_string(),
+                kind: l.kind.user_str().into(),
+                path: l.path.clone(),
+                size: l.desc.size,
+                done: 0,
+                state: "fetching".into(),
+            },
+            last: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, n: u64) {
+        self.layer.done += n;
+        if self.last.elapsed() >= Duration::from_millis(100) {
+            self.last = Instant::now();
+            // Lossy on purpose: a slow client must not slow the pull.
+            let _ = self.events.try_send(self.event());
+        }
+    }
+
+    fn event(&self) -> pb::PullEvent {
+        pb::PullEvent {
+            event: Some(pb::pull_event::Event::Layer(self.layer.clone())),
+        }
+    }
+
+    async fn state(&mut self, state: &str) {
+        self.layer.state = state.into();
+        if state != "fetching" {
+            self.layer.done = self.layer.size;
+        }
+        let _ = self.events.send(self.event()).await;
+    }
+}
+
+/// Bytes from the download task to the extracting thread.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Download side: feeds the extractor (which verifies the digest) and, for a blob kept in
+/// the content store, containerd.
+struct ExtractSink {
+    tx: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    content: Option<ContentWriter>,
+    progress: Progress,
+    started: bool,
+    /// The extracting thread stopped taking bytes: its own error is the one to report.
+    extractor_gone: bool,
+}
+
+impl BlobSink for ExtractSink {
+    fn reset(&mut self) -> kitsnap_registry::Result<()> {
+        if self.started {
+            return Err(RegistryError::Aborted(format!(
+                "layer {}: the registry restarted the download from byte 0, and a layer being unpacked cannot start over; retry the pull",
+                self.progress.layer.digest
+            )));
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, data: Bytes) -> kitsnap_registry::Result<()> {
+        self.started = true;
+        self.progress.add(data.len() as u64);
+        if let Some(c) = self.content.as_mut() {
+            c.send(data.clone())
+                .await
+                .map_err(|e| RegistryError::Sink(Box::new(e)))?;
+        }
+        let sent = match &self.tx {
+            Some(tx) => tx.send(data).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.extractor_gone = true;
+            return Err(RegistryError::Aborted("extraction stopped".into()));
+        }
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> kitsnap_registry::Result<()> {
+        self.tx = None;
+        Ok(())
+    }
+
+    fn verifies(&self) -> bool {
+        true
+    }
+}
+
+/// A reader that reports progress (store source).
+struct CountingReader<R> {
+    inner: R,
+    progress: Progress,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.add(n as u64);
+        Ok(n)
+    }
+}
+
+/// Streams one layer into `dir`; returns whether the blob went into the content store.
+async fn fill_layer(
+    ctr: &Containerd,
+    src: &Source,
+    l: &LayerPlan,
+    dir: PathBuf,
+    mut progress: Progress,
+) -> Result<bool> {
+    let keep_blob = l.compression != Compression::None
+        && ctr.content_info(l.desc.digest.as_str()).await?.is_none();
+    match src {
+        Source::Registry(reg, repo) => {
+            // Bounded: at most this many chunks in flight whatever the layer size.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+            let plan = l.clone();
+            let worker = tokio::task::spawn_blocking(move || {
+                let reader = ChannelReader {
+                    rx,
+                    cur: Bytes::new(),
+                };
+                extract::extract(reader, &plan, &dir, false)
+            });
+            let content = if keep_blob {
+                Some(
+                    ctr.write_stream(l.desc.digest.as_str(), l.desc.size as i64)
+                        .await?,
+                )
+            } else {
+                None
+            };
+            let mut sink = ExtractSink {
+                tx: Some(tx),
+                content,
+                progress,
+                started: false,
+                extractor_gone: false,
+            };
+            let fetched = reg
+                .fetch_blob_into(repo, &l.desc, &mut sink, &indicatif::ProgressBar::hidden())
+                .await;
+            sink.tx = None;
+            let extracted = worker
+                .await
+                .map_err(|e| Error::Internal(format!("extraction task: {e}")))?;
+            match (fetched, extracted) {
+                (Ok(()), Ok(())) => {}
+                // The extractor's error says what was wrong with the bytes.
+                (Ok(()), Err(e)) => return Err(e.into()),
+                (Err(_), Err(e)) if sink.extractor_gone => return Err(e.into()),
+                (Err(e), _) => return Err(e.into()),
+            }
+            if let Some(c) = sink.content.take() {
+                c.commit(HashMap::new()).await?;
+            }
+            sink.progress.state("unpacked").await;
+        }
+        Source::Store(store) => {
+            let file = store.open_blob(&l.desc.digest)?;
+            let plan = l.clone();
+            let p2 = progress.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = CountingReader {
+                    inner: std::io::BufReader::with_capacity(1 << 20, file),
+                    progress: p2,
+                };
+                extract::extract(r, &plan, &dir, false)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("extraction task: {e}")))??;
+            if keep_blob {
+                copy_to_content(ctr, store, &l.desc).await?;
+            }
+            progress.state("unpacked").await;
+        }
+    }
+    Ok(keep_blob)
+}
+
+async fn copy_to_content(ctr: &Containerd, store: &Store, d: &Descriptor) -> Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::from_std(store.open_blob(&d.digest)?);
+    let mut w = ctr.write_stream(d.digest.as_str(), d.size as i64).await?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        w.send(Bytes::copy_from_slice(&buf[..n])).await?;
+    }
+    w.commit(HashMap::new()).await?;
+    Ok(())
+}
+
+/// Pulls `spec` into containerd; see the module docs.
+pub async fn pull(
+    address: &std::path::Path,
+    snap: &Arc<Snapshotter>,
+    spec: &PullSpec,
+    events: &Events,
+) -> Result<pb::PullResult> {
+    let (src, mbytes, manifest, mdesc) = resolve(spec).await?;
+    let config = src.small_blob(&manifest.config).await?;
+    let kf = layers::kitfile_of(&manifest, || Ok(config.clone()))?;
+    let plans = layers::plan_layers(&manifest, kf.as_ref())?;
+    if plans.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} has no layers to mount",
+            spec.reference
+        )));
+    }
+    let digests: Vec<&Digest> = plans.iter().map(|l| &l.desc.digest).collect();
+    let chain = chain_names(&digests);
+
+    let ctr0 = Containerd::connect(address, &spec.namespace).await?;
+    let id = format!("kitsnap-pull-{}", nonce());
+    let ctr = ctr0.with_new_lease(&id, LEASE_TTL).await?;
+    let res = pull_leased(
+        &ctr, &src, spec, &plans, &chain, events, &config, &mbytes, &manifest, &mdesc,
+    )
+    .await;
+    match res {
+        Ok(mut r) => {
+            ctr.delete_lease(false).await?;
+            let record = KitRecord {
+                namespace: spec.namespace.clone(),
+                reference: spec.reference.to_string(),
+                manifest_digest: mdesc.digest.to_string(),
+                layers: plans
+                    .iter()
+                    .zip(&chain)
+                    .map(|(l, c)| KitLayer {
+                        digest: l.desc.digest.to_string(),
+                        media_type: l.desc.media_type.clone(),
+                        kind: l.kind.user_str().into(),
+                        name: l.name.clone(),
+                        path: l.path.clone(),
+                        size: l.desc.size,
+                        chain: c.clone(),
+                    })
+                    .collect(),
+                pulled: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0),
+            };
+            let s = snap.clone();
+            tokio::task::spawn_blocking(move || s.put_kit(&record))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .map_err(|e| Error::Internal(e.to_string()))?;
+            r.source = src.name().into();
+            Ok(r)
+        }
+        Err(e) => {
+            // Synchronous: when the error reaches the user, containerd's GC has already
+            // removed what this pull alone held.
+            if let Err(le) = ctr.delete_lease(true).await {
+                tracing::warn!(error = %le, "deleting the lease of a failed pull");
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pull_leased(
+    ctr: &Containerd,
+    src: &Source,
+    spec: &PullSpec,
+    plans: &[LayerPlan],
+    chain: &[String],
+    events: &Events,
+    config: &[u8],
+    mbytes: &[u8],
+    manifest: &Manifest,
+    mdesc: &Descriptor,
+) -> Result<pb::PullResult> {
+    let mut result = pb::PullResult {
+        image: spec.reference.to_string(),
+        manifest_digest: mdesc.digest.to_string(),
+        top_snapshot: chain.last().cloned().unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut kept: Vec<bool> = Vec::with_capacity(plans.len());
+    for (i, l) in plans.iter().enumerate() {
+        let progress = Progress::new(events, i, l);
+        let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
+        let labels = HashMap::from([
+            (
+                label::TARGET_REF.to_string(),
+                chain[i].clone(),
+            ),
+            (label::LAYER_DIGEST.to_string(), l.desc.digest.to_string()),
+        ]);
+        let key = format!("kitsnap-extract-{}-{}", nonce(), chain[i]);
+        // Held already (this namespace, or the node via the remote-snapshot protocol):
+        // no download, no unpack.
+        let mounts = match ctr.prepare(&key, parent, labels.clone()).await {
+            Err(e) if e.is_already_exists() => {
+                result.layers_reused += 1;
+                kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
+                let mut progress = progress;
+                progress.state("reused").await;
+                continue;
+            }
+            r => r?,
+        };
+        let filled = async {
+            let dir = crate::mount::writable_dir(&mounts).ok_or_else(|| {
+                Error::Internal(format!(
+                    "unexpected mounts from the kitsnap snapshotter: {mounts:?}"
+                ))
+            })?;
+            let keep = fill_layer(ctr, src, l, dir, progress).await?;
+            ctr.commit(&chain[i], &key, labels.clone()).await?;
+            Ok::<bool, Error>(keep)
+        }
+        .await;
+        match filled {
+            Ok(keep) => {
+                kept.push(keep || ctr.content_info(l.desc.digest.as_str()).await?.is_some());
+                result.layers_unpacked += 1;
+                result.bytes_fetched += l.desc.size;
+            }
+            Err(Error::Containerd(e)) if e.is_already_exists() => {
+                // A concurrent pull committed the same layer first.
+                let _ = ctr.remove(&key).await;
+                kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
+                result.layers_reused += 1;
+            }
+            Err(e) => {
+                let _ = ctr.remove(&key).await;
+                return Err(e);
+            }
+        }
+    }
+
+    ctr.write_blob(
+        manifest.config.digest.as_str(),
+        config.to_vec(),
+        HashMap::from([(
+            format!(
+                "{}.{}",
+                label::GC_SNAPSHOT,
+                containerd::SNAPSHOTTER
+            ),
+            result.top_snapshot.clone(),
+        )]),
+    )
+    .await?;
+    let mut mlabels = HashMap::from([(
+        label::GC_CONTENT_CONFIG.to_string(),
+        manifest.config.digest.to_string(),
+    )]);
+    for (i, (l, k)) in plans.iter().zip(&kept).enumerate() {
+        if *k {
+            mlabels.insert(
+                format!("{}.{i}", label::GC_CONTENT_LAYER),
+                l.desc.digest.to_string(),
+            );
+        }
+    }
+    if let Source::Registry(_, repo) = src {
+        mlabels.insert(
+            format!(
+                "{}.{}",
+                label::DISTRIBUTION_SOURCE,
+                spec.reference.registry
+            ),
+            repo.clone(),
+        );
+    }
+    ctr.write_blob(mdesc.digest.as_str(), mbytes.to_vec(), mlabels)
+        .await?;
+    ctr.image_put(crate::api::containerd::images::Image {
+        name: spec.reference.to_string(),
+        labels: HashMap::from([(label::IMAGE_KIND.to_string(), "true".to_string())]),
+        target: Some(crate::api::types::Descriptor {
+            media_type: if mdesc.media_type.is_empty() {
+                MEDIA_TYPE_MANIFEST.into()
+            } else {
+                mdesc.media_type.clone()
+            },
+            digest: mdesc.digest.to_string(),
+            size: mdesc.size as i64,
+            annotations: HashMap::new(),
+        }),
+        ..Default::default()
+    })
+    .await?;
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chain_names_are_prefix_identities() {
+        let a = Digest::of(b"a");
+        let b = Digest::of(b"b");
+        let c = Digest::of(b"c");
+        let ab = chain_names(&[&a, &b]);
+        let abc = chain_names(&[&a, &b, &c]);
+        assert_eq!(ab[0], a.to_string());
+        assert_eq!(&abc[..2], &ab[..]);
+        assert_ne!(chain_names(&[&b, &a])[1], ab[1]);
+        assert!(ab[1].starts_with("sha256:") && ab[1].len() == 71);
+    }
+}

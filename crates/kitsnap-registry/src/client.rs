@@ -1,0 +1,971 @@
+//! A distribution-v2 registry client for ModelKits: anonymous, basic and bearer-token auth,
+//! mirrors from `hosts.toml`, retries with backoff, `Range`-resumed downloads, monolithic,
+//! chunked and cross-repository-mount uploads. Bodies stream; memory does not grow with
+//! blob size. Every downloaded byte is hashed, and a blob is only accepted whole and with
+//! the digest and size its descriptor promises.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use indicatif::ProgressBar;
+use reqwest::header::{
+    ACCEPT, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE, WWW_AUTHENTICATE,
+};
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Mutex;
+use url::Url;
+
+use kitsnap_core::digest::{Digest, ThreadedHasher};
+use kitsnap_core::oci::{Descriptor, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+
+use crate::credentials::{Credentials, DockerConfig};
+use crate::error::{CoreError, Error, ErrorEnvelope, Result};
+use crate::hosts::{self, HostEndpoint};
+use crate::retry::{Backoff, retryable_status, retryable_transport};
+
+/// Manifests beyond this size are refused rather than buffered.
+pub const MAX_MANIFEST: usize = 4 << 20;
+const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Talk plain HTTP to the upstream registry.
+    pub plain_http: bool,
+    /// Verify TLS certificates (off: `--tls-verify=false`).
+    pub tls_verify: bool,
+    /// Extra CA certificates (PEM) to trust.
+    pub ca_files: Vec<PathBuf>,
+    /// containerd-style hosts directory for mirrors.
+    pub hosts_dir: Option<PathBuf>,
+    /// Docker config with credentials; default `~/.docker/config.json`.
+    pub docker_config: Option<PathBuf>,
+    /// Attempts after the first for 5xx answers and broken connections.
+    pub retries: u32,
+    /// Uploads above this size go in chunks of this size.
+    pub chunk_size: u64,
+    /// First backoff delay; doubles per attempt, capped at 5 s.
+    pub backoff: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            plain_http: false,
+            tls_verify: true,
+            ca_files: Vec::new(),
+            hosts_dir: None,
+            docker_config: None,
+            retries: 5,
+            chunk_size: 64 << 20,
+            backoff: Duration::from_millis(200),
+        }
+    }
+}
+
+struct Endpoint {
+    cfg: HostEndpoint,
+    client: Client,
+}
+
+/// How an upload ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    Exists,
+    Mounted,
+    Uploaded,
+}
+
+pub struct Registry {
+    pub host: String,
+    endpoints: Vec<Endpoint>,
+    creds: Option<Credentials>,
+    /// Bearer tokens by (endpoint, scope).
+    tokens: Mutex<HashMap<(usize, String), String>>,
+    /// Endpoints that asked for basic auth.
+    basic: Mutex<Vec<usize>>,
+    opts: ClientOptions,
+}
+
+fn http_err(url: &str, source: reqwest::Error) -> Error {
+    Error::Http {
+        url: url.to_string(),
+        source,
+    }
+}
+
+fn protocol(url: impl Into<String>, msg: impl Into<String>) -> Error {
+    Error::Protocol {
+        url: url.into(),
+        msg: msg.into(),
+    }
+}
+
+/// Parses `Bearer realm="...",service="...",scope="..."` (or `Basic realm=...`).
+pub fn parse_challenge(h: &str) -> Option<(String, HashMap<String, String>)> {
+    let h = h.trim();
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+    let mut params = HashMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars
+            .by_ref()
+            .take_while(|c| *c != '=')
+            .collect::<String>()
+            .trim()
+            .to_ascii_lowercase();
+        if key.is_empty() {
+            break;
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            val.push(n)
+                        }
+                    }
+                    '"' => break,
+                    c => val.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek() {
+                if *c == ',' {
+                    break;
+                }
+                val.push(*c);
+                chars.next();
+            }
+        }
+        params.insert(key, val.trim().to_string());
+    }
+    Some((scheme.to_ascii_lowercase(), params))
+}
+
+async fn error_of(method: &str, resp: Response) -> Error {
+    let url = resp.url().to_string();
+    let status = resp.status().as_u16();
+    let body = resp.text().await.unwrap_or_default();
+    let (errors, body) = match serde_json::from_str::<ErrorEnvelope>(&body) {
+        Ok(env) if !env.errors.is_empty() => (env.errors, String::new()),
+        _ => (Vec::new(), body.chars().take(200).collect()),
+    };
+    Error::Status {
+        method: method.to_string(),
+        url,
+        status,
+        errors,
+        body,
+    }
+}
+
+/// A streaming request body of `len` bytes of `path` from `offset`, advancing `bar`.
+fn file_body(path: &Path, offset: u64, len: u64, bar: &ProgressBar) -> Result<reqwest::Body> {
+    let mut f = File::open(path).map_err(|source| CoreError::IoAt {
+        path: path.into(),
+        source,
+    })?;
+    f.seek(SeekFrom::Start(offset))?;
+    let reader = tokio::fs::File::from_std(f).take(len);
+    let bar = bar.clone();
+    let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 << 10)
+        .inspect_ok(move |b| bar.inc(b.len() as u64));
+    Ok(reqwest::Body::wrap_stream(stream))
+}
+
+/// Where a downloaded blob goes, in order. `reset` restarts at byte 0 (a server that
+/// ignored `Range`, or the next endpoint); a sink that cannot restart returns
+/// [`Error::Aborted`].
+pub trait BlobSink: Send {
+    fn reset(&mut self) -> Result<()>;
+    fn write(&mut self, data: bytes::Bytes) -> impl Future<Output = Result<()>> + Send;
+    /// Called once after the last byte.
+    fn finish(&mut self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+    /// True when the sink checks the digest itself (so it is not hashed twice).
+    fn verifies(&self) -> bool {
+        false
+    }
+}
+
+struct FileSink<'a>(&'a mut File);
+
+impl BlobSink for FileSink<'_> {
+    fn reset(&mut self) -> Result<()> {
+        self.0.set_len(0)?;
+        self.0.seek(SeekFrom::Start(0))?;
+        Ok(())
+    }
+    async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.0.write_all(&data)?;
+        Ok(())
+    }
+    async fn finish(&mut self) -> Result<()> {
+        self.0.flush()?;
+        Ok(())
+    }
+}
+
+/// Collects a small blob in memory.
+pub struct VecSink(pub Vec<u8>);
+
+impl BlobSink for VecSink {
+    fn reset(&mut self) -> Result<()> {
+        self.0.clear();
+        Ok(())
+    }
+    async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.0.extend_from_slice(&data);
+        Ok(())
+    }
+}
+
+impl Registry {
+    pub fn new(host: &str, opts: ClientOptions) -> Result<Registry> {
+        let eps = hosts::endpoints(host, opts.hosts_dir.as_deref(), opts.plain_http)?;
+        let mut endpoints = Vec::new();
+        for cfg in eps {
+            let mut b = Client::builder()
+                .user_agent(concat!("kitsnap/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(15))
+                .read_timeout(Duration::from_secs(120))
+                .danger_accept_invalid_certs(!opts.tls_verify || cfg.skip_verify);
+            for ca in opts.ca_files.iter().chain(cfg.ca.iter()) {
+                let pem = std::fs::read(ca).map_err(|source| CoreError::IoAt {
+                    path: ca.clone(),
+                    source,
+                })?;
+                let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Config {
+                    what: ca.display().to_string(),
+                    msg: format!("not a PEM certificate: {e}"),
+                })?;
+                b = b.add_root_certificate(cert);
+            }
+            let client = b.build().map_err(|e| http_err(&cfg.api, e))?;
+            endpoints.push(Endpoint { cfg, client });
+        }
+        let cfg_path = opts
+            .docker_config
+            .clone()
+            .unwrap_or_else(crate::credentials::default_path);
+        let creds = DockerConfig::load(cfg_path)?.get(host)?;
+        Ok(Registry {
+            host: host.to_string(),
+            endpoints,
+            creds,
+            tokens: Mutex::new(HashMap::new()),
+            basic: Mutex::new(Vec::new()),
+            opts,
+        })
+    }
+
+    /// Replaces the configured credentials (for `login`, before they are saved).
+    pub fn with_credentials(mut self, c: Option<Credentials>) -> Self {
+        self.creds = c;
+        self
+    }
+
+    fn url(&self, ep: usize, path: &str) -> String {
+        let e = &self.endpoints[ep].cfg;
+        let mut u = format!("{}/{}", e.api, path.trim_start_matches('/'));
+        // containerd tells mirrors which registry a request is for.
+        if e.mirror {
+            u.push(if u.contains('?') { '&' } else { '?' });
+            u.push_str(&format!("ns={}", self.host));
+        }
+        u
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(self.opts.backoff, self.opts.retries)
+    }
+
+    async fn authorize(&self, ep: usize, scope: &str, rb: RequestBuilder) -> RequestBuilder {
+        let rb = self.endpoints[ep]
+            .cfg
+            .headers
+            .iter()
+            .fold(rb, |rb, (k, v)| rb.header(k.as_str(), v.as_str()));
+        if let Some(t) = self.tokens.lock().await.get(&(ep, scope.to_string())) {
+            return rb.bearer_auth(t);
+        }
+        if self.basic.lock().await.contains(&ep)
+            && let Some(c) = &self.creds
+        {
+            return rb.basic_auth(&c.username, Some(&c.secret));
+        }
+        rb
+    }
+
+    /// Answers a 401 challenge: remembers basic auth or fetches a bearer token.
+    async fn answer_challenge(&self, ep: usize, scope: &str, resp: &Response) -> Result<()> {
+        let url = resp.url().to_string();
+        let h = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let (scheme, params) =
+            parse_challenge(h).ok_or_else(|| Error::Unauthorized(self.host.clone()))?;
+        match scheme.as_str() {
+            "basic" => {
+                if self.creds.is_none() {
+                    return Err(Error::Unauthorized(self.host.clone()));
+                }
+                self.basic.lock().await.push(ep);
+                Ok(())
+            }
+            "bearer" => {
+                let realm = params
+                    .get("realm")
+                    .ok_or_else(|| protocol(&url, "bearer challenge without realm"))?;
+                let mut turl = Url::parse(realm).map_err(|e| protocol(realm, e.to_string()))?;
+                {
+                    let mut q = turl.query_pairs_mut();
+                    if let Some(s) = params.get("service") {
+                        q.append_pair("service", s);
+                    }
+                    for s in scope.split(' ').filter(|s| !s.is_empty()) {
+                        q.append_pair("scope", s);
+                    }
+                }
+                let client = &self.endpoints[ep].client;
+                let resp = match &self.creds {
+                    Some(c) if c.is_identity_token() => {
+                        let mut form = vec![
+                            ("grant_type", "refresh_token".to_string()),
+                            ("refresh_token", c.secret.clone()),
+                            ("client_id", "kitsnap".to_string()),
+                        ];
+                        if let Some(s) = params.get("service") {
+                            form.push(("service", s.clone()));
+                        }
+                        if !scope.is_empty() {
+                            form.push(("scope", scope.to_string()));
+                        }
+                        client.post(realm).form(&form).send().await
+                    }
+                    Some(c) => {
+                        client
+                            .get(turl.clone())
+                            .basic_auth(&c.username, Some(&c.secret))
+                            .send()
+                            .await
+                    }
+                    None => client.get(turl.clone()).send().await,
+                }
+                .map_err(|e| http_err(turl.as_str(), e))?;
+                if resp.status() == StatusCode::UNAUTHORIZED
+                    || resp.status() == StatusCode::FORBIDDEN
+                {
+                    return Err(Error::Unauthorized(self.host.clone()));
+                }
+                if !resp.status().is_success() {
+                    return Err(error_of("GET", resp).await);
+                }
+                let v: serde_json::Value =
+                    resp.json().await.map_err(|e| http_err(turl.as_str(), e))?;
+                let tok = v
+                    .get("token")
+                    .or_else(|| v.get("access_token"))
+                    .and_then(|t| t.as_str())
+                    .ok_or_else(|| protocol(turl.as_str(), "token response has no token"))?;
+                self.tokens
+                    .lock()
+                    .await
+                    .insert((ep, scope.to_string()), tok.to_string());
+                Ok(())
+            }
+            _ => Err(Error::Unauthorized(self.host.clone())),
+        }
+    }
+
+    /// Sends a request built by `make`, answering auth challenges, and (with `retry`)
+    /// retrying 5xx answers and connection failures with exponential backoff.
+    async fn send(
+        &self,
+        ep: usize,
+        scope: &str,
+        retry: bool,
+        make: &(dyn Fn(&Client) -> Result<RequestBuilder> + Sync),
+    ) -> Result<Response> {
+        let client = &self.endpoints[ep].client;
+        let mut backoff = self.backoff();
+        let mut auth_tries = 0;
+        loop {
+            let rb = self.authorize(ep, scope, make(client)?).await;
+            let (method, url) = match rb.try_clone().and_then(|r| r.build().ok()) {
+                Some(r) => (r.method().to_string(), r.url().to_string()),
+                None => (String::new(), String::new()),
+            };
+            match rb.send().await {
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED => {
+                    auth_tries += 1;
+                    if auth_tries > 2 {
+                        return Err(Error::Unauthorized(self.host.clone()));
+                    }
+                    self.answer_challenge(ep, scope, &resp).await?;
+                }
+                Ok(resp) if retry && retryable_status(resp.status().as_u16()) => {
+                    let why = format!("{method} {url}: HTTP {}", resp.status());
+                    if !backoff.wait(why).await {
+                        return Ok(resp);
+                    }
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if retry && retryable_transport(&e) => {
+                    let err = http_err(&url, e);
+                    if !backoff.wait(error_chain(&err)).await {
+                        return Err(err);
+                    }
+                }
+                Err(e) => return Err(http_err(&url, e)),
+            }
+        }
+    }
+
+    fn endpoints_for(&self, f: impl Fn(&HostEndpoint) -> bool) -> Vec<usize> {
+        (0..self.endpoints.len())
+            .filter(|i| f(&self.endpoints[*i].cfg))
+            .collect()
+    }
+
+    /// `GET /v2/`: checks that the registry answers and the credentials are good.
+    pub async fn ping(&self) -> Result<()> {
+        let ep = *self.endpoints_for(|e| !e.mirror).first().unwrap_or(&0);
+        let url = self.url(ep, "");
+        let resp = self.send(ep, "", true, &|c| Ok(c.get(&url))).await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(error_of("GET", resp).await)
+        }
+    }
+
+    /// Fetches a manifest by tag or digest, trying mirrors first. Returns its bytes, media
+    /// type and digest (verified when the reference was a digest).
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, String, Digest)> {
+        let scope = format!("repository:{repo}:pull");
+        let mut last = None;
+        for ep in self.endpoints_for(|e| e.resolve || (e.pull && reference.starts_with("sha256:")))
+        {
+            let url = self.url(ep, &format!("{repo}/manifests/{reference}"));
+            let res = async {
+                let resp = self
+                    .send(ep, &scope, true, &|c| {
+                        Ok(c.get(&url).header(
+                            ACCEPT,
+                            [
+                                MEDIA_TYPE_MANIFEST,
+                                MEDIA_TYPE_INDEX,
+                                DOCKER_MANIFEST,
+                                DOCKER_LIST,
+                            ]
+                            .join(", "),
+                        ))
+                    })
+                    .await?;
+                if !resp.status().is_success() {
+                    return Err(error_of("GET", resp).await);
+                }
+                if resp
+                    .content_length()
+                    .is_some_and(|l| l > MAX_MANIFEST as u64)
+                {
+                    return Err(protocol(
+                        &url,
+                        format!("manifest is over the {MAX_MANIFEST} byte limit"),
+                    ));
+                }
+                let mt = resp
+                    .headers()
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                let mut body = Vec::new();
+                let mut s = resp.bytes_stream();
+                while let Some(chunk) = s.next().await {
+                    let chunk = chunk.map_err(|e| http_err(&url, e))?;
+                    if body.len() + chunk.len() > MAX_MANIFEST {
+                        return Err(protocol(
+                            &url,
+                            format!("manifest is over the {MAX_MANIFEST} byte limit"),
+                        ));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                let d = Digest::of(&body);
+                if reference.starts_with("sha256:") && d.as_str() != reference {
+                    return Err(CoreError::DigestMismatch {
+                        digest: reference.to_string(),
+                        actual: d.to_string(),
+                    }
+                    .into());
+                }
+                Ok((body, mt, d))
+            }
+            .await;
+            match res {
+                Ok(v) => return Ok(v),
+                Err(e @ (Error::Core(CoreError::DigestMismatch { .. }) | Error::Unauthorized(_)))
+                    if !self.endpoints[ep].cfg.mirror =>
+                {
+                    return Err(e);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| self.no_endpoint("resolve manifests")))
+    }
+
+    /// Downloads a blob into `file` (which must be empty), resuming with `Range` after a
+    /// broken connection and falling back to the next endpoint on failure.
+    pub async fn fetch_blob(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        file: &mut File,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        self.fetch_blob_into(repo, desc, &mut FileSink(file), bar)
+            .await
+    }
+
+    /// Downloads a blob into any [`BlobSink`], with the same resume and fallback rules.
+    /// Unless the sink verifies the digest itself, it is checked here.
+    pub async fn fetch_blob_into<S: BlobSink>(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        sink: &mut S,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        let mut last = None;
+        for ep in self.endpoints_for(|e| e.pull) {
+            sink.reset()?;
+            bar.set_position(0);
+            match self.fetch_from(ep, repo, desc, sink, bar).await {
+                Ok(()) => return Ok(()),
+                // Content that fails verification upstream will not get better elsewhere.
+                Err(
+                    e @ Error::Core(
+                        CoreError::DigestMismatch { .. } | CoreError::SizeMismatch { .. },
+                    ),
+                ) if !self.endpoints[ep].cfg.mirror => {
+                    return Err(e);
+                }
+                // A sink that failed or cannot start over ends the fetch.
+                Err(e @ (Error::Aborted(_) | Error::Sink(_))) => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| self.no_endpoint("pull blobs")))
+    }
+
+    async fn fetch_from<S: BlobSink>(
+        &self,
+        ep: usize,
+        repo: &str,
+        desc: &Descriptor,
+        sink: &mut S,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        let scope = format!("repository:{repo}:pull");
+        let url = self.url(ep, &format!("{repo}/blobs/{}", desc.digest));
+        let mut hasher = (!sink.verifies()).then(ThreadedHasher::new);
+        let mut got: u64 = 0;
+        let mut backoff = self.backoff();
+        loop {
+            let from = got;
+            let resp = self
+                .send(ep, &scope, true, &|c| {
+                    let rb = c.get(&url);
+                    Ok(if from > 0 {
+                        rb.header(RANGE, format!("bytes={from}-"))
+                    } else {
+                        rb
+                    })
+                })
+                .await?;
+            let status = resp.status();
+            if !status.is_success() {
+                return Err(error_of("GET", resp).await);
+            }
+            let partial_ok = status == StatusCode::PARTIAL_CONTENT
+                && resp
+                    .headers()
+                    .get(CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("bytes "))
+                    .and_then(|v| v.split('-').next())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    == Some(got);
+            if got > 0 && !partial_ok {
+                // The server ignored the Range: start over.
+                sink.reset()?;
+                hasher = (!sink.verifies()).then(ThreadedHasher::new);
+                got = 0;
+                bar.set_position(0);
+            }
+            let mut stream = resp.bytes_stream();
+            let mut broken = None;
+            while let Some(chunk) = stream.next().await {
+                match chunk {
+                    Ok(b) => {
+                        if got + b.len() as u64 > desc.size {
+                            return Err(CoreError::SizeMismatch {
+                                digest: desc.digest.to_string(),
+                                expected: desc.size,
+                                actual: got + b.len() as u64,
+                            }
+                            .into());
+                        }
+                        if let Some(h) = hasher.as_mut() {
+                            h.update(&b);
+                        }
+                        got += b.len() as u64;
+                        bar.inc(b.len() as u64);
+                        sink.write(b).await?;
+                    }
+                    Err(e) => {
+                        broken = Some(http_err(&url, e));
+                        break;
+                    }
+                }
+            }
+            if broken.is_none() && got == desc.size {
+                break;
+            }
+            let why = format!("{url}: connection broke at byte {got}, resuming");
+            if !backoff.wait(why).await {
+                return Err(broken.unwrap_or_else(|| {
+                    CoreError::SizeMismatch {
+                        digest: desc.digest.to_string(),
+                        expected: desc.size,
+                        actual: got,
+                    }
+                    .into()
+                }));
+            }
+        }
+        if let Some(h) = hasher {
+            let (actual, _) = h.finish()?;
+            if actual != desc.digest {
+                return Err(CoreError::DigestMismatch {
+                    digest: desc.digest.to_string(),
+                    actual: actual.to_string(),
+                }
+                .into());
+            }
+        }
+        sink.finish().await
+    }
+
+    fn push_endpoint(&self) -> Result<usize> {
+        self.endpoints_for(|e| e.push && !e.mirror)
+            .into_iter()
+            .next()
+            .ok_or_else(|| self.no_endpoint("accept pushes"))
+    }
+
+    pub async fn blob_exists(&self, repo: &str, digest: &Digest) -> Result<bool> {
+        let ep = self.push_endpoint()?;
+        let url = self.url(ep, &format!("{repo}/blobs/{digest}"));
+        let scope = format!("repository:{repo}:pull,push");
+        let resp = self.send(ep, &scope, true, &|c| Ok(c.head(&url))).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(error_of("HEAD", resp).await),
+        }
+    }
+
+    fn location(resp: &Response) -> Result<String> {
+        let loc = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| protocol(resp.url().as_str(), "upload response has no Location"))?;
+        resp.url()
+            .join(loc)
+            .map(|u| u.to_string())
+            .map_err(|e| protocol(loc, e.to_string()))
+    }
+
+    fn with_query(loc: &str, k: &str, v: &str) -> Result<String> {
+        let mut u = Url::parse(loc).map_err(|e| protocol(loc, e.to_string()))?;
+        u.query_pairs_mut().append_pair(k, v);
+        Ok(u.to_string())
+    }
+
+    /// Uploads the blob at `path` unless the registry has it. Tries a cross-repository
+    /// mount from each of `mount_from` first; large blobs go in chunks that are resumed
+    /// from the registry's reported offset after a failure.
+    pub async fn push_blob(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        path: &Path,
+        mount_from: &[String],
+        bar: &ProgressBar,
+    ) -> Result<PushOutcome> {
+        if self.blob_exists(repo, &desc.digest).await? {
+            bar.set_position(desc.size);
+            return Ok(PushOutcome::Exists);
+        }
+        let ep = self.push_endpoint()?;
+        let mut session = None;
+        for from in mount_from.iter().filter(|f| f.as_str() != repo) {
+            let scope = format!("repository:{repo}:pull,push repository:{from}:pull");
+            let url = self.url(ep, &format!("{repo}/blobs/uploads/"));
+            let url = Self::with_query(&url, "mount", desc.digest.as_str())?;
+            let url = Self::with_query(&url, "from", from)?;
+            let resp = self
+                .send(ep, &scope, true, &|c| {
+                    Ok(c.post(&url).header(CONTENT_LENGTH, 0))
+                })
+                .await?;
+            match resp.status() {
+                StatusCode::CREATED => {
+                    bar.set_position(desc.size);
+                    return Ok(PushOutcome::Mounted);
+                }
+                StatusCode::ACCEPTED => {
+                    session = Some(Self::location(&resp)?);
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let scope = format!("repository:{repo}:pull,push");
+        let mut backoff = self.backoff();
+        loop {
+            let loc = match session.take() {
+                Some(l) => l,
+                None => self.start_upload(ep, repo, &scope).await?,
+            };
+            let res = if desc.size <= self.opts.chunk_size {
+                self.put_whole(ep, &scope, &loc, desc, path, bar).await
+            } else {
+                self.put_chunked(ep, &scope, loc, desc, path, bar).await
+            };
+            match res {
+                Ok(()) => return Ok(PushOutcome::Uploaded),
+                Err(e @ Error::Unauthorized(_)) => return Err(e),
+                Err(e) => {
+                    let why = format!(
+                        "upload of {} failed ({}), starting again",
+                        desc.digest,
+                        error_chain(&e)
+                    );
+                    if !backoff.wait(why).await {
+                        return Err(e);
+                    }
+                    bar.set_position(0);
+                }
+            }
+        }
+    }
+
+    async fn start_upload(&self, ep: usize, repo: &str, scope: &str) -> Result<String> {
+        let url = self.url(ep, &format!("{repo}/blobs/uploads/"));
+        let resp = self
+            .send(ep, scope, true, &|c| {
+                Ok(c.post(&url).header(CONTENT_LENGTH, 0))
+            })
+            .await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(error_of("POST", resp).await);
+        }
+        Self::location(&resp)
+    }
+
+    async fn put_whole(
+        &self,
+        ep: usize,
+        scope: &str,
+        loc: &str,
+        desc: &Descriptor,
+        path: &Path,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        let url = Self::with_query(loc, "digest", desc.digest.as_str())?;
+        bar.set_position(0);
+        let resp = self
+            .send(ep, scope, false, &|c| {
+                Ok(c.put(&url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, desc.size)
+                    .body(file_body(path, 0, desc.size, bar)?))
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(error_of("PUT", resp).await);
+        }
+        Ok(())
+    }
+
+    /// Where an upload session stands: the offset after the last byte the registry has.
+    async fn upload_offset(&self, ep: usize, scope: &str, loc: &str) -> Result<(u64, String)> {
+        let resp = self.send(ep, scope, true, &|c| Ok(c.get(loc))).await?;
+        if resp.status() != StatusCode::NO_CONTENT {
+            return Err(error_of("GET", resp).await);
+        }
+        let next = Self::location(&resp).unwrap_or_else(|_| loc.to_string());
+        let end = resp
+            .headers()
+            .get(RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|r| r.rsplit('-').next())
+            .and_then(|e| e.parse::<u64>().ok());
+        Ok((end.map_or(0, |e| e + 1), next))
+    }
+
+    async fn put_chunked(
+        &self,
+        ep: usize,
+        scope: &str,
+        mut loc: String,
+        desc: &Descriptor,
+        path: &Path,
+        bar: &ProgressBar,
+    ) -> Result<()> {
+        let mut offset = 0u64;
+        let mut backoff = self.backoff();
+        while offset < desc.size {
+            let len = self.opts.chunk_size.min(desc.size - offset);
+            bar.set_position(offset);
+            let res = self
+                .send(ep, scope, false, &|c| {
+                    Ok(c.request(Method::PATCH, &loc)
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, len)
+                        .header(CONTENT_RANGE, format!("{offset}-{}", offset + len - 1))
+                        .body(file_body(path, offset, len, bar)?))
+                })
+                .await;
+            match res {
+                Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
+                    loc = Self::location(&resp)?;
+                    offset += len;
+                    continue;
+                }
+                Ok(resp) if !retryable_status(resp.status().as_u16()) => {
+                    return Err(error_of("PATCH", resp).await);
+                }
+                Ok(_) | Err(Error::Http { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            let why = format!("chunk of {} at byte {offset} failed", desc.digest);
+            if !backoff.wait(why).await {
+                return Err(protocol(
+                    &loc,
+                    format!(
+                        "chunked upload of {} kept failing at byte {offset}",
+                        desc.digest
+                    ),
+                ));
+            }
+            // Ask the registry how much it has and carry on from there.
+            let (have, next) = self.upload_offset(ep, scope, &loc).await?;
+            tracing::info!("registry has {have} bytes of {}, resuming", desc.digest);
+            offset = have;
+            loc = next;
+        }
+        let url = Self::with_query(&loc, "digest", desc.digest.as_str())?;
+        let resp = self
+            .send(ep, scope, true, &|c| {
+                Ok(c.put(&url).header(CONTENT_LENGTH, 0))
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(error_of("PUT", resp).await);
+        }
+        Ok(())
+    }
+
+    /// Pushes a manifest under a tag or its digest.
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        body: &[u8],
+        media_type: &str,
+    ) -> Result<Digest> {
+        let ep = self.push_endpoint()?;
+        let url = self.url(ep, &format!("{repo}/manifests/{reference}"));
+        let scope = format!("repository:{repo}:pull,push");
+        let body = body.to_vec();
+        let resp = self
+            .send(ep, &scope, true, &|c| {
+                Ok(c.put(&url)
+                    .header(CONTENT_TYPE, media_type)
+                    .body(body.clone()))
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(error_of("PUT", resp).await);
+        }
+        Ok(Digest::of(&body))
+    }
+}
+
+impl Registry {
+    fn no_endpoint(&self, what: &str) -> Error {
+        Error::Config {
+            what: self.host.clone(),
+            msg: format!("no endpoint (hosts.toml) can {what}"),
+        }
+    }
+}
+
+/// An error and its sources on one line, for log lines and retry notices.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let m = s.to_string();
+        // reqwest and hyper repeat their inner message; keep each part once.
+        if !msg.contains(&m) {
+            msg.push_str(": ");
+            msg.push_str(&m);
+        }
+        src = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges() {
+        let (s, p) = parse_challenge(r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push""#).unwrap();
+        assert_eq!(s, "bearer");
+        assert_eq!(p["realm"], "https://auth.example.com/token");
+        assert_eq!(p["scope"], "repository:a/b:pull,push");
+        let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#).unwrap();
+        assert_eq!(
+            (s.as_str(), p["realm"].as_str()),
+            ("basic", "Registry Realm")
+        );
+    }
+}

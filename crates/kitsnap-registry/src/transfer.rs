@@ -1,0 +1,302 @@
+//! Moving ModelKits between the local store and registries: `pull`, `push`, and the
+//! selective fetch behind `unpack` of a remote reference. Several blobs move at once;
+//! each lands in the store only whole and verified, so a failed transfer leaves the store
+//! as it was (apart from temporary files that `remove` collects).
+
+use std::collections::HashMap;
+
+use futures_util::{StreamExt, TryStreamExt, stream};
+use indicatif::MultiProgress;
+
+use kitsnap_core::digest::Digest;
+use kitsnap_core::layers::{self, Filter, FilterType};
+use kitsnap_core::oci::{Descriptor, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Manifest};
+use kitsnap_core::progress;
+use kitsnap_core::reference::{DEFAULT_REGISTRY, Reference};
+use kitsnap_core::store::Store;
+
+use crate::client::{PushOutcome, Registry};
+use crate::error::{CoreError, Error, Result};
+
+#[derive(Clone, Debug)]
+pub struct TransferOptions {
+    /// Blobs in flight at once.
+    pub concurrency: usize,
+    pub progress: bool,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            concurrency: 4,
+            progress: true,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub manifest: Option<Descriptor>,
+    /// Blobs moved over the network.
+    pub transferred: usize,
+    /// Blobs the other side already had (or mounted).
+    pub skipped: usize,
+    pub bytes: u64,
+}
+
+/// Refuses references that name the local store rather than a registry.
+pub fn check_remote(r: &Reference) -> Result<()> {
+    if r.registry == DEFAULT_REGISTRY {
+        return Err(CoreError::Invalid(format!(
+            "{r} names the local store, not a registry; tag it with a registry first (kitsnap tag {r} registry.example.com/{}:TAG)",
+            r.repository
+        )).into());
+    }
+    Ok(())
+}
+
+fn remote_ref(r: &Reference) -> String {
+    match (&r.digest, r.tag_or_default()) {
+        (Some(d), _) => d.to_string(),
+        (None, Some(t)) => t.to_string(),
+        (None, None) => "latest".into(),
+    }
+}
+
+/// Fetches and checks a remote ModelKit manifest (refusing indexes and other artifacts).
+pub async fn remote_manifest(
+    reg: &Registry,
+    r: &Reference,
+) -> Result<(Vec<u8>, Manifest, Descriptor)> {
+    let (bytes, media_type, digest) = reg.get_manifest(&r.repository, &remote_ref(r)).await?;
+    if media_type.starts_with(MEDIA_TYPE_INDEX) || media_type.contains("manifest.list") {
+        return Err(CoreError::NotAModelKit(format!(
+            "{r} is an image index; kitsnap pulls ModelKit manifests"
+        )).into());
+    }
+    let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| CoreError::Json {
+        what: format!("manifest of {r}"),
+        source,
+    })?;
+    if m.model_format().is_none() {
+        return Err(layers::not_a_modelkit(&m).into());
+    }
+    let desc = Descriptor {
+        media_type: m
+            .media_type
+            .clone()
+            .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.into()),
+        digest,
+        size: bytes.len() as u64,
+        ..Default::default()
+    };
+    Ok((bytes, m, desc))
+}
+
+async fn download(
+    store: &Store,
+    reg: &Registry,
+    repo: &str,
+    desc: &Descriptor,
+    mp: &MultiProgress,
+) -> Result<bool> {
+    if store.has_blob(&desc.digest) {
+        return Ok(false);
+    }
+    let bar = progress::multi_bytes(mp, desc.size, desc.digest.short().to_string());
+    let mut ingest = store.ingest()?;
+    let mut file = ingest.file()?.try_clone()?;
+    reg.fetch_blob(repo, desc, &mut file, &bar).await?;
+    drop(file);
+    // Verified while streaming: digest and size.
+    store.commit(ingest, &desc.digest, false)?;
+    bar.finish_and_clear();
+    Ok(true)
+}
+
+async fn download_all(
+    store: &Store,
+    reg: &Registry,
+    repo: &str,
+    blobs: Vec<Descriptor>,
+    opts: &TransferOptions,
+    report: &mut Report,
+) -> Result<()> {
+    let mp = progress::multi(opts.progress);
+    let results: Vec<(bool, u64)> = stream::iter(blobs)
+        .map(|d| {
+            let mp = &mp;
+            async move {
+                download(store, reg, repo, &d, mp)
+                    .await
+                    .map(|moved| (moved, d.size))
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect()
+        .await?;
+    for (moved, size) in results {
+        if moved {
+            report.transferred += 1;
+            report.bytes += size;
+        } else {
+            report.skipped += 1;
+        }
+    }
+    Ok(())
+}
+
+/// `pull`: the ModelKit and all its blobs into the store, tagged as `r`.
+pub async fn pull(
+    store: &Store,
+    reg: &Registry,
+    r: &Reference,
+    opts: &TransferOptions,
+) -> Result<Report> {
+    check_remote(r)?;
+    let _w = store.writer_lock()?;
+    let (bytes, m, desc) = remote_manifest(reg, r).await?;
+    let mut report = Report::default();
+    let blobs: Vec<Descriptor> = std::iter::once(m.config.clone())
+        .chain(m.layers.iter().cloned())
+        .collect();
+    download_all(store, reg, &r.repository, blobs, opts, &mut report).await?;
+    let stored = store.put_bytes(&desc.media_type, &bytes)?;
+    if r.digest.is_some() && r.tag.is_none() {
+        store.add_untagged(&r.name(), &stored)?;
+    } else {
+        store.tag(r, &stored)?;
+    }
+    report.manifest = Some(stored);
+    Ok(report)
+}
+
+/// For `unpack` of a remote reference: fetches the manifest, the config and only the
+/// layers the filters select. The manifest is stored untagged; returns its descriptor.
+pub async fn fetch_selected(
+    store: &Store,
+    reg: &Registry,
+    r: &Reference,
+    filters: &[Filter],
+    opts: &TransferOptions,
+) -> Result<(Descriptor, Report)> {
+    check_remote(r)?;
+    let _w = store.writer_lock()?;
+    let (bytes, m, desc) = remote_manifest(reg, r).await?;
+    let mut report = Report::default();
+    download_all(
+        store,
+        reg,
+        &r.repository,
+        vec![m.config.clone()],
+        opts,
+        &mut report,
+    )
+    .await?;
+    let kf = store.kitfile(&m)?;
+    let wanted: Vec<Descriptor> = layers::plan_layers(&m, kf.as_ref())?
+        .into_iter()
+        .filter(|l| layers::selected(filters, FilterType::for_kind(l.kind), &l.name, &l.path))
+        .map(|l| l.desc)
+        .collect();
+    download_all(store, reg, &r.repository, wanted, opts, &mut report).await?;
+    let stored = store.put_bytes(&desc.media_type, &bytes)?;
+    store.add_untagged(&r.name(), &stored)?;
+    Ok((stored, report))
+}
+
+/// Other repositories of the same registry that (per the local store) hold each blob:
+/// candidates for a cross-repository mount instead of an upload.
+fn mount_sources(
+    store: &Store,
+    registry: &str,
+    repo: &str,
+) -> Result<HashMap<Digest, Vec<String>>> {
+    let mut out: HashMap<Digest, Vec<String>> = HashMap::new();
+    let prefix = format!("{registry}/");
+    for e in store.list()? {
+        let Some(other) = e.name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if other == repo {
+            continue;
+        }
+        let Ok(m) = store.manifest(&e.descriptor) else {
+            continue;
+        };
+        for d in std::iter::once(&m.config).chain(m.layers.iter()) {
+            let v = out.entry(d.digest.clone()).or_default();
+            if !v.iter().any(|x| x == other) {
+                v.push(other.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `push`: the local ModelKit `local` to the registry location `remote`.
+pub async fn push(
+    store: &Store,
+    reg: &Registry,
+    local: &Reference,
+    remote: &Reference,
+    opts: &TransferOptions,
+) -> Result<Report> {
+    check_remote(remote)?;
+    let desc = store.resolve(local)?;
+    let bytes = store.read_blob(&desc)?;
+    let m = store.manifest(&desc)?;
+    if m.model_format().is_none() {
+        return Err(layers::not_a_modelkit(&m).into());
+    }
+    let mounts = mount_sources(store, &remote.registry, &remote.repository)?;
+    let mp = progress::multi(opts.progress);
+    let blobs: Vec<Descriptor> = m
+        .layers
+        .iter()
+        .cloned()
+        .chain(std::iter::once(m.config.clone()))
+        .collect();
+    for b in &blobs {
+        if !store.has_blob(&b.digest) {
+            return Err(CoreError::NotFound(format!(
+                "blob {} of {local} (was the store pruned?)",
+                b.digest
+            )).into());
+        }
+    }
+    let outcomes: Vec<(PushOutcome, u64)> = stream::iter(blobs)
+        .map(|d| {
+            let mp = &mp;
+            let from = mounts.get(&d.digest).cloned().unwrap_or_default();
+            async move {
+                let bar = progress::multi_bytes(mp, d.size, d.digest.short().to_string());
+                let path = store.blob_path(&d.digest);
+                let o = reg
+                    .push_blob(&remote.repository, &d, &path, &from, &bar)
+                    .await?;
+                bar.finish_and_clear();
+                Ok::<_, Error>((o, d.size))
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .try_collect()
+        .await?;
+    let mut report = Report::default();
+    for (o, size) in outcomes {
+        if o == PushOutcome::Uploaded {
+            report.transferred += 1;
+            report.bytes += size;
+        } else {
+            report.skipped += 1;
+        }
+    }
+    let media_type = m
+        .media_type
+        .clone()
+        .unwrap_or_else(|| MEDIA_TYPE_MANIFEST.into());
+    reg.put_manifest(&remote.repository, &remote_ref(remote), &bytes, &media_type)
+        .await?;
+    report.manifest = Some(desc);
+    Ok(report)
+}

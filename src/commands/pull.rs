@@ -1,0 +1,88 @@
+//! `kitsnap pull`: a ModelKit from a registry into the local store, or (`--containerd`)
+//! into containerd through `kitsnap serve`.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use kitsnap_core::human_bytes;
+use kitsnap_registry::transfer;
+
+use crate::cli::{DaemonArgs, RegistryArgs};
+use crate::client;
+use crate::commands::parse_ref;
+use crate::settings::{Ctx, runtime};
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// ModelKit to pull: REGISTRY/REPO[:TAG] or REGISTRY/REPO@sha256:DIGEST.
+    pub reference: String,
+    /// Pull into containerd instead (through kitsnap serve): content store, image record,
+    /// one kitsnap snapshot per layer. A REF in the local store is taken from there.
+    #[arg(long)]
+    pub containerd: bool,
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+pub fn run(a: PullArgs, ctx: &Ctx) -> Result<()> {
+    if a.containerd {
+        into_containerd(a, ctx)
+    } else {
+        into_store(a, ctx)
+    }
+}
+
+fn into_store(a: PullArgs, ctx: &Ctx) -> Result<()> {
+    let store = ctx.open_store()?;
+    let r = parse_ref(&a.reference)?;
+    let reg = a.registry.registry(&r.registry)?;
+    let rep = runtime()?
+        .block_on(transfer::pull(
+            &store,
+            &reg,
+            &r,
+            &a.registry.transfer(ctx.progress),
+        ))
+        .with_context(|| format!("pulling {r}"))?;
+    eprintln!(
+        "Pulled {r}: {} blob(s) downloaded ({}), {} already stored",
+        rep.transferred,
+        human_bytes(rep.bytes),
+        rep.skipped
+    );
+    if let Some(d) = rep.manifest {
+        writeln!(std::io::stdout().lock(), "{}", d.digest)?;
+    }
+    Ok(())
+}
+
+fn into_containerd(a: PullArgs, ctx: &Ctx) -> Result<()> {
+    let r = parse_ref(&a.reference)?;
+    let res = runtime()?
+        .block_on(client::pull(
+            &a.daemon.address,
+            client::PullArgs {
+                reference: r.to_string(),
+                namespace: a.daemon.namespace.clone(),
+                store: ctx.existing_store(),
+                registry: a.registry.node_options(),
+                progress: ctx.progress,
+            },
+        ))
+        .with_context(|| format!("pulling {r} into containerd"))?;
+    eprintln!(
+        "Pulled {} into containerd (namespace {}, from the {}): {} layer(s) unpacked ({}), {} already on this node; top snapshot {}",
+        res.image,
+        a.daemon.namespace,
+        res.source,
+        res.layers_unpacked,
+        human_bytes(res.bytes_fetched),
+        res.layers_reused,
+        res.top_snapshot
+    );
+    writeln!(std::io::stdout().lock(), "{}", res.manifest_digest)?;
+    Ok(())
+}

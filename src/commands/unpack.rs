@@ -1,0 +1,94 @@
+//! `kitsnap unpack`: a ModelKit's files into a directory, from the store or (only the
+//! selected layers) from its registry.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use kitsnap_core::human_bytes;
+use kitsnap_core::layers::Filter;
+use kitsnap_core::reference::DEFAULT_REGISTRY;
+use kitsnap_core::unpack::{self, UnpackOptions};
+use kitsnap_registry::transfer;
+
+use crate::cli::RegistryArgs;
+use crate::commands::parse_ref;
+use crate::settings::{Ctx, runtime};
+
+#[derive(Args, Debug)]
+pub struct UnpackArgs {
+    /// ModelKit reference: NAME[:TAG] or NAME@sha256:DIGEST.
+    pub reference: String,
+    /// Target directory.
+    #[arg(short = 'd', long = "dir", default_value = ".")]
+    pub dir: PathBuf,
+    /// What to unpack: TYPE[,TYPE...][:NAME_OR_PATH[,...]]; repeatable.
+    #[arg(long = "filter", value_name = "FILTER")]
+    pub filters: Vec<String>,
+    /// Replace files that already exist in the target directory.
+    #[arg(short = 'o', long)]
+    pub overwrite: bool,
+    /// Used when REF is not in the local store: only the selected layers are downloaded.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+pub fn run(a: UnpackArgs, ctx: &Ctx) -> Result<()> {
+    let store = ctx.open_store()?;
+    let filters = a
+        .filters
+        .iter()
+        .flat_map(|f| f.split(' ').filter(|s| !s.is_empty()))
+        .map(|f| f.parse::<Filter>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let r = parse_ref(&a.reference)?;
+    let d = match store.resolve(&r) {
+        Ok(d) => d,
+        Err(kitsnap_core::Error::NotFound(_)) if r.registry != DEFAULT_REGISTRY => {
+            let reg = a.registry.registry(&r.registry)?;
+            let (d, rep) = runtime()?
+                .block_on(transfer::fetch_selected(
+                    &store,
+                    &reg,
+                    &r,
+                    &filters,
+                    &a.registry.transfer(ctx.progress),
+                ))
+                .with_context(|| format!("fetching {r}"))?;
+            eprintln!(
+                "Fetched {} blob(s) ({}) from {}",
+                rep.transferred,
+                human_bytes(rep.bytes),
+                r.registry
+            );
+            d
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let rep = unpack::unpack(
+        &store,
+        &d,
+        &UnpackOptions {
+            dest: a.dir.clone(),
+            filters,
+            overwrite: a.overwrite,
+            progress: ctx.progress,
+        },
+    )
+    .with_context(|| format!("unpacking {} to {}", a.reference, a.dir.display()))?;
+    for (k, p) in &rep.layers {
+        eprintln!("  unpacked {:<9} {p}", k.user_str());
+    }
+    eprintln!(
+        "Unpacked {} layer(s){} ({}) to {}",
+        rep.layers.len(),
+        if rep.kitfile_written {
+            " and the Kitfile"
+        } else {
+            ""
+        },
+        human_bytes(rep.bytes),
+        a.dir.display()
+    );
+    Ok(())
+}

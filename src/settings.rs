@@ -1,0 +1,239 @@
+//! Flags, environment and config files resolved into the libraries' settings, in one
+//! place (as ripgrep turns its low-level args into high-level settings): the store root,
+//! registry client options for this process and for pulls `kitsnap serve` makes on our
+//! behalf, and the daemon's settings.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use kitsnap_core::store::Store;
+use kitsnap_node::api::node as pb;
+use kitsnap_node::daemon::{self, Config};
+use kitsnap_registry::client::{ClientOptions, Registry};
+use kitsnap_registry::hosts::DEFAULT_HOSTS_DIR;
+use kitsnap_registry::transfer::TransferOptions;
+
+use crate::cli::RegistryArgs;
+use crate::commands::serve::ServeArgs;
+
+/// What every verb may need: where the store is, whether to draw progress.
+pub struct Ctx {
+    pub store_root: PathBuf,
+    pub progress: bool,
+}
+
+impl Ctx {
+    pub fn new(store: Option<PathBuf>, no_progress: bool) -> Ctx {
+        Ctx {
+            store_root: store.unwrap_or_else(Store::default_root),
+            progress: !no_progress,
+        }
+    }
+
+    pub fn open_store(&self) -> Result<Store> {
+        Store::open(&self.store_root)
+            .with_context(|| format!("opening store {}", self.store_root.display()))
+    }
+
+    /// The local store, for the daemon to take a ModelKit from, when it exists.
+    pub fn existing_store(&self) -> Option<PathBuf> {
+        self.store_root.is_dir().then(|| self.store_root.clone())
+    }
+}
+
+/// A small runtime for the CLI's network verbs (two workers: transfers are I/O-bound).
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+impl RegistryArgs {
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            plain_http: self.plain_http,
+            tls_verify: self.tls_verify,
+            ca_files: self.ca_files.clone(),
+            hosts_dir: self.hosts_dir.clone(),
+            docker_config: None,
+            retries: self.retries,
+            chunk_size: self.chunk_size_mib.max(1) << 20,
+            ..Default::default()
+        }
+    }
+
+    pub fn registry(&self, host: &str) -> Result<Registry> {
+        Registry::new(host, self.client_options())
+            .with_context(|| format!("setting up a client for {host}"))
+    }
+
+    /// The same settings for a pull that kitsnap serve makes.
+    pub fn node_options(&self) -> pb::RegistryOptions {
+        pb::RegistryOptions {
+            plain_http: self.plain_http,
+            insecure_skip_verify: !self.tls_verify,
+            ca_file: self
+                .ca_files
+                .first()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            hosts_dir: self
+                .hosts_dir
+                .as_ref()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            concurrency: self.concurrency as u32,
+        }
+    }
+
+    pub fn transfer(&self, progress: bool) -> TransferOptions {
+        TransferOptions {
+            concurrency: self.concurrency,
+            progress,
+        }
+    }
+}
+
+/// `kitsnap serve`'s settings: flags over the config file over defaults.
+pub struct Serve {
+    pub log_level: String,
+    pub daemon: daemon::Settings,
+}
+
+impl ServeArgs {
+    pub fn config_path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(daemon::DEFAULT_CONFIG))
+    }
+
+    pub fn load_config(&self) -> Result<Config> {
+        let path = self.config_path();
+        Config::load(&path, self.config.is_some())
+            .with_context(|| format!("reading the configuration {}", path.display()))
+    }
+
+    /// Resolves flags over `cfg`; `default_hosts_dir` is used when it is a directory.
+    pub fn resolve(self, cfg: Config, default_hosts_dir: &Path) -> Serve {
+        let registry = ClientOptions {
+            hosts_dir: cfg
+                .hosts_dir
+                .clone()
+                .or_else(|| default_hosts_dir.is_dir().then(|| default_hosts_dir.into())),
+            retries: 5,
+            ..ClientOptions::default()
+        };
+        let or = |flag: Option<PathBuf>, file: Option<PathBuf>, default: &str| {
+            flag.or(file).unwrap_or_else(|| PathBuf::from(default))
+        };
+        Serve {
+            log_level: self
+                .log_level
+                .or(cfg.log_level)
+                .unwrap_or_else(|| "info".into()),
+            daemon: daemon::Settings {
+                root: or(self.root, cfg.root, daemon::DEFAULT_ROOT),
+                address: or(self.address, cfg.address, daemon::DEFAULT_ADDRESS),
+                socket_gid: cfg.socket_gid,
+                containerd_address: or(
+                    self.containerd_address,
+                    cfg.containerd_address,
+                    kitsnap_node::containerd::DEFAULT_ADDRESS,
+                ),
+                mount_root: or(
+                    self.mount_root,
+                    cfg.mount_root,
+                    kitsnap_node::node::DEFAULT_MOUNT_ROOT,
+                ),
+                docker_plugin: match self.docker_plugin.or(cfg.docker_plugin) {
+                    _ if self.no_docker_plugin => None,
+                    Some(p) if p.as_os_str().is_empty() => None,
+                    Some(p) => Some(p),
+                    None => Some(PathBuf::from(kitsnap_node::dockerplugin::DEFAULT_SOCKET)),
+                },
+                registry,
+                plain_http: cfg.plain_http,
+            },
+        }
+    }
+}
+
+/// containerd's default hosts directory.
+pub fn default_hosts_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_HOSTS_DIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    fn serve_args(args: &[&str]) -> ServeArgs {
+        let cli = Cli::parse_from([&["kitsnap", "serve"], args].concat());
+        match cli.command {
+            Command::Serve(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn serve_flags_override_the_file_and_defaults_fill_the_rest() {
+        let cfg = Config {
+            root: Some("/file/root".into()),
+            address: Some("/file/sock".into()),
+            log_level: Some("debug".into()),
+            docker_plugin: Some("".into()),
+            plain_http: vec!["r:5000".into()],
+            ..Config::default()
+        };
+        let s = serve_args(&["--root", "/flag/root"]).resolve(cfg, Path::new("/nonexistent"));
+        assert_eq!(s.daemon.root, PathBuf::from("/flag/root"));
+        assert_eq!(s.daemon.address, PathBuf::from("/file/sock"));
+        assert_eq!(s.log_level, "debug");
+        assert_eq!(s.daemon.docker_plugin, None, "\"\" turns the plugin off");
+        assert_eq!(s.daemon.plain_http, vec!["r:5000"]);
+        assert_eq!(
+            s.daemon.containerd_address,
+            PathBuf::from(kitsnap_node::containerd::DEFAULT_ADDRESS)
+        );
+        assert_eq!(s.daemon.registry.hosts_dir, None);
+
+        let d = tempfile::tempdir().unwrap();
+        let s = serve_args(&[]).resolve(Config::default(), d.path());
+        assert_eq!(s.daemon.root, PathBuf::from(daemon::DEFAULT_ROOT));
+        assert_eq!(s.log_level, "info");
+        assert_eq!(
+            s.daemon.docker_plugin.as_deref(),
+            Some(Path::new(kitsnap_node::dockerplugin::DEFAULT_SOCKET))
+        );
+        assert_eq!(s.daemon.registry.hosts_dir.as_deref(), Some(d.path()));
+        assert!(serve_args(&["--no-docker-plugin"]).resolve(Config::default(), d.path()).daemon.docker_plugin.is_none());
+    }
+
+    #[test]
+    fn registry_flags() {
+        let cli = Cli::parse_from([
+            "kitsnap", "push", "a:1", "--plain-http", "--tls-verify", "false", "--ca-file", "/a.pem",
+            "--ca-file", "/b.pem", "--chunk-size-mib", "0", "--retries", "2",
+        ]);
+        let Command::Push(p) = cli.command else { unreachable!() };
+        let o = p.registry.client_options();
+        assert!(o.plain_http && !o.tls_verify);
+        assert_eq!(o.ca_files.len(), 2);
+        assert_eq!(o.chunk_size, 1 << 20, "chunk size is at least 1 MiB");
+        assert_eq!(o.retries, 2);
+        let n = p.registry.node_options();
+        assert!(n.plain_http && n.insecure_skip_verify);
+        assert_eq!(n.ca_file, "/a.pem");
+    }
+
+    #[test]
+    fn store_root_from_flag() {
+        let c = Ctx::new(Some("/s".into()), true);
+        assert_eq!(c.store_root, PathBuf::from("/s"));
+        assert!(!c.progress);
+    }
+}
