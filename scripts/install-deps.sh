@@ -10,6 +10,8 @@ command -v zstd >/dev/null || need+=(zstd)
 command -v python3 >/dev/null || need+=(python3)
 command -v tar >/dev/null || need+=(tar)
 command -v openssl >/dev/null || need+=(openssl)
+# protoc: the containerd-client crate generates its gRPC code at build time.
+command -v protoc >/dev/null || need+=(protobuf-compiler)
 # Real peers for the registry tests: CNCF distribution and skopeo.
 [ -x /usr/bin/docker-registry ] || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)

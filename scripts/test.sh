@@ -8,5 +8,5 @@ bash scripts/install-deps.sh
 # (loudly), so a failed download does not stop the rest of the suite.
 bash scripts/fetch-containerd.sh || echo "test.sh: WARNING: could not fetch containerd 1.7/2.x" >&2
 cargo fmt --all -- --check
-cargo clippy --all-targets --quiet -- -D warnings
-cargo test --quiet 2>&1
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo test --workspace --quiet 2>&1

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    df, info, init, inspect, login, logout, mount, pack, pull, push, remove, serve, tag,
-    umount, unpack,
+    df, info, init, inspect, login, logout, mount, pack, pull, push, remove, serve, tag, umount,
+    unpack,
 };
 
 #[derive(Parser, Debug)]
@@ -197,4 +197,3 @@ pub struct RegistryArgs {
     #[arg(long, default_value_t = 5)]
     pub retries: u32,
 }
-

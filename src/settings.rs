@@ -210,16 +210,36 @@ mod tests {
             Some(Path::new(kitsnap_node::dockerplugin::DEFAULT_SOCKET))
         );
         assert_eq!(s.daemon.registry.hosts_dir.as_deref(), Some(d.path()));
-        assert!(serve_args(&["--no-docker-plugin"]).resolve(Config::default(), d.path()).daemon.docker_plugin.is_none());
+        assert!(
+            serve_args(&["--no-docker-plugin"])
+                .resolve(Config::default(), d.path())
+                .daemon
+                .docker_plugin
+                .is_none()
+        );
     }
 
     #[test]
     fn registry_flags() {
         let cli = Cli::parse_from([
-            "kitsnap", "push", "a:1", "--plain-http", "--tls-verify", "false", "--ca-file", "/a.pem",
-            "--ca-file", "/b.pem", "--chunk-size-mib", "0", "--retries", "2",
+            "kitsnap",
+            "push",
+            "a:1",
+            "--plain-http",
+            "--tls-verify",
+            "false",
+            "--ca-file",
+            "/a.pem",
+            "--ca-file",
+            "/b.pem",
+            "--chunk-size-mib",
+            "0",
+            "--retries",
+            "2",
         ]);
-        let Command::Push(p) = cli.command else { unreachable!() };
+        let Command::Push(p) = cli.command else {
+            unreachable!()
+        };
         let o = p.registry.client_options();
         assert!(o.plain_http && !o.tls_verify);
         assert_eq!(o.ca_files.len(), 2);

@@ -49,8 +49,7 @@ pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
         },
         progress: ctx.progress,
     };
-    let res =
-        pack::pack(&store, &opts).with_context(|| format!("packing {}", a.dir.display()))?;
+    let res = pack::pack(&store, &opts).with_context(|| format!("packing {}", a.dir.display()))?;
     for w in &res.warnings {
         eprintln!("warning: {w}");
     }

@@ -187,9 +187,9 @@ impl Kitfile {
         if text.trim().is_empty() {
             return Err(err("file is empty".into()));
         }
-        let kf: Kitfile = serde_yaml::from_str(text).map_err(|e| {
+        let kf: Kitfile = serde_yaml_ng::from_str(text).map_err(|e| {
             let msg = e.to_string();
-            // serde_yaml reports a location for most errors; make it lead the message.
+            // The YAML parser reports a location for most errors; make it lead the message.
             match e.location() {
                 Some(loc) if !msg.contains("line") => err(format!(
                     "line {} column {}: {msg}",
@@ -234,7 +234,7 @@ impl Kitfile {
             *d = None;
             *i = None;
         }
-        serde_yaml::to_string(&clean).map_err(|e| Error::Internal(format!("YAML encoding: {e}")))
+        serde_yaml_ng::to_string(&clean).map_err(|e| Error::Internal(format!("YAML encoding: {e}")))
     }
 
     /// The digest/diffId slots of every entry, in layer order (model first).

@@ -117,4 +117,3 @@ pub fn unpack(
     bar.finish_and_clear();
     Ok(report)
 }
-

@@ -376,7 +376,6 @@ impl Containerd {
                 name: name.into(),
                 key: key.into(),
                 labels,
-                ..Default::default()
             }))
             .await
             .map_err(call("snapshots.Commit"))?;

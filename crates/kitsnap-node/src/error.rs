@@ -30,8 +30,8 @@ pub enum Error {
     },
 
     /// Node metadata (mount records, volumes) could not be read or written.
-    #[error("node metadata")]
-    Metadata(#[source] redb::Error),
+    #[error(transparent)]
+    Record(#[from] crate::records::RecordError),
 
     /// A listening socket could not be set up.
     #[error("socket {path}")]

@@ -4,7 +4,7 @@
 //! [`containerd`] is the client of containerd's services, [`mount`] the host mount
 //! syscalls. [`snapshotter`] is the snapshots.v1 proxy snapshotter (metadata, overlay
 //! mounts, ModelKit composition); [`node`] pulls ModelKits into containerd and keeps host
-//! views; [`dockerplugin`] adapts the node to Docker's volume plugin protocol; [`daemon`]
+//! views ([`records`] keeps their state in redb); [`dockerplugin`] adapts the node to Docker's volume plugin protocol; [`daemon`]
 //! runs it all as `kitsnap serve`.
 
 pub mod api;
@@ -15,6 +15,7 @@ pub mod error;
 pub mod labels;
 pub mod mount;
 pub mod node;
+pub mod records;
 pub mod snapshotter;
 
 pub use error::{Error, Result};

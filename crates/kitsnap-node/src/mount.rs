@@ -3,44 +3,11 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rustix::mount::{MountFlags, UnmountFlags};
+
 use crate::api::types::Mount;
-
-fn cstr(s: impl AsRef<[u8]>) -> io::Result<CString> {
-    CString::new(s.as_ref()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
-}
-
-fn sys_mount(
-    src: &str,
-    target: &Path,
-    fstype: &str,
-    flags: libc::c_ulong,
-    data: &str,
-) -> io::Result<()> {
-    let (src, tgt, fs, data) = (
-        cstr(src)?,
-        cstr(target.as_os_str().as_bytes())?,
-        cstr(fstype)?,
-        cstr(data)?,
-    );
-    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            tgt.as_ptr(),
-            fs.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
 
 /// Mounts a one-mount snapshot read-only at `target` (a bind or an overlay).
 pub fn mount_readonly(mounts: &[Mount], target: &Path) -> io::Result<()> {
@@ -58,12 +25,13 @@ pub fn mount_readonly(mounts: &[Mount], target: &Path) -> io::Result<()> {
         .collect();
     match m.r#type.as_str() {
         "bind" => {
-            sys_mount(&m.source, target, "", libc::MS_BIND | libc::MS_REC, "")?;
+            rustix::mount::mount_bind_recursive(m.source.as_str(), target)?;
             // A bind mount only becomes read-only by a remount.
-            let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY;
-            if let Err(e) = sys_mount("", target, "", ro, "") {
+            if let Err(e) =
+                rustix::mount::mount_remount(target, MountFlags::BIND | MountFlags::RDONLY, "")
+            {
                 let _ = unmount(target);
-                return Err(e);
+                return Err(e.into());
             }
             Ok(())
         }
@@ -71,13 +39,15 @@ pub fn mount_readonly(mounts: &[Mount], target: &Path) -> io::Result<()> {
             if opts.iter().any(|o| o.starts_with("upperdir=")) {
                 return Err(io::Error::other("refusing a writable overlay for a view"));
             }
-            sys_mount(
+            let data = CString::new(opts.join(","))
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in mount options"))?;
+            Ok(rustix::mount::mount(
                 "overlay",
                 target,
                 "overlay",
-                libc::MS_RDONLY,
-                &opts.join(","),
-            )
+                MountFlags::RDONLY,
+                data.as_c_str(),
+            )?)
         }
         t => Err(io::Error::other(format!("unsupported mount type {t:?}"))),
     }
@@ -85,18 +55,11 @@ pub fn mount_readonly(mounts: &[Mount], target: &Path) -> io::Result<()> {
 
 /// Detaches the mount at `target` (lazily, so a busy mount still goes away for new users).
 pub fn unmount(target: &Path) -> io::Result<()> {
-    let t = cstr(target.as_os_str().as_bytes())?;
-    // SAFETY: valid C string.
-    let rc = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            // Not mounted (EINVAL) or gone (ENOENT): nothing to undo.
-            Some(libc::EINVAL) | Some(libc::ENOENT) => Ok(()),
-            _ => Err(e),
-        }
+    match rustix::mount::unmount(target, UnmountFlags::DETACH) {
+        Ok(()) => Ok(()),
+        // Not mounted (EINVAL) or gone (ENOENT): nothing to undo.
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -524,9 +524,9 @@ impl Registry {
             .await;
             match res {
                 Ok(v) => return Ok(v),
-                Err(e @ (Error::Core(CoreError::DigestMismatch { .. }) | Error::Unauthorized(_)))
-                    if !self.endpoints[ep].cfg.mirror =>
-                {
+                Err(
+                    e @ (Error::Core(CoreError::DigestMismatch { .. }) | Error::Unauthorized(_)),
+                ) if !self.endpoints[ep].cfg.mirror => {
                     return Err(e);
                 }
                 Err(e) => last = Some(e),

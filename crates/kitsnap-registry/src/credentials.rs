@@ -37,9 +37,17 @@ impl Credentials {
 struct ConfigFile {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     auths: BTreeMap<String, AuthEntry>,
-    #[serde(rename = "credsStore", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "credsStore",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     creds_store: Option<String>,
-    #[serde(rename = "credHelpers", default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        rename = "credHelpers",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     cred_helpers: BTreeMap<String, String>,
     #[serde(flatten)]
     other: Map<String, Value>,
@@ -162,7 +170,8 @@ impl DockerConfig {
     /// Saves credentials: through the helper when one is configured, else in `auths`.
     pub fn store(&mut self, host: &str, c: &Credentials) -> Result<()> {
         if let Some(h) = self.helper_for(host) {
-            let input = serde_json::json!({"ServerURL": host, "Username": c.username, "Secret": c.secret});
+            let input =
+                serde_json::json!({"ServerURL": host, "Username": c.username, "Secret": c.secret});
             return helper_run(&h, "store", &input.to_string()).map(|_| ());
         }
         self.file.auths.insert(
@@ -221,7 +230,10 @@ impl DockerConfig {
 enum HelperOutcome {
     Ok(String),
     /// It ran and exited non-zero (for `get`: it has nothing for this host).
-    Failed { code: Option<i32>, output: String },
+    Failed {
+        code: Option<i32>,
+        output: String,
+    },
 }
 
 fn helper_exec(helper: &str, verb: &str, input: &str) -> Result<HelperOutcome> {
@@ -255,7 +267,11 @@ fn helper_exec(helper: &str, verb: &str, input: &str) -> Result<HelperOutcome> {
     if out.status.success() {
         return Ok(HelperOutcome::Ok(stdout));
     }
-    let output = format!("{} {}", stdout.trim(), String::from_utf8_lossy(&out.stderr).trim());
+    let output = format!(
+        "{} {}",
+        stdout.trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     Ok(HelperOutcome::Failed {
         code: out.status.code(),
         output: output.trim().to_string(),

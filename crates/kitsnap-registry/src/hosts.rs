@@ -124,7 +124,11 @@ pub fn endpoints(
     .into_iter()
     .find(|p| p.is_file());
     let Some(file) = file else {
-        return Ok(vec![HostConfig::default().endpoint(&default_server, false, &dir)]);
+        return Ok(vec![HostConfig::default().endpoint(
+            &default_server,
+            false,
+            &dir,
+        )]);
     };
     let bad = |msg: String| Error::Config {
         what: file.display().to_string(),

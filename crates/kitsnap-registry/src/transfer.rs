@@ -72,7 +72,8 @@ pub async fn remote_manifest(
     if media_type.starts_with(MEDIA_TYPE_INDEX) || media_type.contains("manifest.list") {
         return Err(CoreError::NotAModelKit(format!(
             "{r} is an image index; kitsnap pulls ModelKit manifests"
-        )).into());
+        ))
+        .into());
     }
     let m: Manifest = serde_json::from_slice(&bytes).map_err(|source| CoreError::Json {
         what: format!("manifest of {r}"),
@@ -262,7 +263,8 @@ pub async fn push(
             return Err(CoreError::NotFound(format!(
                 "blob {} of {local} (was the store pruned?)",
                 b.digest
-            )).into());
+            ))
+            .into());
         }
     }
     let outcomes: Vec<(PushOutcome, u64)> = stream::iter(blobs)

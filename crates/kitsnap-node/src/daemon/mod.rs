@@ -63,18 +63,18 @@ pub async fn serve(settings: Settings) -> Result<()> {
         .map_err(|e| Error::Internal(format!("opening the snapshotter: {e}")))??,
     );
     tracing::info!(root = %root.display(), "metadata opened");
-    let node = Arc::new(
-        Node::open(
-            snap.clone(),
-            settings.containerd_address.clone(),
-            settings.mount_root.clone(),
-            settings.registry.clone(),
-        )?,
-    );
+    let node = Arc::new(Node::open(
+        snap.clone(),
+        settings.containerd_address.clone(),
+        settings.mount_root.clone(),
+        settings.registry.clone(),
+    )?);
     let plugin = match &settings.docker_plugin {
-        Some(sock) => Some(
-            crate::dockerplugin::start(node.clone(), sock, settings.plain_http.clone())?,
-        ),
+        Some(sock) => Some(crate::dockerplugin::start(
+            node.clone(),
+            sock,
+            settings.plain_http.clone(),
+        )?),
         None => None,
     };
     let (listener, activated) = match systemd::activated_listener()? {

@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::Database;
 use serde::{Deserialize, Serialize};
 
 use kitsnap_core::layers::{self, Filter, FilterType};
@@ -21,6 +21,7 @@ use crate::api::node as pb;
 use crate::containerd::Containerd;
 use crate::error::{Error, Result};
 use crate::labels as label;
+use crate::records::{JsonTable, RecordError};
 use crate::snapshotter::Snapshotter;
 use crate::snapshotter::compose::KitRecord;
 
@@ -30,9 +31,9 @@ pub const CLI_HOLDER: &str = "cli";
 /// containerd snapshot keys of kitsnap's views.
 const VIEW_PREFIX: &str = "kitsnap-view/";
 
-const MOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("mounts");
+const MOUNTS: JsonTable<MountRecord> = JsonTable::new("mounts");
 /// Docker volumes (name -> dockerplugin::Volume).
-const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
+const VOLUMES: JsonTable<crate::dockerplugin::Volume> = JsonTable::new("volumes");
 
 /// A host mount of a ModelKit view.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -120,11 +121,9 @@ impl Node {
         registry: ClientOptions,
     ) -> Result<Node> {
         let path = snap.root().join("node.redb");
-        let db = Database::create(&path).map_err(internal)?;
-        let w = db.begin_write().map_err(internal)?;
-        w.open_table(MOUNTS).map_err(internal)?;
-        w.open_table(VOLUMES).map_err(internal)?;
-        w.commit().map_err(internal)?;
+        let db = Database::create(&path).map_err(|e| Error::Record(RecordError::Db(e.into())))?;
+        MOUNTS.create(&db)?;
+        VOLUMES.create(&db)?;
         Ok(Node {
             snap,
             containerd,
@@ -139,74 +138,33 @@ impl Node {
         Ok(Containerd::connect(&self.containerd, ns).await?)
     }
 
-    /// Every value of a JSON-valued table.
-    fn read_all<T: serde::de::DeserializeOwned>(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-    ) -> Result<Vec<T>> {
-        let r = self.db.begin_read().map_err(internal)?;
-        let t = r.open_table(table).map_err(internal)?;
-        let mut out = Vec::new();
-        for e in t.iter().map_err(internal)? {
-            let (_, v) = e.map_err(internal)?;
-            out.push(serde_json::from_slice(v.value()).map_err(internal)?);
-        }
-        Ok(out)
-    }
-
-    fn write(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-        value: Option<&impl Serialize>,
-    ) -> Result<()> {
-        let w = self.db.begin_write().map_err(internal)?;
-        {
-            let mut t = w.open_table(table).map_err(internal)?;
-            match value {
-                Some(v) => {
-                    let b = serde_json::to_vec(v).map_err(internal)?;
-                    t.insert(key, b.as_slice()).map_err(internal)?;
-                }
-                None => {
-                    t.remove(key).map_err(internal)?;
-                }
-            }
-        }
-        w.commit().map_err(internal)
-    }
-
     pub fn mounts(&self) -> Result<Vec<MountRecord>> {
-        self.read_all(MOUNTS)
+        Ok(MOUNTS.all(&self.db)?)
     }
 
     pub fn volumes(&self) -> Result<Vec<crate::dockerplugin::Volume>> {
-        self.read_all(VOLUMES)
+        Ok(VOLUMES.all(&self.db)?)
     }
 
     pub fn put_volume(&self, v: &crate::dockerplugin::Volume) -> Result<()> {
-        self.write(VOLUMES, &v.name, Some(v))
+        Ok(VOLUMES.put(&self.db, &v.name, v)?)
     }
 
     pub fn delete_volume(&self, name: &str) -> Result<()> {
-        self.write(VOLUMES, name, None::<&crate::dockerplugin::Volume>)
+        Ok(VOLUMES.remove(&self.db, name)?)
     }
 
     fn put_mount(&self, m: &MountRecord) -> Result<()> {
-        self.write(MOUNTS, &m.name, Some(m))
+        Ok(MOUNTS.put(&self.db, &m.name, m)?)
     }
 
     fn delete_mount(&self, name: &str) -> Result<()> {
-        self.write(MOUNTS, name, None::<&MountRecord>)
+        Ok(MOUNTS.remove(&self.db, name)?)
     }
 
     /// The ModelKit's record if its snapshots are still in containerd's namespace `ns`.
     async fn present_kit(&self, ctr: &Containerd, reference: &str) -> Result<Option<KitRecord>> {
-        let Some(k) = self
-            .snap
-            .kit(ctr.namespace(), reference)
-            .map_err(internal)?
-        else {
+        let Some(k) = self.snap.kit(ctr.namespace(), reference)? else {
             return Ok(None);
         };
         if k.namespace != ctr.namespace() {
@@ -382,7 +340,7 @@ impl Node {
     pub async fn df(&self) -> Result<pb::DfResponse> {
         let mut out = pb::DfResponse::default();
         let mut namespaces = BTreeSet::new();
-        for k in self.snap.kits().map_err(internal)? {
+        for k in self.snap.kits()? {
             let ctr = self.ctr(&k.namespace).await?;
             if ctr.stat(k.top()).await?.is_none() {
                 // Removed from containerd since (images rm + GC): not on this node.
@@ -414,11 +372,7 @@ impl Node {
                 }
             }
             for l in &k.layers {
-                if let Some((_, r)) = self
-                    .snap
-                    .find_named(&k.namespace, &l.chain)
-                    .map_err(internal)?
-                {
+                if let Some((_, r)) = self.snap.find_named(&k.namespace, &l.chain)? {
                     kit.snapshot_bytes += r.size.max(0) as u64;
                 }
             }
@@ -436,8 +390,7 @@ impl Node {
         let s = self.snap.clone();
         let (snaps, trees) = tokio::task::spawn_blocking(move || s.disk_totals())
             .await
-            .map_err(internal)?
-            .map_err(internal)?;
+            .map_err(internal)??;
         out.snapshot_bytes = snaps.max(0) as u64;
         out.tree_bytes = trees.max(0) as u64;
         out.total_bytes = out.content_bytes + out.snapshot_bytes + out.tree_bytes;

@@ -458,10 +458,7 @@ async fn pull_leased(
         let progress = Progress::new(events, i, l);
         let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
         let labels = HashMap::from([
-            (
-                label::TARGET_REF.to_string(),
-                chain[i].clone(),
-            ),
+            (label::TARGET_REF.to_string(), chain[i].clone()),
             (label::LAYER_DIGEST.to_string(), l.desc.digest.to_string()),
         ]);
         let key = format!("kitsnap-extract-{}-{}", nonce(), chain[i]);
@@ -511,11 +508,7 @@ async fn pull_leased(
         manifest.config.digest.as_str(),
         config.to_vec(),
         HashMap::from([(
-            format!(
-                "{}.{}",
-                label::GC_SNAPSHOT,
-                containerd::SNAPSHOTTER
-            ),
+            format!("{}.{}", label::GC_SNAPSHOT, containerd::SNAPSHOTTER),
             result.top_snapshot.clone(),
         )]),
     )
@@ -534,11 +527,7 @@ async fn pull_leased(
     }
     if let Source::Registry(_, repo) = src {
         mlabels.insert(
-            format!(
-                "{}.{}",
-                label::DISTRIBUTION_SOURCE,
-                spec.reference.registry
-            ),
+            format!("{}.{}", label::DISTRIBUTION_SOURCE, spec.reference.registry),
             repo.clone(),
         );
     }

@@ -34,7 +34,9 @@ impl From<Error> for Status {
             ) => Status::invalid_argument(msg),
             Error::Core(C::NotFound(_)) => Status::not_found(msg),
             Error::Registry(R::Unauthorized(_)) => Status::unauthenticated(msg),
-            Error::Core(C::DigestMismatch { .. } | C::SizeMismatch { .. } | C::UnsafeLayer { .. })
+            Error::Core(
+                C::DigestMismatch { .. } | C::SizeMismatch { .. } | C::UnsafeLayer { .. },
+            )
             | Error::Registry(R::Core(C::DigestMismatch { .. } | C::SizeMismatch { .. })) => {
                 Status::data_loss(msg)
             }

@@ -84,7 +84,10 @@ pub fn parse_layers_label(v: &str) -> Result<Vec<usize>> {
     v.split(',')
         .map(|s| {
             s.trim().parse::<usize>().map_err(|_| {
-                SnapError::InvalidArgument(format!("{}={v:?}: want indices like 0,2", label::LAYERS))
+                SnapError::InvalidArgument(format!(
+                    "{}={v:?}: want indices like 0,2",
+                    label::LAYERS
+                ))
             })
         })
         .collect()

@@ -19,13 +19,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+
 use crate::labels as label;
+use crate::records::{JsonTable, RecordError};
 
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// ModelKits pulled into containerd on this node: `namespace\nreference` -> KitRecord.
-const KITS: TableDefinition<&str, &[u8]> = TableDefinition::new("modelkits");
-
+const KITS: JsonTable<compose::KitRecord> = JsonTable::new("modelkits");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind {
@@ -58,6 +59,8 @@ pub enum SnapError {
     Metadata(#[from] redb::Error),
     #[error("filesystem")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Record(#[from] RecordError),
     #[error("{0}")]
     Internal(String),
 }
@@ -167,9 +170,9 @@ impl Snapshotter {
         {
             w.open_table(SNAPSHOTS)?;
             w.open_table(META)?;
-            w.open_table(KITS)?;
         }
         w.commit()?;
+        KITS.create(&db)?;
         let s = Snapshotter {
             root,
             db,
@@ -588,9 +591,7 @@ impl Snapshotter {
                 .split(';')
                 .map(|s| s.parse::<kitsnap_core::layers::Filter>())
                 .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| {
-                    SnapError::InvalidArgument(format!("{}: {e}", label::FILTER))
-                })?;
+                .map_err(|e| SnapError::InvalidArgument(format!("{}: {e}", label::FILTER)))?;
             layers = layers
                 .into_iter()
                 .zip(&kit.layers)
@@ -620,38 +621,19 @@ impl Snapshotter {
 
     /// Records a ModelKit pulled into containerd.
     pub fn put_kit(&self, k: &compose::KitRecord) -> Result<()> {
-        let v = serde_json::to_vec(k).map_err(|e| SnapError::Internal(e.to_string()))?;
-        let w = self.db.begin_write()?;
-        w.open_table(KITS)?.insert(
-            compose::kit_key(&k.namespace, &k.reference).as_str(),
-            v.as_slice(),
-        )?;
-        w.commit()?;
-        Ok(())
+        Ok(KITS.put(&self.db, &compose::kit_key(&k.namespace, &k.reference), k)?)
     }
 
     /// A pulled ModelKit by reference: in `ns` if there, else in any namespace.
     pub fn kit(&self, ns: &str, reference: &str) -> Result<Option<compose::KitRecord>> {
-        let all = self.kits()?;
-        Ok(all
-            .iter()
-            .find(|k| k.namespace == ns && k.reference == reference)
-            .or_else(|| all.iter().find(|k| k.reference == reference))
-            .cloned())
+        if let Some(k) = KITS.get(&self.db, &compose::kit_key(ns, reference))? {
+            return Ok(Some(k));
+        }
+        Ok(self.kits()?.into_iter().find(|k| k.reference == reference))
     }
 
     pub fn kits(&self) -> Result<Vec<compose::KitRecord>> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(KITS)?;
-        let mut out = Vec::new();
-        for e in t.iter()? {
-            let (_, v) = e?;
-            out.push(
-                serde_json::from_slice(v.value())
-                    .map_err(|e| SnapError::Internal(format!("modelkit record: {e}")))?,
-            );
-        }
-        Ok(out)
+        Ok(KITS.all(&self.db)?)
     }
 
     /// Every kitsnap snapshot and tree on disk, hardlinks counted once: (snapshots, trees).

@@ -22,9 +22,10 @@ impl From<SnapError> for Status {
             SnapError::AlreadyExists(_) => Status::already_exists(msg),
             SnapError::FailedPrecondition(_) => Status::failed_precondition(msg),
             SnapError::InvalidArgument(_) => Status::invalid_argument(msg),
-            SnapError::Metadata(_) | SnapError::Io(_) | SnapError::Internal(_) => {
-                Status::internal(msg)
-            }
+            SnapError::Metadata(_)
+            | SnapError::Io(_)
+            | SnapError::Record(_)
+            | SnapError::Internal(_) => Status::internal(msg),
         }
     }
 }
