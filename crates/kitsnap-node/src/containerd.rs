@@ -253,15 +253,18 @@ impl Containerd {
             .message()
             .await
             .map_err(call("content.Write stat"))?;
-        let offset = stat.map(|s| s.offset).unwrap_or(0);
+        // What containerd already holds for this ref: an interrupted ingest, or the whole
+        // blob when another namespace has it (the content store is shared). The caller
+        // still sends from byte 0; `send` skips what is there.
+        let resume_from = stat.map(|s| s.offset).unwrap_or(0);
         Ok(ContentWriter {
             tx,
             replies,
             reference,
             digest: digest.to_string(),
             total,
-            offset,
-            resume_from: offset,
+            offset: 0,
+            resume_from,
         })
     }
 
@@ -416,8 +419,9 @@ pub struct ContentWriter {
     reference: String,
     digest: String,
     total: i64,
+    /// Bytes of the blob the caller has sent so far (skipped ones included).
     offset: i64,
-    /// Bytes an interrupted earlier write already holds: the first ones sent are skipped.
+    /// Bytes containerd already holds for this ref: the first ones sent are skipped.
     resume_from: i64,
 }
 

@@ -62,11 +62,14 @@ pub fn start(
     node: Arc<Node>,
     sock: &Path,
     plain_http: Vec<String>,
-) -> Result<tokio::task::JoinHandle<()>> {
-    let listener = crate::daemon::systemd::bind(sock, None)?;
+) -> Result<(
+    tokio::task::JoinHandle<()>,
+    crate::daemon::systemd::BoundSocket,
+)> {
+    let (listener, bound) = crate::daemon::systemd::bind(sock, None)?;
     tracing::info!(socket = %sock.display(), "serving the Docker volume plugin");
     let plugin = Arc::new(Plugin { node, plain_http });
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let (stream, _) = match listener.accept().await {
                 Ok(s) => s,
@@ -91,7 +94,8 @@ pub fn start(
                 }
             });
         }
-    }))
+    });
+    Ok((task, bound))
 }
 
 fn reply(v: Value) -> Response<Full<Bytes>> {
@@ -250,7 +254,6 @@ impl Plugin {
         let v = self.volume(&r.name)?;
         let mut registry = self.node.registry.clone();
         registry.plain_http |= v.plain_http;
-        let (etx, _erx) = tokio::sync::mpsc::channel(1);
         let m = self
             .node
             .mount(
@@ -267,7 +270,7 @@ impl Plugin {
                     store: None,
                     registry,
                 },
-                &etx,
+                &crate::node::pull::Events::none(),
             )
             .await?;
         Ok(m.record.path.to_string_lossy().into_owned())

@@ -69,6 +69,15 @@ pub async fn serve(settings: Settings) -> Result<()> {
         settings.mount_root.clone(),
         settings.registry.clone(),
     )?);
+    // A socket systemd holds (activation) stays for the next start: no BoundSocket.
+    let (listener, bound) = match systemd::activated_listener()? {
+        Some(l) => (l, None),
+        None => {
+            let (l, b) = systemd::bind(&address, socket_gid)?;
+            (l, Some(b))
+        }
+    };
+    let activated = bound.is_none();
     let plugin = match &settings.docker_plugin {
         Some(sock) => Some(crate::dockerplugin::start(
             node.clone(),
@@ -76,10 +85,6 @@ pub async fn serve(settings: Settings) -> Result<()> {
             settings.plain_http.clone(),
         )?),
         None => None,
-    };
-    let (listener, activated) = match systemd::activated_listener()? {
-        Some(l) => (l, true),
-        None => (systemd::bind(&address, socket_gid)?, false),
     };
     tracing::info!(socket = %address.display(), activated, "serving containerd.services.snapshots.v1 and kitsnap.v1.Node");
     systemd::notify(&[
@@ -109,13 +114,12 @@ pub async fn serve(settings: Settings) -> Result<()> {
         )
         .await
         .map_err(Error::Serve)?;
-    // A socket systemd holds stays for the next start.
-    if !activated {
-        let _ = std::fs::remove_file(&address);
+    if let Some(b) = bound {
+        b.remove();
     }
-    if let (Some(p), Some(sock)) = (plugin, &settings.docker_plugin) {
-        p.abort();
-        let _ = std::fs::remove_file(sock);
+    if let Some((task, sock)) = plugin {
+        task.abort();
+        sock.remove();
     }
     Ok(())
 }

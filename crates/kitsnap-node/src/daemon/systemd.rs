@@ -33,9 +33,31 @@ pub fn activated_listener() -> Result<Option<tokio::net::UnixListener>> {
     ))
 }
 
-/// Binds a unix socket at `path` with mode 0660 (and group `gid`), replacing a stale
-/// socket file left by a killed daemon.
-pub fn bind(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener> {
+/// A socket this daemon bound: removed on exit only if the path is still that socket
+/// (a second daemon that took over the path keeps it).
+pub struct BoundSocket {
+    pub path: std::path::PathBuf,
+    ino: u64,
+}
+
+impl BoundSocket {
+    pub fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(m) if m.ino() == self.ino => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            _ => {
+                tracing::info!(socket = %self.path.display(), "socket replaced by another process; left in place")
+            }
+        }
+    }
+}
+
+/// Binds a unix socket at `path` with mode 0660 (and group `gid`). A socket file left by
+/// a killed daemon is replaced; one that a live process still answers on is not.
+pub fn bind(path: &Path, gid: Option<u32>) -> Result<(tokio::net::UnixListener, BoundSocket)> {
+    use std::os::unix::fs::MetadataExt;
     let err = |source| Error::Socket {
         path: path.display().to_string(),
         source,
@@ -43,15 +65,57 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<tokio::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    match std::fs::remove_file(path) {
-        Ok(()) => tracing::info!(socket = %path.display(), "removed a stale socket"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
+    if std::fs::symlink_metadata(path).is_ok() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::Config {
+                what: path.display().to_string(),
+                msg: "another process (a running kitsnap serve?) is listening on this socket; \
+                      stop it first, or pass another --address"
+                    .into(),
+            });
+        }
+        match std::fs::remove_file(path) {
+            Ok(()) => tracing::info!(socket = %path.display(), "removed a stale socket"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
     }
     let listener = tokio::net::UnixListener::bind(path).map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
     if let Some(gid) = gid {
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
     }
-    Ok(listener)
+    let ino = std::fs::symlink_metadata(path).map_err(err)?.ino();
+    Ok((
+        listener,
+        BoundSocket {
+            path: path.to_path_buf(),
+            ino,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_live_socket_is_not_taken_over_a_stale_one_is() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s.sock");
+        let (first, bound) = bind(&p, None).unwrap();
+        let e = bind(&p, None)
+            .err()
+            .expect("second bind must fail while the first listens");
+        assert!(e.to_string().contains("another process"), "{e}");
+        assert!(p.exists(), "the live socket stays");
+        drop(first);
+        // Nobody listens now: the file is stale and may be replaced.
+        let (_second, bound2) = bind(&p, None).unwrap();
+        // The first daemon exiting now must not delete the second one's socket.
+        bound.remove();
+        assert!(p.exists());
+        bound2.remove();
+        assert!(!p.exists());
+    }
 }

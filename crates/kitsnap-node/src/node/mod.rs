@@ -3,6 +3,7 @@
 //! The daemon owns this state; the CLI, the gRPC `kitsnap.v1.Node` service
 //! ([`service`]) and the Docker volume plugin are its clients.
 
+pub mod locks;
 pub mod pull;
 pub mod service;
 
@@ -69,9 +70,10 @@ pub struct Node {
     /// Registry settings for pulls the daemon starts itself (Docker volumes).
     pub registry: ClientOptions,
     db: Database,
-    /// Mounts, unmounts and the pulls they start are one at a time: they are rare and
-    /// must not race on the same name.
-    lock: tokio::sync::Mutex<()>,
+    /// Mount and unmount of one name are one at a time; other names go on in parallel.
+    names: locks::KeyedLocks,
+    /// Each layer blob is downloaded and unpacked once on the node, whoever pulls it.
+    layers: locks::KeyedLocks,
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -130,8 +132,18 @@ impl Node {
             mount_root,
             registry,
             db,
-            lock: tokio::sync::Mutex::new(()),
+            names: locks::KeyedLocks::default(),
+            layers: locks::KeyedLocks::default(),
         })
+    }
+
+    /// Pulls a ModelKit into containerd (see [`pull`]).
+    pub async fn pull(
+        &self,
+        spec: &pull::PullSpec,
+        events: &pull::Events,
+    ) -> Result<pb::PullResult> {
+        pull::pull(&self.containerd, &self.snap, &self.layers, spec, events).await
     }
 
     pub async fn ctr(&self, ns: &str) -> Result<Containerd> {
@@ -176,7 +188,6 @@ impl Node {
     /// Pulls (if needed) and mounts a read-only view; an existing mount of the same name
     /// gains a holder.
     pub async fn mount(&self, req: MountRequest, events: &pull::Events) -> Result<Mounted> {
-        let _g = self.lock.lock().await;
         let reference = req.reference.to_string();
         let filters: Vec<Filter> = req
             .filters
@@ -196,6 +207,7 @@ impl Node {
             .clone()
             .unwrap_or_else(|| mount_name(&reference, &req.filters));
         check_name(&name)?;
+        let _name = self.names.lock(&name).await;
         let ctr = self.ctr(&req.namespace).await?;
 
         if let Some(mut rec) = self.mounts()?.into_iter().find(|m| m.name == name) {
@@ -212,9 +224,8 @@ impl Node {
                 // After a reboot (/run is gone) or a manual umount: mount the view again.
                 let mounts = ctr.mounts(&rec.view).await?;
                 std::fs::create_dir_all(&rec.path)?;
-                crate::mount::mount_readonly(&mounts, &rec.path).map_err(|e| {
-                    Error::Internal(format!("mounting {}: {e}", rec.path.display()))
-                })?;
+                crate::mount::mount_readonly(&mounts, &rec.path)
+                    .map_err(|e| Error::mount(format!("mounting {}", rec.path.display()), e))?;
             }
             rec.holders.insert(req.holder.clone());
             self.put_mount(&rec)?;
@@ -234,7 +245,7 @@ impl Node {
                     store: req.store.clone(),
                     registry: req.registry.clone(),
                 };
-                pull::pull(&self.containerd, &self.snap, &spec, events).await?;
+                self.pull(&spec, events).await?;
                 pulled = true;
                 self.present_kit(&ctr, &reference).await?.ok_or_else(|| {
                     Error::Internal(format!("{reference} vanished after its pull"))
@@ -282,7 +293,7 @@ impl Node {
         let done = (|| -> Result<()> {
             std::fs::create_dir_all(&path)?;
             crate::mount::mount_readonly(&mounts, &path)
-                .map_err(|e| Error::Internal(format!("mounting {}: {e}", path.display())))
+                .map_err(|e| Error::mount(format!("mounting {}", path.display()), e))
         })();
         if let Err(e) = done {
             let _ = ctr.remove(&view).await;
@@ -312,19 +323,22 @@ impl Node {
         holder: &str,
         force: bool,
     ) -> Result<(MountRecord, bool)> {
-        let _g = self.lock.lock().await;
-        let mut rec = self
-            .mounts()?
-            .into_iter()
-            .find(|m| m.name == name_or_path || m.path == Path::new(name_or_path))
-            .ok_or_else(|| Error::not_found(format!("no kitsnap mount named {name_or_path:?}")))?;
+        let find = || -> Result<MountRecord> {
+            self.mounts()?
+                .into_iter()
+                .find(|m| m.name == name_or_path || m.path == Path::new(name_or_path))
+                .ok_or_else(|| Error::not_found(format!("no kitsnap mount named {name_or_path:?}")))
+        };
+        let _name = self.names.lock(&find()?.name).await;
+        // Read again under the lock: a concurrent mount or unmount may have changed it.
+        let mut rec = find()?;
         rec.holders.remove(holder);
         if !rec.holders.is_empty() && !force {
             self.put_mount(&rec)?;
             return Ok((rec, false));
         }
         crate::mount::unmount(&rec.path)
-            .map_err(|e| Error::Internal(format!("unmounting {}: {e}", rec.path.display())))?;
+            .map_err(|e| Error::mount(format!("unmounting {}", rec.path.display()), e))?;
         let _ = std::fs::remove_dir(&rec.path);
         let ctr = self.ctr(&rec.namespace).await?;
         match ctr.remove(&rec.view).await {

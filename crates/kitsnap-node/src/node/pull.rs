@@ -37,10 +37,40 @@ use crate::api::node as pb;
 use crate::containerd::{self, Containerd, ContentWriter};
 use crate::error::{Error, RegistryError, Result};
 use crate::labels as label;
+use crate::node::locks::KeyedLocks;
 use crate::snapshotter::Snapshotter;
 use crate::snapshotter::compose::{KitLayer, KitRecord};
 
-pub type Events = tokio::sync::mpsc::Sender<pb::PullEvent>;
+/// Where a pull reports progress: a client's event stream, or nobody. Reporting never
+/// holds the pull up for long: a slow reader loses byte counts, and without a reader
+/// (a mount, a Docker volume) nothing is sent at all.
+#[derive(Clone, Default)]
+pub struct Events(Option<tokio::sync::mpsc::Sender<pb::PullEvent>>);
+
+impl Events {
+    pub fn to(tx: tokio::sync::mpsc::Sender<pb::PullEvent>) -> Events {
+        Events(Some(tx))
+    }
+
+    /// Nobody listens (mounts and Docker volumes that pull on first use).
+    pub fn none() -> Events {
+        Events(None)
+    }
+
+    /// Lossy: for byte counts.
+    fn offer(&self, ev: pb::PullEvent) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.try_send(ev);
+        }
+    }
+
+    /// For state changes, which a reader should see; a reader that went away is ignored.
+    async fn send(&self, ev: pb::PullEvent) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(ev).await;
+        }
+    }
+}
 
 /// How long a crashed pull's lease keeps its partial content before containerd's GC.
 const LEASE_TTL: Duration = Duration::from_secs(3600);
@@ -165,7 +195,7 @@ impl Progress {
         if self.last.elapsed() >= Duration::from_millis(100) {
             self.last = Instant::now();
             // Lossy on purpose: a slow client must not slow the pull.
-            let _ = self.events.try_send(self.event());
+            self.events.offer(self.event());
         }
     }
 
@@ -180,7 +210,7 @@ impl Progress {
         if state != "fetching" {
             self.layer.done = self.layer.size;
         }
-        let _ = self.events.send(self.event()).await;
+        self.events.send(self.event()).await;
     }
 }
 
@@ -367,6 +397,7 @@ async fn copy_to_content(ctr: &Containerd, store: &Store, d: &Descriptor) -> Res
 pub async fn pull(
     address: &std::path::Path,
     snap: &Arc<Snapshotter>,
+    layer_locks: &KeyedLocks,
     spec: &PullSpec,
     events: &Events,
 ) -> Result<pb::PullResult> {
@@ -387,7 +418,17 @@ pub async fn pull(
     let id = format!("kitsnap-pull-{}", nonce());
     let ctr = ctr0.with_new_lease(&id, LEASE_TTL).await?;
     let res = pull_leased(
-        &ctr, &src, spec, &plans, &chain, events, &config, &mbytes, &manifest, &mdesc,
+        &ctr,
+        &src,
+        spec,
+        &plans,
+        &chain,
+        layer_locks,
+        events,
+        &config,
+        &mbytes,
+        &manifest,
+        &mdesc,
     )
     .await;
     match res {
@@ -441,6 +482,7 @@ async fn pull_leased(
     spec: &PullSpec,
     plans: &[LayerPlan],
     chain: &[String],
+    layer_locks: &KeyedLocks,
     events: &Events,
     config: &[u8],
     mbytes: &[u8],
@@ -462,6 +504,9 @@ async fn pull_leased(
             (label::LAYER_DIGEST.to_string(), l.desc.digest.to_string()),
         ]);
         let key = format!("kitsnap-extract-{}-{}", nonce(), chain[i]);
+        // One download and unpack per layer blob on the node: concurrent pulls of the same
+        // layer wait here, then find it held (the Prepare below answers AlreadyExists).
+        let _layer = layer_locks.lock(l.desc.digest.as_str()).await;
         // Held already (this namespace, or the node via the remote-snapshot protocol):
         // no download, no unpack.
         let mounts = match ctr.prepare(&key, parent, labels.clone()).await {

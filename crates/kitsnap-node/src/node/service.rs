@@ -107,7 +107,8 @@ impl node_server::Node for Service {
             // Forward progress while the pull runs; a client that went away does not stop
             // the pull (it is cheaper to finish than to redo).
             let res = {
-                let work = pull::pull(&node.containerd, &node.snap, &spec, &etx);
+                let events = pull::Events::to(etx.clone());
+                let work = node.pull(&spec, &events);
                 tokio::pin!(work);
                 loop {
                     tokio::select! {
@@ -163,8 +164,7 @@ impl node_server::Node for Service {
             store: opt_path(r.store),
             registry: registry_options(&self.node.registry, r.registry),
         };
-        let (etx, _erx) = tokio::sync::mpsc::channel(1);
-        let done = self.node.mount(m, &etx).await?;
+        let done = self.node.mount(m, &pull::Events::none()).await?;
         Ok(Response::new(pb::MountResponse {
             name: done.record.name.clone(),
             path: done.record.path.to_string_lossy().into_owned(),
