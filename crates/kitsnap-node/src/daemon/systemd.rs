@@ -37,14 +37,19 @@ pub fn activated_listener() -> Result<Option<tokio::net::UnixListener>> {
 /// (a second daemon that took over the path keeps it).
 pub struct BoundSocket {
     pub path: std::path::PathBuf,
-    ino: u64,
+    /// (inode, ctime): inode numbers alone are reused as soon as a file is deleted.
+    id: (u64, i64, i64),
+}
+
+fn file_id(m: &std::fs::Metadata) -> (u64, i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.ino(), m.ctime(), m.ctime_nsec())
 }
 
 impl BoundSocket {
     pub fn remove(&self) {
-        use std::os::unix::fs::MetadataExt;
         match std::fs::symlink_metadata(&self.path) {
-            Ok(m) if m.ino() == self.ino => {
+            Ok(m) if file_id(&m) == self.id => {
                 let _ = std::fs::remove_file(&self.path);
             }
             _ => {
@@ -57,7 +62,6 @@ impl BoundSocket {
 /// Binds a unix socket at `path` with mode 0660 (and group `gid`). A socket file left by
 /// a killed daemon is replaced; one that a live process still answers on is not.
 pub fn bind(path: &Path, gid: Option<u32>) -> Result<(tokio::net::UnixListener, BoundSocket)> {
-    use std::os::unix::fs::MetadataExt;
     let err = |source| Error::Socket {
         path: path.display().to_string(),
         source,
@@ -85,12 +89,12 @@ pub fn bind(path: &Path, gid: Option<u32>) -> Result<(tokio::net::UnixListener, 
     if let Some(gid) = gid {
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(err)?;
     }
-    let ino = std::fs::symlink_metadata(path).map_err(err)?.ino();
+    let id = file_id(&std::fs::symlink_metadata(path).map_err(err)?);
     Ok((
         listener,
         BoundSocket {
             path: path.to_path_buf(),
-            ino,
+            id,
         },
     ))
 }
