@@ -125,6 +125,7 @@ impl ServeArgs {
             retries: 5,
             ..ClientOptions::default()
         };
+        let limits = cfg.pull_limits();
         let or = |flag: Option<PathBuf>, file: Option<PathBuf>, default: &str| {
             flag.or(file).unwrap_or_else(|| PathBuf::from(default))
         };
@@ -154,6 +155,7 @@ impl ServeArgs {
                     None => Some(PathBuf::from(kitsnap_node::dockerplugin::DEFAULT_SOCKET)),
                 },
                 registry,
+                limits,
                 plain_http: cfg.plain_http,
             },
         }

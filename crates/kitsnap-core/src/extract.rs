@@ -19,9 +19,25 @@ use crate::oci::{Compression, Descriptor};
 
 pub(crate) const IO_BUF: usize = 1 << 20;
 
+/// How a layer is written.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExtractOptions {
+    /// Replace files that already exist.
+    pub overwrite: bool,
+    /// Refuse a layer whose files add up to more than this many bytes (decompression
+    /// bombs): checked against each entry's declared size, before it is written.
+    pub max_bytes: Option<u64>,
+}
+
 /// Extracts one planned layer (tar of any compression, or a raw file) into `dest`,
-/// verifying its digest and size while it streams.
-pub fn extract<R: Read>(reader: R, l: &LayerPlan, dest: &Path, overwrite: bool) -> Result<()> {
+/// verifying its digest and size while it streams. Returns the bytes of file content
+/// written.
+pub fn extract<R: Read>(
+    reader: R,
+    l: &LayerPlan,
+    dest: &Path,
+    opts: ExtractOptions,
+) -> Result<u64> {
     let what = format!(
         "{} layer {} ({})",
         l.kind.user_str(),
@@ -29,9 +45,10 @@ pub fn extract<R: Read>(reader: R, l: &LayerPlan, dest: &Path, overwrite: bool) 
         l.desc.digest.short()
     );
     if l.raw {
-        extract_raw(reader, &l.desc, dest, &l.path, overwrite, &what)
+        // The blob is the file: its size is known and checked.
+        extract_raw(reader, &l.desc, dest, &l.path, opts.overwrite, &what).map(|()| l.desc.size)
     } else {
-        extract_layer(reader, &l.desc, l.compression, dest, overwrite, &what)
+        extract_layer(reader, &l.desc, l.compression, dest, opts, &what)
     }
 }
 
@@ -60,31 +77,31 @@ pub fn extract_layer<R: Read>(
     desc: &Descriptor,
     compression: Compression,
     dest: &Path,
-    overwrite: bool,
+    opts: ExtractOptions,
     what: &str,
-) -> Result<()> {
+) -> Result<u64> {
     let mut hr = HashingReader::new(reader);
     let mut rb = Rollback(Vec::new());
-    let res = (|| -> Result<()> {
+    let res = (|| -> Result<u64> {
         match compression {
-            Compression::None => extract_tar(&mut hr, dest, overwrite, what, &mut rb.0),
+            Compression::None => extract_tar(&mut hr, dest, opts, what, &mut rb.0),
             Compression::Gzip | Compression::GzipFastest => extract_tar(
                 flate2::read::GzDecoder::new(&mut hr),
                 dest,
-                overwrite,
+                opts,
                 what,
                 &mut rb.0,
             ),
             Compression::Zstd => extract_tar(
                 zstd::stream::read::Decoder::new(&mut hr)?,
                 dest,
-                overwrite,
+                opts,
                 what,
                 &mut rb.0,
             ),
         }
     })();
-    let checked = res.and_then(|()| verify(hr, desc));
+    let checked = res.and_then(|n| verify(hr, desc).map(|()| n));
     if checked.is_err() {
         rb.undo();
     }
@@ -202,10 +219,10 @@ fn make_room(target: &Path, overwrite: bool) -> Result<()> {
 fn extract_tar<R: Read>(
     reader: R,
     dest: &Path,
-    overwrite: bool,
+    opts: ExtractOptions,
     what: &str,
     created: &mut Vec<PathBuf>,
-) -> Result<()> {
+) -> Result<u64> {
     let unsafe_err = |msg: String| Error::UnsafeLayer {
         layer: what.to_string(),
         msg,
@@ -214,6 +231,8 @@ fn extract_tar<R: Read>(
     let mut seen: HashSet<Vec<String>> = HashSet::new();
     let mut files: HashSet<Vec<String>> = HashSet::new();
     let mut checked: HashSet<PathBuf> = HashSet::new();
+    let overwrite = opts.overwrite;
+    let mut total: u64 = 0;
     let mut buf = vec![0u8; IO_BUF];
     for entry in archive
         .entries()
@@ -261,6 +280,12 @@ fn extract_tar<R: Read>(
                 }
             },
             tar::EntryType::Regular | tar::EntryType::Continuous => {
+                total = total.saturating_add(entry.size());
+                if let Some(max) = opts.max_bytes.filter(|m| total > *m) {
+                    return Err(unsafe_err(format!(
+                        "unpacks to more than {max} bytes (at {raw:?}); refused as a decompression bomb"
+                    )));
+                }
                 make_room(&target, overwrite)?;
                 let mut f = create_file(&target, mode)?;
                 created.push(target.clone());
@@ -340,7 +365,7 @@ fn extract_tar<R: Read>(
             }
         }
     }
-    Ok(())
+    Ok(total)
 }
 
 /// A ModelPack `.raw` layer: the blob is the file itself.
@@ -386,5 +411,61 @@ mod tests {
         assert!(safe_components("/etc/passwd", "l").is_err());
         assert!(safe_components("a/../../b", "l").is_err());
         assert_eq!(safe_components("./a//b/", "l").unwrap(), vec!["a", "b"]);
+    }
+
+    /// A gzip layer of one zero-filled file: a few KiB that unpack to `len` bytes.
+    fn zero_bomb(len: u64) -> (Vec<u8>, LayerPlan) {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(len);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "zeros.bin", std::io::repeat(0).take(len))
+            .unwrap();
+        let raw = tar.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&raw).unwrap();
+        let blob = gz.finish().unwrap();
+        let plan = LayerPlan {
+            kind: crate::oci::LayerKind::Dataset,
+            name: String::new(),
+            path: "zeros.bin".into(),
+            desc: Descriptor {
+                digest: crate::digest::Digest::of(&blob),
+                size: blob.len() as u64,
+                ..Descriptor::default()
+            },
+            compression: Compression::Gzip,
+            raw: false,
+        };
+        (blob, plan)
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused_before_they_are_written() {
+        let (blob, plan) = zero_bomb(64 << 20);
+        assert!(blob.len() < 1 << 20, "the bomb is small: {}", blob.len());
+        let d = tempfile::tempdir().unwrap();
+        let opts = ExtractOptions {
+            overwrite: false,
+            max_bytes: Some(8 << 20),
+        };
+        let e = extract(&blob[..], &plan, d.path(), opts).unwrap_err();
+        assert!(e.to_string().contains("decompression bomb"), "{e}");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "nothing left"
+        );
+        // Within the limit, the same layer unpacks.
+        let opts = ExtractOptions {
+            max_bytes: Some(64 << 20),
+            ..opts
+        };
+        extract(&blob[..], &plan, d.path(), opts).unwrap();
+        assert_eq!(
+            std::fs::metadata(d.path().join("zeros.bin")).unwrap().len(),
+            64 << 20
+        );
     }
 }

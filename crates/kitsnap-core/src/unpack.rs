@@ -110,7 +110,15 @@ pub fn unpack(
         bar.set_message(format!("{} {}", l.kind.user_str(), l.path));
         let file = store.open_blob(&l.desc.digest)?;
         let reader = ProgressReader::new(BufReader::with_capacity(IO_BUF, file), bar.clone());
-        extract::extract(reader, l, &dest, opts.overwrite)?;
+        extract::extract(
+            reader,
+            l,
+            &dest,
+            extract::ExtractOptions {
+                overwrite: opts.overwrite,
+                max_bytes: None,
+            },
+        )?;
         report.layers.push((l.kind, l.path.clone()));
         report.bytes += l.desc.size;
     }

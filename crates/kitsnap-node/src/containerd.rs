@@ -130,11 +130,16 @@ impl Containerd {
 
     // ---- leases ----
 
-    /// Creates a lease that expires after `ttl` even if nobody deletes it (a crashed
-    /// pull), and returns a client that works under it.
-    pub async fn with_new_lease(&self, id: &str, ttl: std::time::Duration) -> Result<Containerd> {
+    /// Creates a lease (with `labels`) that expires after `ttl` even if nobody deletes it
+    /// (a crashed pull), and returns a client that works under it.
+    pub async fn with_new_lease(
+        &self,
+        id: &str,
+        ttl: std::time::Duration,
+        mut labels: HashMap<String, String>,
+    ) -> Result<Containerd> {
         let expire = std::time::SystemTime::now() + ttl;
-        let labels = HashMap::from([(label::GC_EXPIRE.to_string(), kitsnap_core::rfc3339(expire))]);
+        labels.insert(label::GC_EXPIRE.to_string(), kitsnap_core::rfc3339(expire));
         self.leases()
             .create(self.req(leases::CreateRequest {
                 id: id.to_string(),
@@ -148,18 +153,67 @@ impl Containerd {
         })
     }
 
-    /// Deletes the current lease; `sync` waits for the garbage collection it triggers.
-    pub async fn delete_lease(&self, sync: bool) -> Result<()> {
-        let Some(id) = &self.lease else { return Ok(()) };
-        let outside = self.without_lease();
+    /// Leases of this namespace: (id, labels).
+    pub async fn leases_list(&self) -> Result<Vec<(String, HashMap<String, String>)>> {
+        Ok(self
+            .leases()
+            .list(
+                self.without_lease()
+                    .req(leases::ListRequest { filters: vec![] }),
+            )
+            .await
+            .map_err(call("leases.List"))?
+            .into_inner()
+            .leases
+            .into_iter()
+            .map(|l| (l.id, l.labels))
+            .collect())
+    }
+
+    /// Deletes the lease `id` (not necessarily this client's).
+    pub async fn lease_delete(&self, id: &str, sync: bool) -> Result<()> {
         self.leases()
-            .delete(outside.req(leases::DeleteRequest {
-                id: id.clone(),
+            .delete(self.without_lease().req(leases::DeleteRequest {
+                id: id.to_string(),
                 sync,
             }))
             .await
             .map_err(call("leases.Delete"))?;
         Ok(())
+    }
+
+    /// containerd's namespaces.
+    pub async fn namespaces(&self) -> Result<Vec<String>> {
+        use containerd_client::services::v1::ListNamespacesRequest;
+        use containerd_client::services::v1::namespaces_client::NamespacesClient;
+        Ok(NamespacesClient::new(self.channel.clone())
+            .list(Request::new(ListNamespacesRequest {
+                filter: String::new(),
+            }))
+            .await
+            .map_err(call("namespaces.List"))?
+            .into_inner()
+            .namespaces
+            .into_iter()
+            .map(|n| n.name)
+            .collect())
+    }
+
+    /// A client for namespace `ns` over the same connection.
+    pub fn in_namespace(&self, ns: &str) -> Containerd {
+        Containerd {
+            namespace: ns.to_string(),
+            lease: None,
+            ..self.clone()
+        }
+    }
+
+    /// Deletes the current lease; `sync` waits for the garbage collection it triggers.
+    pub async fn delete_lease(&self, sync: bool) -> Result<()> {
+        match &self.lease {
+            Some(id) => self.lease_delete(id, sync).await,
+            None => Ok(()),
+        }
     }
 
     // ---- content ----

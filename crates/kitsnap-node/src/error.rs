@@ -49,6 +49,10 @@ pub enum Error {
     #[error("{what}: {msg}")]
     Config { what: String, msg: String },
 
+    /// kitsnap serve is stopping and takes no new work.
+    #[error("kitsnap serve is shutting down; retry once it is back")]
+    ShuttingDown,
+
     /// The work stopped for good (cancelled, or its consumer went away).
     #[error("{0}")]
     Aborted(String),

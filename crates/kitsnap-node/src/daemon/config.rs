@@ -28,6 +28,24 @@ pub struct Config {
     /// Registries reached over plain HTTP (host[:port]), for pulls the daemon makes.
     #[serde(default)]
     pub plain_http: Vec<String>,
+    /// Most layers one ModelKit may have (default 4096).
+    pub max_layers: Option<usize>,
+    /// A compressed layer may unpack to at most this many times its size (default 200).
+    pub max_expansion: Option<u64>,
+    /// Most GiB one ModelKit may unpack to (default 4096).
+    pub max_kit_gib: Option<u64>,
+}
+
+impl Config {
+    /// The pull limits: these settings over the defaults.
+    pub fn pull_limits(&self) -> crate::node::pull::PullLimits {
+        let d = crate::node::pull::PullLimits::default();
+        crate::node::pull::PullLimits {
+            max_layers: self.max_layers.unwrap_or(d.max_layers),
+            max_expansion: self.max_expansion.unwrap_or(d.max_expansion),
+            max_kit_bytes: self.max_kit_gib.map_or(d.max_kit_bytes, |g| g << 30),
+        }
+    }
 }
 
 impl Config {

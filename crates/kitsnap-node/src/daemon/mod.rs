@@ -21,6 +21,8 @@ pub use config::{Config, DEFAULT_CONFIG};
 
 pub const DEFAULT_ROOT: &str = "/var/lib/kitsnap";
 pub const DEFAULT_ADDRESS: &str = "/run/kitsnap/kitsnap.sock";
+/// How long a stopping daemon waits for cancelled pulls to clean up.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Everything `serve` needs, resolved from flags, config and defaults.
 #[derive(Clone, Debug)]
@@ -33,6 +35,7 @@ pub struct Settings {
     pub docker_plugin: Option<PathBuf>,
     pub registry: ClientOptions,
     pub plain_http: Vec<String>,
+    pub limits: crate::node::pull::PullLimits,
 }
 
 pub fn init_logging(level: &str) {
@@ -68,7 +71,29 @@ pub async fn serve(settings: Settings) -> Result<()> {
         settings.containerd_address.clone(),
         settings.mount_root.clone(),
         settings.registry.clone(),
+        settings.limits,
     )?);
+    // Pulls the previous process of this daemon left (kill -9, crash): drop their leases
+    // once containerd answers (it may start after kitsnap).
+    let reaper = tokio::spawn({
+        let node = node.clone();
+        async move {
+            let mut wait = std::time::Duration::from_millis(500);
+            loop {
+                match node.reap_stale_leases().await {
+                    Ok(n) => {
+                        tracing::info!(leases = n, "checked for interrupted pulls");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %crate::error::chain(&e), "containerd not reachable yet")
+                    }
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+        }
+    });
     // A socket systemd holds (activation) stays for the next start: no BoundSocket.
     let (listener, bound) = match systemd::activated_listener()? {
         Some(l) => (l, None),
@@ -92,7 +117,8 @@ pub async fn serve(settings: Settings) -> Result<()> {
         NotifyState::Status("serving snapshots.v1"),
     ]);
 
-    let shutdown = async {
+    let drain_node = node.clone();
+    let shutdown = async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
@@ -102,8 +128,11 @@ pub async fn serve(settings: Settings) -> Result<()> {
             _ = term.recv() => {},
             _ = tokio::signal::ctrl_c() => {},
         }
-        tracing::info!("shutting down");
+        tracing::info!("shutting down: cancelling pulls, then closing the socket");
         systemd::notify(&[NotifyState::Stopping]);
+        // The socket stays open meanwhile: a cancelled pull's cleanup is containerd
+        // calling back into the snapshotter.
+        drain_node.drain(SHUTDOWN_GRACE).await;
     };
     tonic::transport::Server::builder()
         .add_service(SnapshotsServer::new(Service { snap }))
@@ -114,6 +143,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
         )
         .await
         .map_err(Error::Serve)?;
+    reaper.abort();
     if let Some(b) = bound {
         b.remove();
     }

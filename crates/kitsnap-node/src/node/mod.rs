@@ -25,6 +25,7 @@ use crate::labels as label;
 use crate::records::{JsonTable, RecordError};
 use crate::snapshotter::Snapshotter;
 use crate::snapshotter::compose::KitRecord;
+use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_MOUNT_ROOT: &str = "/run/kitsnap/mounts";
 /// The holder a CLI `kitsnap mount` registers.
@@ -72,8 +73,34 @@ pub struct Node {
     db: Database,
     /// Mount and unmount of one name are one at a time; other names go on in parallel.
     names: locks::KeyedLocks,
-    /// Each layer blob is downloaded and unpacked once on the node, whoever pulls it.
-    layers: locks::KeyedLocks,
+    puller: Arc<pull::Puller>,
+    work: Work,
+}
+
+/// Pulls and mounts in flight, so that a stopping daemon can cancel them and wait for
+/// their cleanup while its snapshotter still answers containerd.
+#[derive(Default)]
+struct Work {
+    stopping: CancellationToken,
+    running: tokio::sync::watch::Sender<usize>,
+}
+
+struct WorkGuard<'a>(&'a Work);
+
+impl Drop for WorkGuard<'_> {
+    fn drop(&mut self) {
+        self.0.running.send_modify(|n| *n -= 1);
+    }
+}
+
+impl Work {
+    fn enter(&self) -> Result<WorkGuard<'_>> {
+        if self.stopping.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        self.running.send_modify(|n| *n += 1);
+        Ok(WorkGuard(self))
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Error {
@@ -121,11 +148,20 @@ impl Node {
         containerd: PathBuf,
         mount_root: PathBuf,
         registry: ClientOptions,
+        limits: pull::PullLimits,
     ) -> Result<Node> {
         let path = snap.root().join("node.redb");
         let db = Database::create(&path).map_err(|e| Error::Record(RecordError::Db(e.into())))?;
         MOUNTS.create(&db)?;
         VOLUMES.create(&db)?;
+        let puller = Arc::new(pull::Puller {
+            containerd: containerd.clone(),
+            snap: snap.clone(),
+            layers: locks::KeyedLocks::default(),
+            limits,
+            owner: snap.root().display().to_string(),
+            instance: pull::nonce(),
+        });
         Ok(Node {
             snap,
             containerd,
@@ -133,17 +169,64 @@ impl Node {
             registry,
             db,
             names: locks::KeyedLocks::default(),
-            layers: locks::KeyedLocks::default(),
+            puller,
+            work: Work::default(),
         })
     }
 
-    /// Pulls a ModelKit into containerd (see [`pull`]).
+    /// Pulls a ModelKit into containerd (see [`pull`]). The pull runs as its own task:
+    /// if this future is dropped (the client went away), the pull is cancelled and
+    /// cleans up after itself (its lease is deleted) instead of being cut off mid-way.
     pub async fn pull(
         &self,
         spec: &pull::PullSpec,
         events: &pull::Events,
     ) -> Result<pb::PullResult> {
-        pull::pull(&self.containerd, &self.snap, &self.layers, spec, events).await
+        let _work = self.work.enter()?;
+        let cancel = self.work.stopping.child_token();
+        let _cancel_on_drop = cancel.clone().drop_guard();
+        let (p, spec, events) = (self.puller.clone(), spec.clone(), events.clone());
+        tokio::spawn(async move { pull::pull(&p, &spec, &events, &cancel).await })
+            .await
+            .map_err(|e| Error::Internal(format!("pull task: {e}")))?
+    }
+
+    /// Stops taking pulls and mounts, cancels the running ones and waits (at most
+    /// `grace`) for them to clean up. The gRPC services keep answering meanwhile:
+    /// cleaning up a pull means containerd calling back into the snapshotter.
+    pub async fn drain(&self, grace: std::time::Duration) {
+        self.work.stopping.cancel();
+        let mut running = self.work.running.subscribe();
+        let idle = running.wait_for(|n| *n == 0);
+        if tokio::time::timeout(grace, idle).await.is_err() {
+            tracing::warn!(
+                running = *self.work.running.borrow(),
+                "pulls still running after the shutdown grace period"
+            );
+        }
+    }
+
+    /// Deletes the leases of pulls this daemon was running when it died (kill -9, crash):
+    /// their partial layers go with containerd's next garbage collection instead of
+    /// lingering for the lease's hour. Returns how many were deleted.
+    pub async fn reap_stale_leases(&self) -> Result<usize> {
+        let ctr = self.ctr("default").await?;
+        let mut n = 0;
+        for ns in ctr.namespaces().await? {
+            let c = ctr.in_namespace(&ns);
+            for (id, labels) in c.leases_list().await? {
+                let mine_now = format!("{}{}-", pull::LEASE_PREFIX, self.puller.instance);
+                let stale = id.starts_with(pull::LEASE_PREFIX)
+                    && !id.starts_with(&mine_now)
+                    && labels.get(pull::LEASE_OWNER) == Some(&self.puller.owner);
+                if stale {
+                    c.lease_delete(&id, false).await?;
+                    tracing::info!(namespace = %ns, lease = %id, "deleted the lease of an interrupted pull");
+                    n += 1;
+                }
+            }
+        }
+        Ok(n)
     }
 
     pub async fn ctr(&self, ns: &str) -> Result<Containerd> {
@@ -188,6 +271,7 @@ impl Node {
     /// Pulls (if needed) and mounts a read-only view; an existing mount of the same name
     /// gains a holder.
     pub async fn mount(&self, req: MountRequest, events: &pull::Events) -> Result<Mounted> {
+        let _work = self.work.enter()?;
         let reference = req.reference.to_string();
         let filters: Vec<Filter> = req
             .filters

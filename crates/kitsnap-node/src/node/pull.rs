@@ -40,6 +40,7 @@ use crate::labels as label;
 use crate::node::locks::KeyedLocks;
 use crate::snapshotter::Snapshotter;
 use crate::snapshotter::compose::{KitLayer, KitRecord};
+use tokio_util::sync::CancellationToken;
 
 /// Where a pull reports progress: a client's event stream, or nobody. Reporting never
 /// holds the pull up for long: a slow reader loses byte counts, and without a reader
@@ -72,9 +73,52 @@ impl Events {
     }
 }
 
+/// Limits on what one pull may put on the node.
+#[derive(Clone, Copy, Debug)]
+pub struct PullLimits {
+    /// Layers in one ModelKit.
+    pub max_layers: usize,
+    /// A compressed layer may unpack to at most this many times its size (plus 1 MiB).
+    pub max_expansion: u64,
+    /// Bytes all the layers of one ModelKit may unpack to.
+    pub max_kit_bytes: u64,
+}
+
+impl Default for PullLimits {
+    fn default() -> Self {
+        PullLimits {
+            max_layers: 4096,
+            max_expansion: 200,
+            max_kit_bytes: 4 << 40,
+        }
+    }
+}
+
+/// What every pull of one daemon shares.
+pub struct Puller {
+    /// containerd's socket.
+    pub containerd: PathBuf,
+    pub snap: Arc<Snapshotter>,
+    /// Each layer blob is downloaded and unpacked once on the node, whoever pulls it.
+    pub layers: KeyedLocks,
+    pub limits: PullLimits,
+    /// Value of [`LEASE_OWNER`] on this daemon's pull leases: its state directory, so
+    /// that a restarted daemon finds (and drops) the leases of pulls it was running.
+    pub owner: String,
+    /// This daemon process, in its lease ids: leases of an earlier process of the same
+    /// daemon are stale, its own are not.
+    pub instance: String,
+}
+
+/// Label on pull leases: which daemon made them.
+pub const LEASE_OWNER: &str = "dev.kitsnap.lease.owner";
+/// Prefix of pull lease ids.
+pub const LEASE_PREFIX: &str = "kitsnap-pull-";
+
 /// How long a crashed pull's lease keeps its partial content before containerd's GC.
 const LEASE_TTL: Duration = Duration::from_secs(3600);
 
+#[derive(Clone)]
 pub struct PullSpec {
     pub reference: Reference,
     pub namespace: String,
@@ -159,7 +203,7 @@ async fn resolve(spec: &PullSpec) -> Result<(Source, Vec<u8>, Manifest, Descript
     ))
 }
 
-fn nonce() -> String {
+pub(crate) fn nonce() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -285,28 +329,69 @@ impl BlobSink for ExtractSink {
     }
 }
 
-/// A reader that reports progress (store source).
+/// A reader that reports progress and stops when the pull is cancelled (store source:
+/// the extracting thread cannot be dropped like the download task).
 struct CountingReader<R> {
     inner: R,
     progress: Progress,
+    cancel: CancellationToken,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(std::io::Error::other("pull cancelled"));
+        }
         let n = self.inner.read(buf)?;
         self.progress.add(n as u64);
         Ok(n)
     }
 }
 
-/// Streams one layer into `dir`; returns whether the blob went into the content store.
+/// How many bytes layer `l` may unpack to: what is left of the ModelKit's budget, and for
+/// a compressed layer no more than `expansion` times its size (decompression bombs).
+fn layer_budget(l: &LayerPlan, kit_left: u64, expansion: u64) -> u64 {
+    if l.compression == Compression::None {
+        kit_left
+    } else {
+        kit_left.min(
+            l.desc
+                .size
+                .saturating_mul(expansion)
+                .saturating_add(1 << 20),
+        )
+    }
+}
+
+/// Resolves (with the error to report) once containerd stops answering, so that a pull
+/// stops at once rather than downloading the rest of a layer it cannot commit.
+async fn containerd_gone(ctr: &Containerd, key: &str) -> Error {
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        match ctr.stat(key).await {
+            Err(e @ crate::containerd::CtrError::Connect { .. }) => return e.into(),
+            Err(e) if e.code() == Some(tonic::Code::Unavailable) => return e.into(),
+            _ => {}
+        }
+    }
+}
+
+/// Streams one layer into `dir`; returns whether the blob went into the content store,
+/// and the bytes unpacked.
 async fn fill_layer(
     ctr: &Containerd,
     src: &Source,
     l: &LayerPlan,
     dir: PathBuf,
     mut progress: Progress,
-) -> Result<bool> {
+    max_bytes: u64,
+    cancel: &CancellationToken,
+) -> Result<(bool, u64)> {
+    let opts = extract::ExtractOptions {
+        overwrite: false,
+        max_bytes: Some(max_bytes),
+    };
+    let written;
     let keep_blob = l.compression != Compression::None
         && ctr.content_info(l.desc.digest.as_str()).await?.is_none();
     match src {
@@ -319,7 +404,7 @@ async fn fill_layer(
                     rx,
                     cur: Bytes::new(),
                 };
-                extract::extract(reader, &plan, &dir, false)
+                extract::extract(reader, &plan, &dir, opts)
             });
             let content = if keep_blob {
                 Some(
@@ -343,13 +428,13 @@ async fn fill_layer(
             let extracted = worker
                 .await
                 .map_err(|e| Error::Internal(format!("extraction task: {e}")))?;
-            match (fetched, extracted) {
-                (Ok(()), Ok(())) => {}
+            written = match (fetched, extracted) {
+                (Ok(()), Ok(n)) => n,
                 // The extractor's error says what was wrong with the bytes.
                 (Ok(()), Err(e)) => return Err(e.into()),
                 (Err(_), Err(e)) if sink.extractor_gone => return Err(e.into()),
                 (Err(e), _) => return Err(e.into()),
-            }
+            };
             if let Some(c) = sink.content.take() {
                 c.commit(HashMap::new()).await?;
             }
@@ -359,12 +444,14 @@ async fn fill_layer(
             let file = store.open_blob(&l.desc.digest)?;
             let plan = l.clone();
             let p2 = progress.clone();
-            tokio::task::spawn_blocking(move || {
+            let cancel = cancel.clone();
+            written = tokio::task::spawn_blocking(move || {
                 let r = CountingReader {
                     inner: std::io::BufReader::with_capacity(1 << 20, file),
                     progress: p2,
+                    cancel,
                 };
-                extract::extract(r, &plan, &dir, false)
+                extract::extract(r, &plan, &dir, opts)
             })
             .await
             .map_err(|e| Error::Internal(format!("extraction task: {e}")))??;
@@ -374,7 +461,7 @@ async fn fill_layer(
             progress.state("unpacked").await;
         }
     }
-    Ok(keep_blob)
+    Ok((keep_blob, written))
 }
 
 async fn copy_to_content(ctr: &Containerd, store: &Store, d: &Descriptor) -> Result<()> {
@@ -395,11 +482,10 @@ async fn copy_to_content(ctr: &Containerd, store: &Store, d: &Descriptor) -> Res
 
 /// Pulls `spec` into containerd; see the module docs.
 pub async fn pull(
-    address: &std::path::Path,
-    snap: &Arc<Snapshotter>,
-    layer_locks: &KeyedLocks,
+    p: &Puller,
     spec: &PullSpec,
     events: &Events,
+    cancel: &CancellationToken,
 ) -> Result<pb::PullResult> {
     let (src, mbytes, manifest, mdesc) = resolve(spec).await?;
     let config = src.small_blob(&manifest.config).await?;
@@ -411,26 +497,40 @@ pub async fn pull(
             spec.reference
         )));
     }
+    if plans.len() > p.limits.max_layers {
+        return Err(Error::invalid(format!(
+            "{} has {} layers; this node takes at most {} per ModelKit (max_layers)",
+            spec.reference,
+            plans.len(),
+            p.limits.max_layers
+        )));
+    }
     let digests: Vec<&Digest> = plans.iter().map(|l| &l.desc.digest).collect();
     let chain = chain_names(&digests);
 
-    let ctr0 = Containerd::connect(address, &spec.namespace).await?;
-    let id = format!("kitsnap-pull-{}", nonce());
-    let ctr = ctr0.with_new_lease(&id, LEASE_TTL).await?;
-    let res = pull_leased(
-        &ctr,
-        &src,
+    let ctr0 = Containerd::connect(&p.containerd, &spec.namespace).await?;
+    let id = format!("{LEASE_PREFIX}{}-{}", p.instance, nonce());
+    let owner = HashMap::from([(LEASE_OWNER.to_string(), p.owner.clone())]);
+    let ctr = ctr0.with_new_lease(&id, LEASE_TTL, owner).await?;
+    let leased = Leased {
+        ctr: &ctr,
+        src: &src,
         spec,
-        &plans,
-        &chain,
-        layer_locks,
+        plans: &plans,
+        chain: &chain,
+        puller: p,
         events,
-        &config,
-        &mbytes,
-        &manifest,
-        &mdesc,
-    )
-    .await;
+        cancel,
+    };
+    // Cancelled (the client went away, the daemon stops): the lease is deleted below,
+    // synchronously, so nothing of this pull stays.
+    let res = tokio::select! {
+        r = leased.run(&config, &mbytes, &manifest, &mdesc) => r,
+        _ = cancel.cancelled() => Err(Error::Aborted(format!(
+            "pull of {} cancelled (the client went away or kitsnap serve is stopping)",
+            spec.reference
+        ))),
+    };
     match res {
         Ok(mut r) => {
             ctr.delete_lease(false).await?;
@@ -456,7 +556,7 @@ pub async fn pull(
                     .map(|d| d.as_secs() as i64)
                     .unwrap_or(0),
             };
-            let s = snap.clone();
+            let s = p.snap.clone();
             tokio::task::spawn_blocking(move || s.put_kit(&record))
                 .await
                 .map_err(|e| Error::Internal(e.to_string()))?
@@ -475,126 +575,150 @@ pub async fn pull(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn pull_leased(
-    ctr: &Containerd,
-    src: &Source,
-    spec: &PullSpec,
-    plans: &[LayerPlan],
-    chain: &[String],
-    layer_locks: &KeyedLocks,
-    events: &Events,
-    config: &[u8],
-    mbytes: &[u8],
-    manifest: &Manifest,
-    mdesc: &Descriptor,
-) -> Result<pb::PullResult> {
-    let mut result = pb::PullResult {
-        image: spec.reference.to_string(),
-        manifest_digest: mdesc.digest.to_string(),
-        top_snapshot: chain.last().cloned().unwrap_or_default(),
-        ..Default::default()
-    };
-    let mut kept: Vec<bool> = Vec::with_capacity(plans.len());
-    for (i, l) in plans.iter().enumerate() {
-        let progress = Progress::new(events, i, l);
-        let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
-        let labels = HashMap::from([
-            (label::TARGET_REF.to_string(), chain[i].clone()),
-            (label::LAYER_DIGEST.to_string(), l.desc.digest.to_string()),
-        ]);
-        let key = format!("kitsnap-extract-{}-{}", nonce(), chain[i]);
-        // One download and unpack per layer blob on the node: concurrent pulls of the same
-        // layer wait here, then find it held (the Prepare below answers AlreadyExists).
-        let _layer = layer_locks.lock(l.desc.digest.as_str()).await;
-        // Held already (this namespace, or the node via the remote-snapshot protocol):
-        // no download, no unpack.
-        let mounts = match ctr.prepare(&key, parent, labels.clone()).await {
-            Err(e) if e.is_already_exists() => {
-                result.layers_reused += 1;
-                kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
-                let mut progress = progress;
-                progress.state("reused").await;
-                continue;
-            }
-            r => r?,
-        };
-        let filled = async {
-            let dir = crate::mount::writable_dir(&mounts).ok_or_else(|| {
-                Error::Internal(format!(
-                    "unexpected mounts from the kitsnap snapshotter: {mounts:?}"
-                ))
-            })?;
-            let keep = fill_layer(ctr, src, l, dir, progress).await?;
-            ctr.commit(&chain[i], &key, labels.clone()).await?;
-            Ok::<bool, Error>(keep)
-        }
-        .await;
-        match filled {
-            Ok(keep) => {
-                kept.push(keep || ctr.content_info(l.desc.digest.as_str()).await?.is_some());
-                result.layers_unpacked += 1;
-                result.bytes_fetched += l.desc.size;
-            }
-            Err(Error::Containerd(e)) if e.is_already_exists() => {
-                // A concurrent pull committed the same layer first.
-                let _ = ctr.remove(&key).await;
-                kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
-                result.layers_reused += 1;
-            }
-            Err(e) => {
-                let _ = ctr.remove(&key).await;
-                return Err(e);
-            }
-        }
-    }
+/// A pull under its lease.
+struct Leased<'a> {
+    ctr: &'a Containerd,
+    src: &'a Source,
+    spec: &'a PullSpec,
+    plans: &'a [LayerPlan],
+    chain: &'a [String],
+    puller: &'a Puller,
+    events: &'a Events,
+    cancel: &'a CancellationToken,
+}
 
-    ctr.write_blob(
-        manifest.config.digest.as_str(),
-        config.to_vec(),
-        HashMap::from([(
-            format!("{}.{}", label::GC_SNAPSHOT, containerd::SNAPSHOTTER),
-            result.top_snapshot.clone(),
-        )]),
-    )
-    .await?;
-    let mut mlabels = HashMap::from([(
-        label::GC_CONTENT_CONFIG.to_string(),
-        manifest.config.digest.to_string(),
-    )]);
-    for (i, (l, k)) in plans.iter().zip(&kept).enumerate() {
-        if *k {
+impl Leased<'_> {
+    async fn run(
+        &self,
+        config: &[u8],
+        mbytes: &[u8],
+        manifest: &Manifest,
+        mdesc: &Descriptor,
+    ) -> Result<pb::PullResult> {
+        let Leased {
+            ctr,
+            src,
+            spec,
+            plans,
+            chain,
+            puller,
+            events,
+            cancel,
+        } = *self;
+        let mut budget = puller.limits.max_kit_bytes;
+        let mut result = pb::PullResult {
+            image: spec.reference.to_string(),
+            manifest_digest: mdesc.digest.to_string(),
+            top_snapshot: chain.last().cloned().unwrap_or_default(),
+            ..Default::default()
+        };
+        let mut kept: Vec<bool> = Vec::with_capacity(plans.len());
+        for (i, l) in plans.iter().enumerate() {
+            let progress = Progress::new(events, i, l);
+            let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
+            let labels = HashMap::from([
+                (label::TARGET_REF.to_string(), chain[i].clone()),
+                (label::LAYER_DIGEST.to_string(), l.desc.digest.to_string()),
+            ]);
+            let key = format!("kitsnap-extract-{}-{}", nonce(), chain[i]);
+            // One download and unpack per layer blob on the node: concurrent pulls of the same
+            // layer wait here, then find it held (the Prepare below answers AlreadyExists).
+            let _layer = puller.layers.lock(l.desc.digest.as_str()).await;
+            // Held already (this namespace, or the node via the remote-snapshot protocol):
+            // no download, no unpack.
+            let mounts = match ctr.prepare(&key, parent, labels.clone()).await {
+                Err(e) if e.is_already_exists() => {
+                    result.layers_reused += 1;
+                    kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
+                    let mut progress = progress;
+                    progress.state("reused").await;
+                    continue;
+                }
+                r => r?,
+            };
+            let filled = async {
+                let dir = crate::mount::writable_dir(&mounts).ok_or_else(|| {
+                    Error::Internal(format!(
+                        "unexpected mounts from the kitsnap snapshotter: {mounts:?}"
+                    ))
+                })?;
+                let max_bytes = layer_budget(l, budget, puller.limits.max_expansion);
+                let fill = fill_layer(ctr, src, l, dir, progress, max_bytes, cancel);
+                let (keep, written) = tokio::select! {
+                    r = fill => r?,
+                    e = containerd_gone(ctr, &key) => return Err(e),
+                };
+                ctr.commit(&chain[i], &key, labels.clone()).await?;
+                Ok::<(bool, u64), Error>((keep, written))
+            }
+            .await;
+            match filled {
+                Ok((keep, written)) => {
+                    kept.push(keep || ctr.content_info(l.desc.digest.as_str()).await?.is_some());
+                    result.layers_unpacked += 1;
+                    result.bytes_fetched += l.desc.size;
+                    budget = budget.saturating_sub(written);
+                }
+                Err(Error::Containerd(e)) if e.is_already_exists() => {
+                    // A concurrent pull committed the same layer first.
+                    let _ = ctr.remove(&key).await;
+                    kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
+                    result.layers_reused += 1;
+                }
+                Err(e) => {
+                    let _ = ctr.remove(&key).await;
+                    return Err(e);
+                }
+            }
+        }
+
+        ctr.write_blob(
+            manifest.config.digest.as_str(),
+            config.to_vec(),
+            HashMap::from([(
+                format!("{}.{}", label::GC_SNAPSHOT, containerd::SNAPSHOTTER),
+                result.top_snapshot.clone(),
+            )]),
+        )
+        .await?;
+        let mut mlabels = HashMap::from([(
+            label::GC_CONTENT_CONFIG.to_string(),
+            manifest.config.digest.to_string(),
+        )]);
+        for (i, (l, k)) in plans.iter().zip(&kept).enumerate() {
+            if *k {
+                mlabels.insert(
+                    format!("{}.{i}", label::GC_CONTENT_LAYER),
+                    l.desc.digest.to_string(),
+                );
+            }
+        }
+        if let Source::Registry(_, repo) = src {
             mlabels.insert(
-                format!("{}.{i}", label::GC_CONTENT_LAYER),
-                l.desc.digest.to_string(),
+                format!("{}.{}", label::DISTRIBUTION_SOURCE, spec.reference.registry),
+                repo.clone(),
             );
         }
-    }
-    if let Source::Registry(_, repo) = src {
-        mlabels.insert(
-            format!("{}.{}", label::DISTRIBUTION_SOURCE, spec.reference.registry),
-            repo.clone(),
-        );
-    }
-    ctr.write_blob(mdesc.digest.as_str(), mbytes.to_vec(), mlabels)
+        ctr.write_blob(mdesc.digest.as_str(), mbytes.to_vec(), mlabels)
+            .await?;
+        ctr.image_put(crate::api::containerd::images::Image {
+            name: spec.reference.to_string(),
+            labels: HashMap::from([(label::IMAGE_KIND.to_string(), "true".to_string())]),
+            target: Some(crate::api::types::Descriptor {
+                media_type: if mdesc.media_type.is_empty() {
+                    MEDIA_TYPE_MANIFEST.into()
+                } else {
+                    mdesc.media_type.clone()
+                },
+                digest: mdesc.digest.to_string(),
+                size: mdesc.size as i64,
+                annotations: HashMap::new(),
+            }),
+            ..Default::default()
+        })
         .await?;
-    ctr.image_put(crate::api::containerd::images::Image {
-        name: spec.reference.to_string(),
-        labels: HashMap::from([(label::IMAGE_KIND.to_string(), "true".to_string())]),
-        target: Some(crate::api::types::Descriptor {
-            media_type: if mdesc.media_type.is_empty() {
-                MEDIA_TYPE_MANIFEST.into()
-            } else {
-                mdesc.media_type.clone()
-            },
-            digest: mdesc.digest.to_string(),
-            size: mdesc.size as i64,
-            annotations: HashMap::new(),
-        }),
-        ..Default::default()
-    })
-    .await?;
-    Ok(result)
+        Ok(result)
+    }
 }
 
 #[cfg(test)]

@@ -46,6 +46,7 @@ impl From<Error> for Status {
             Error::Registry(R::Core(C::NotFound(_))) => Status::not_found(msg),
             Error::Registry(_) | Error::Containerd(_) => Status::unavailable(msg),
             Error::Aborted(_) => Status::aborted(msg),
+            Error::ShuttingDown => Status::unavailable(msg),
             _ => Status::internal(msg),
         }
     }
@@ -104,8 +105,8 @@ impl node_server::Node for Service {
         tokio::spawn(async move {
             tracing::info!(reference = %spec.reference, namespace = %spec.namespace, "pull");
             let started = std::time::Instant::now();
-            // Forward progress while the pull runs; a client that went away does not stop
-            // the pull (it is cheaper to finish than to redo).
+            // Forward progress while the pull runs. A client that went away (Ctrl-C)
+            // cancels the pull: dropping `work` makes it clean up and delete its lease.
             let res = {
                 let events = pull::Events::to(etx.clone());
                 let work = node.pull(&spec, &events);
@@ -114,6 +115,10 @@ impl node_server::Node for Service {
                     tokio::select! {
                         r = &mut work => break r,
                         Some(ev) = erx.recv() => { let _ = otx.send(Ok(ev)).await; }
+                        _ = otx.closed() => {
+                            tracing::info!(reference = %spec.reference, "client went away: pull cancelled");
+                            return;
+                        }
                     }
                 }
             };
@@ -135,7 +140,7 @@ impl node_server::Node for Service {
                     })
                 }
                 Err(e) => {
-                    tracing::warn!(reference = %spec.reference, error = %e, "pull failed");
+                    tracing::warn!(reference = %spec.reference, error = %crate::error::chain(&e), "pull failed");
                     Err(Status::from(e))
                 }
             };
