@@ -2,27 +2,19 @@
 //! containerd 1.6 / 1.7 / 2.x, runc, busybox containers. `kitsnap pull --containerd`,
 //! `kitsnap mount` + `ctr run --mount`, rootfs composition with a snapshot label, GC.
 
-mod common;
-#[path = "support/registry.rs"]
-mod registry;
-#[path = "support/containerd.rs"]
-mod support;
-
 use std::path::Path;
 use std::process::{Command, Output};
 
-use sha2::{Digest, Sha256};
-use support::*;
+use kitsnap_node::api::node as pb;
+
+use crate::support::containerd::*;
+use crate::support::{self, *};
 
 const NS: &str = "kitsnap-test";
 
-fn sha(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
-}
-
 /// kitsnap CLI with its store at `store`, talking to the daemon at `ks`.
 fn kit(store: &Path, ks: &Kitsnap, args: &[&str]) -> Output {
-    Command::new(common::bin())
+    Command::new(support::bin())
         .env("KITSNAP_STORE", store)
         .env("KITSNAP_ADDRESS", &ks.sock)
         .env("CONTAINERD_NAMESPACE", NS)
@@ -81,7 +73,7 @@ struct Kits {
 /// Packs and pushes the test kits to `reg`: A, B (same model as A), a gzip kit and a
 /// ModelPack, plus the model's sha256.
 fn push_kits(store: &Path, dir: &Path, reg: &str) -> Kits {
-    let model = common::bytes(3 << 20, 7);
+    let model = support::bytes(3 << 20, 7);
     let (ta, tb) = (dir.join("tree-a"), dir.join("tree-b"));
     model_tree(&ta, &model, "# A\n");
     model_tree(&tb, &model, "# B, other docs\n");
@@ -89,9 +81,9 @@ fn push_kits(store: &Path, dir: &Path, reg: &str) -> Kits {
     let b = format!("{reg}/kits/b:v1");
     let gz = format!("{reg}/kits/gz:v1");
     let mp = format!("{reg}/kits/mp:v1");
-    common::ok(store, &["pack", ta.to_str().unwrap(), "-t", &a]);
-    common::ok(store, &["pack", tb.to_str().unwrap(), "-t", &b]);
-    common::ok(
+    support::ok(store, &["pack", ta.to_str().unwrap(), "-t", &a]);
+    support::ok(store, &["pack", tb.to_str().unwrap(), "-t", &b]);
+    support::ok(
         store,
         &[
             "pack",
@@ -102,12 +94,12 @@ fn push_kits(store: &Path, dir: &Path, reg: &str) -> Kits {
             "gzip",
         ],
     );
-    common::ok(
+    support::ok(
         store,
         &["pack", ta.to_str().unwrap(), "-t", &mp, "--use-model-pack"],
     );
     let zst = format!("{reg}/kits/zst:v1");
-    common::ok(
+    support::ok(
         store,
         &[
             "pack",
@@ -119,16 +111,16 @@ fn push_kits(store: &Path, dir: &Path, reg: &str) -> Kits {
         ],
     );
     for r in [&a, &b, &gz, &mp] {
-        common::ok(store, &["push", r, "--plain-http"]);
+        support::ok(store, &["push", r, "--plain-http"]);
     }
-    let m: serde_json::Value = serde_json::from_str(&common::ok(store, &["inspect", &a])).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&support::ok(store, &["inspect", &a])).unwrap();
     Kits {
         a,
         b,
         gz,
         mp,
         zst,
-        model_sha: sha(&model),
+        model_sha: sha256_hex(&model),
         model_digest_a_layer: m["layers"][0]["digest"].as_str().unwrap().to_string(),
     }
 }
@@ -155,14 +147,13 @@ fn run_out(ctd: &Containerd, args: &[&str]) -> (bool, String) {
 }
 
 /// Pulls over `kitsnap.v1.Node` directly: (finished layer events, the result).
-fn pull_events(sock: &Path, reference: &str) -> (usize, kitsnap::node::pb::PullResult) {
-    use kitsnap::node::pb;
+fn pull_events(sock: &Path, reference: &str) -> (usize, pb::PullResult) {
     let sock = sock.to_path_buf();
     let reference = reference.to_string();
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(async move {
-            let ch = kitsnap::containerd::unix_channel(&sock).await.unwrap();
+            let ch = kitsnap_node::containerd::unix_channel(&sock).await.unwrap();
             let mut c = pb::node_client::NodeClient::new(ch);
             let mut s = c
                 .pull(pb::PullRequest {
@@ -189,7 +180,8 @@ fn pull_events(sock: &Path, reference: &str) -> (usize, kitsnap::node::pb::PullR
         })
 }
 
-fn suite(v: &Version) {
+/// `skopeo`: skopeo is installed (for the not-a-ModelKit case).
+fn suite(v: &Version, skopeo: bool) {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
     let ctx = format!("containerd {}", v.name);
@@ -308,7 +300,7 @@ fn suite(v: &Version) {
     let path = kit_ok(&empty, &ks, &["mount", &kits.a]).trim().to_string();
     assert!(Path::new(&path).starts_with(&ks.mounts), "{ctx}: {path}");
     assert_eq!(
-        sha(&std::fs::read(Path::new(&path).join("model.bin")).unwrap()),
+        sha256_hex(&std::fs::read(Path::new(&path).join("model.bin")).unwrap()),
         kits.model_sha
     );
     assert!(Path::new(&path).join("data/train.csv").exists());
@@ -366,7 +358,7 @@ fn suite(v: &Version) {
     // A mounted view keeps its ModelKit alive through `images rm` + GC.
     ctd.ctr_ok(&["images", "rm", "--sync", &kits.a]);
     assert_eq!(
-        sha(&std::fs::read(Path::new(&path).join("model.bin")).unwrap()),
+        sha256_hex(&std::fs::read(Path::new(&path).join("model.bin")).unwrap()),
         kits.model_sha,
         "{ctx}: GC removed a mounted view's layers"
     );
@@ -435,7 +427,7 @@ fn suite(v: &Version) {
     );
     let p2 = kit_ok(&empty, &ks, &["mount", &kits.b]).trim().to_string();
     assert_eq!(
-        sha(&std::fs::read(Path::new(&p2).join("model.bin")).unwrap()),
+        sha256_hex(&std::fs::read(Path::new(&p2).join("model.bin")).unwrap()),
         kits.model_sha,
         "{ctx}: the shared copy changed"
     );
@@ -475,10 +467,6 @@ fn suite(v: &Version) {
     );
 
     // --- errors: not a ModelKit; a registry failure mid-pull leaves nothing behind.
-    let skopeo = Command::new("skopeo")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
     if skopeo {
         let dst = format!("docker://{}/images/busybox:1", reg.addr());
         let o = Command::new("skopeo")
@@ -502,18 +490,16 @@ fn suite(v: &Version) {
             ],
         );
         assert!(e.contains("not a ModelKit"), "{ctx}: {e}");
-    } else {
-        eprintln!("\n!!! skopeo missing: not-a-ModelKit case skipped !!!\n");
     }
     let proxy = registry::start_proxy(&reg.addr(), registry::Faults::default());
     // A kit whose model layer is new to the node, while its dataset layer is not.
     let fresh = dir.join("tree-f");
-    model_tree(&fresh, &common::bytes(1 << 20, 99), "# A\n");
+    model_tree(&fresh, &support::bytes(1 << 20, 99), "# A\n");
     let f_ref = format!("{}/kits/f:v1", proxy.addr());
-    common::ok(&store, &["pack", fresh.to_str().unwrap(), "-t", &f_ref]);
-    common::ok(&store, &["push", &f_ref, "--plain-http"]);
+    support::ok(&store, &["pack", fresh.to_str().unwrap(), "-t", &f_ref]);
+    support::ok(&store, &["push", &f_ref, "--plain-http"]);
     let m: serde_json::Value =
-        serde_json::from_str(&common::ok(&store, &["inspect", &f_ref])).unwrap();
+        serde_json::from_str(&support::ok(&store, &["inspect", &f_ref])).unwrap();
     let docs_layer = m["layers"][2]["digest"].as_str().unwrap().to_string();
     *proxy.faults.corrupt_digest.lock().unwrap() = Some(docs_layer.clone());
     let before = committed_kitsnap(&ctd);
@@ -554,16 +540,21 @@ fn suite(v: &Version) {
 
 #[test]
 fn modelkits_in_containers_with_every_containerd_version() {
-    if !can_run_containers() {
-        return;
+    require_containers!();
+    require_registry!();
+    // Without skopeo only the not-a-ModelKit case is left out (a failure under CI).
+    let skopeo = have_cmd("skopeo");
+    if !skopeo {
+        missing(
+            test_name!(),
+            "skopeo (apt-get install skopeo); only the not-a-ModelKit case is skipped",
+        );
     }
-    if !registry::registry_available() {
-        return;
-    }
-    let versions = versions();
+    let _heavy = heavy();
+    let versions = versions(test_name!());
     for v in &versions {
         eprintln!("--- containerd {}", v.name);
-        suite(v);
+        suite(v, skopeo);
     }
     assert!(
         !versions.is_empty(),

@@ -1,8 +1,45 @@
-//! Helpers shared by the integration tests: run the built binary against a private store.
-#![allow(dead_code)]
+//! Helpers shared by every suite: run the built binary against a private store, make
+//! test trees, take the `heavy()` lock. What a test needs from the machine (`require!`) is
+//! in [`prereq`]; the real peers (a registry and a fault-injecting proxy; containerd
+//! daemons and images) in [`registry`] and [`containerd`].
 
+pub mod containerd;
+pub mod prereq;
+pub mod registry;
+
+pub(crate) use prereq::{
+    have_cmd, have_oras, missing, require, require_containers, require_registry, test_name,
+};
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use kitsnap_node::api::snapshots::snapshots_client::SnapshotsClient;
+
+/// Tests that start containerd or dockerd, or move gigabytes, hold this while they run: the
+/// machine (2 cores) cannot take several at once, and containers started by different
+/// containerd daemons share runc's state and cgroup paths (`/run/containerd/runc/<ns>/<id>`).
+static HEAVY: Mutex<()> = Mutex::new(());
+
+/// Takes the heavy-test lock (a test that panicked while holding it does not poison it for
+/// the others). Hold the guard first, so that it is dropped last, after the daemons.
+pub fn heavy() -> MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// sha256 of `data`, lowercase hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A snapshots.v1 client over kitsnap's unix socket, for tests that talk to the daemon.
+pub async fn snapshots_client(sock: &Path) -> SnapshotsClient<tonic::transport::Channel> {
+    SnapshotsClient::new(kitsnap_node::containerd::unix_channel(sock).await.unwrap())
+}
 
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kitsnap"))
@@ -136,12 +173,51 @@ pub fn blob_count(store: &Path) -> usize {
         .count()
 }
 
-/// Peak RSS (KiB) of the largest child this test process has waited for.
-pub fn children_max_rss_kib() -> i64 {
-    // SAFETY: getrusage fills the struct we pass; zeroed is a valid initial value.
-    unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
-        ru.ru_maxrss
+/// Runs `kitsnap ARGS` with its store at `store`, asserting success; returns stdout and
+/// the peak RSS (KiB) of that one process. wait4 reports on the one child, where
+/// getrusage(RUSAGE_CHILDREN) would mix in every daemon the other tests have reaped.
+#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its rusage
+pub fn ok_with_peak_rss(store: &Path, args: &[&str]) -> (String, i64) {
+    let mut child = Command::new(bin())
+        .env("KITSNAP_STORE", store)
+        .env_remove("KITSNAP_HOME")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kitsnap");
+    let mut err = child.stderr.take().unwrap();
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).unwrap();
+        v
+    });
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    let stderr = err.join().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: zeroed is a valid rusage; wait4 fills it and `status` for our own child,
+    // which nothing else waits for (`child` is dropped without wait()).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+        if r == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "wait4: {e}");
     }
+    let st = ExitStatus::from_raw(status);
+    assert!(
+        st.success(),
+        "kitsnap {args:?} failed ({st}):\n{}",
+        String::from_utf8_lossy(&stderr)
+    );
+    (String::from_utf8_lossy(&stdout).into_owned(), ru.ru_maxrss)
 }

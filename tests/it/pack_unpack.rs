@@ -1,11 +1,11 @@
 //! End-to-end tests of the packaging CLI on generated trees.
 
-mod common;
-
 use std::fs;
+use std::time::Duration;
 
-use common::*;
-use kitsnap::oci::{LayerType, Manifest};
+use kitsnap_core::oci::{LayerType, Manifest, ModelFormat};
+
+use crate::support::*;
 
 fn manifest(store: &std::path::Path, r: &str) -> Manifest {
     serde_json::from_str(&ok(store, &["inspect", r])).unwrap()
@@ -42,7 +42,7 @@ fn round_trip_every_format_and_compression() {
             );
             for l in &m.layers {
                 let lt = LayerType::parse(&l.media_type).expect("known media type");
-                assert_eq!(lt.format == kitsnap::oci::ModelFormat::ModelPack, mp);
+                assert_eq!(lt.format == ModelFormat::ModelPack, mp);
                 assert!(l.annotations.contains_key("org.cncf.model.filepath"));
             }
             let out = t.path().join(format!("out-{comp}-{mp}"));
@@ -226,8 +226,16 @@ fn packing_is_reproducible_and_deduplicated() {
     for f in ["models/weights.safetensors", "src/app.py"] {
         let p = src.join(f);
         let data = fs::read(&p).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let before = fs::metadata(&p).unwrap().modified().unwrap();
         fs::write(&p, data).unwrap();
+        // Rewritten an hour later, as far as the file system is concerned.
+        fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(before + Duration::from_secs(3600))
+            .unwrap();
+        assert_ne!(fs::metadata(&p).unwrap().modified().unwrap(), before);
     }
     let d2 = ok(
         &s2,

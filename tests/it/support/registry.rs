@@ -1,7 +1,6 @@
 //! A real OCI registry (Debian's `docker-registry`, CNCF distribution) started per test on
 //! 127.0.0.1, optionally with TLS and htpasswd auth; and a loopback proxy in front of it
 //! that can demand bearer tokens or inject faults.
-#![allow(dead_code)]
 
 use std::convert::Infallible;
 use std::net::TcpStream;
@@ -19,23 +18,30 @@ use hyper::{Request, Response, StatusCode};
 
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
-/// Returns false (after a loud message) when the registry binary is missing.
-pub fn registry_available() -> bool {
-    if Path::new(REGISTRY_BIN).exists() {
-        return true;
-    }
-    eprintln!(
-        "\n!!! SKIPPED: {REGISTRY_BIN} is not installed (apt-get install docker-registry; scripts/install-deps.sh does it) !!!\n"
-    );
-    false
+/// The registry binary is installed (`require_registry!()` checks it).
+pub fn have_registry() -> bool {
+    Path::new(REGISTRY_BIN).exists()
 }
 
+/// A port nothing listens on now, never handed out before in this process: the suites run
+/// concurrently, and a port given to one test's registry (or kept dead on purpose) must not
+/// be given to another's.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 fn wait_port(port: u16) {

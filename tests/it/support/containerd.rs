@@ -1,7 +1,6 @@
 //! Real containerd daemons (Debian bookworm's 1.6, and 1.7 / 2.x unpacked by
 //! scripts/fetch-containerd.sh) started per test with their own root, state and socket,
 //! talking to a `kitsnap serve` started per test; and a busybox image built locally.
-#![allow(dead_code)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,66 +9,66 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-/// A containerd build: where its binaries are.
+/// A containerd build: where its binaries are, and how to get it.
 #[derive(Clone, Debug)]
 pub struct Version {
     pub name: &'static str,
     pub bin_dir: PathBuf,
+    pub how: &'static str,
 }
 
-/// Every containerd version available on this machine, with a loud message for each
-/// missing one.
-pub fn versions() -> Vec<Version> {
+impl Version {
+    /// Its containerd, ctr and runc shim are there.
+    pub fn available(&self) -> bool {
+        ["containerd", "ctr", "containerd-shim-runc-v2"]
+            .iter()
+            .all(|b| self.bin_dir.join(b).exists())
+    }
+}
+
+/// Every containerd version the tests know, available or not.
+pub fn known_versions() -> Vec<Version> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        (
-            "1.6 (bookworm)",
-            PathBuf::from("/usr/bin"),
-            "apt-get install containerd",
-        ),
-        (
-            "1.7 (trixie)",
-            root.join(".cache/containerd/trixie/root/usr/bin"),
-            "scripts/fetch-containerd.sh",
-        ),
-        (
-            "2.x (sid)",
-            root.join(".cache/containerd/sid/root/usr/bin"),
-            "scripts/fetch-containerd.sh",
-        ),
-    ];
-    let mut out = Vec::new();
-    for (name, dir, how) in candidates {
-        if dir.join("containerd").exists()
-            && dir.join("ctr").exists()
-            && dir.join("containerd-shim-runc-v2").exists()
-        {
-            out.push(Version { name, bin_dir: dir });
-        } else {
-            eprintln!(
-                "\n!!! SKIPPED containerd {name}: not found in {} (run {how}) !!!\n",
-                dir.display()
-            );
-        }
-    }
-    out
+    vec![
+        Version {
+            name: "1.6 (bookworm)",
+            bin_dir: PathBuf::from("/usr/bin"),
+            how: "apt-get install containerd",
+        },
+        Version {
+            name: "1.7 (trixie)",
+            bin_dir: root.join(".cache/containerd/trixie/root/usr/bin"),
+            how: "scripts/fetch-containerd.sh",
+        },
+        Version {
+            name: "2.x (sid)",
+            bin_dir: root.join(".cache/containerd/sid/root/usr/bin"),
+            how: "scripts/fetch-containerd.sh",
+        },
+    ]
 }
 
-/// Containers need root, overlayfs and runc.
-pub fn can_run_containers() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let runc = Command::new("runc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let overlay = std::fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay"));
-    if !(root && runc && overlay) {
-        eprintln!(
-            "\n!!! SKIPPED: containerd tests need root ({root}), runc ({runc}) and overlayfs ({overlay}) !!!\n"
-        );
-    }
-    root && runc && overlay
+/// Every containerd version available on this machine. Each missing one is reported as
+/// `require!` does (a loud line; a panic under CI) on behalf of `test`, and left out.
+pub fn versions(test: &str) -> Vec<Version> {
+    known_versions()
+        .into_iter()
+        .filter(|v| {
+            let ok = v.available();
+            if !ok {
+                super::missing(
+                    test,
+                    &format!(
+                        "containerd {} (not in {}; run {}); the other versions still run",
+                        v.name,
+                        v.bin_dir.display(),
+                        v.how
+                    ),
+                );
+            }
+            ok
+        })
+        .collect()
 }
 
 fn wait_for(path: &Path, child: &mut Child, what: &str) {
@@ -130,7 +129,7 @@ impl Kitsnap {
         } else {
             vec!["--docker-plugin", self.docker_plugin.to_str().unwrap()]
         };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kitsnap"))
+        let mut child = Command::new(super::bin())
             .args([
                 "serve",
                 "--root",

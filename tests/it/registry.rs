@@ -1,17 +1,13 @@
 //! Registry transport against a real registry (CNCF distribution), with TLS, basic and
 //! bearer auth, injected faults, mirrors, and skopeo / oras as independent clients.
 
-mod common;
-#[path = "support/registry.rs"]
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::Ordering;
 
-use common::*;
-use support::*;
+use crate::support::registry::*;
+use crate::support::*;
 
 /// A private store, Docker config and (empty) hosts dir for one test.
 struct Ctx {
@@ -90,9 +86,7 @@ fn unpacked_without_kitfile(dir: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn push_pull_round_trips_for_both_formats_and_all_compressions() {
-    if !registry_available() {
-        return;
-    }
+    require_registry!();
     let c = Ctx::new();
     let reg = RegistryProc::start(&c.p("reg"), None, None);
     let mut n = 0;
@@ -130,9 +124,7 @@ fn push_pull_round_trips_for_both_formats_and_all_compressions() {
 
 #[test]
 fn pull_by_digest_and_cross_repository_mount() {
-    if !registry_available() {
-        return;
-    }
+    require_registry!();
     let c = Ctx::new();
     let reg = RegistryProc::start(&c.p("reg"), None, None);
     let a = format!("{}/team/a:v1", reg.addr());
@@ -155,9 +147,11 @@ fn pull_by_digest_and_cross_repository_mount() {
 
 #[test]
 fn basic_auth_over_tls_with_login_and_logout() {
-    if !registry_available() {
-        return;
-    }
+    require_registry!();
+    require!(
+        have_cmd("openssl"),
+        "the openssl CLI (apt-get install openssl)"
+    );
     let c = Ctx::new();
     fs::create_dir_all(c.p("tls")).unwrap();
     let tls = make_tls(&c.p("tls"));
@@ -221,9 +215,7 @@ fn basic_auth_over_tls_with_login_and_logout() {
 
 #[test]
 fn bearer_token_flow() {
-    if !registry_available() {
-        return;
-    }
+    require_registry!();
     let c = Ctx::new();
     let reg = RegistryProc::start(&c.p("reg"), None, None);
     let proxy = start_proxy(
@@ -264,9 +256,7 @@ fn bearer_token_flow() {
 
 #[test]
 fn faults_retries_resume_and_clean_failures() {
-    if !registry_available() {
-        return;
-    }
+    require_registry!();
     let c = Ctx::new();
     let reg = RegistryProc::start(&c.p("reg"), None, None);
     let proxy = start_proxy(&reg.addr(), Faults::default());
@@ -373,9 +363,7 @@ fn faults_retries_resume_and_clean_failures() {
 
 #[test]
 fn mirror_from_hosts_toml_with_fallback() {
-    if !registry_available() {
-        return;
-    }
+    require_registry!();
     let c = Ctx::new();
     let upstream = RegistryProc::start(&c.p("up"), None, None);
     let mirror = RegistryProc::start(&c.p("mirror"), None, None);
@@ -405,35 +393,13 @@ fn mirror_from_hosts_toml_with_fallback() {
     assert_eq!(unpacked_without_kitfile(&out), c.expected_files());
 }
 
-fn have(cmd: &str) -> bool {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {cmd}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!(
-            "\n!!! SKIPPED: {cmd} is not installed (scripts/install-deps.sh installs it) !!!\n"
-        );
-    }
-    ok
-}
-
-fn have_oras() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import oras.client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("\n!!! SKIPPED: the Python oras package is missing (pip install oras) !!!\n");
-    }
-    ok
-}
-
 #[test]
 fn skopeo_reads_what_kitsnap_pushes() {
-    if !registry_available() || !have("skopeo") {
-        return;
-    }
+    require_registry!();
+    require!(
+        have_cmd("skopeo"),
+        "skopeo (apt-get install skopeo; scripts/install-deps.sh does it)"
+    );
     let c = Ctx::new();
     let reg = RegistryProc::start(&c.p("reg"), None, None);
     let r = format!("{}/interop/sk:v1", reg.addr());
@@ -453,10 +419,7 @@ fn skopeo_reads_what_kitsnap_pushes() {
         "{}",
         String::from_utf8_lossy(&raw.stderr)
     );
-    let got = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw.stdout))
-    );
+    let got = format!("sha256:{}", sha256_hex(&raw.stdout));
     assert_eq!(
         got, d,
         "skopeo sees the manifest kitsnap pushed, byte for byte"
@@ -476,10 +439,7 @@ fn skopeo_reads_what_kitsnap_pushes() {
     for l in m["layers"].as_array().unwrap() {
         let dg = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
         let blob = fs::read(oci.join("blobs/sha256").join(dg)).expect("skopeo copied the layer");
-        assert_eq!(
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&blob)),
-            dg
-        );
+        assert_eq!(sha256_hex(&blob), dg);
     }
     // skopeo can also read kitsnap's local store directly: it is an OCI layout.
     let o = Command::new("skopeo")
@@ -495,9 +455,11 @@ fn skopeo_reads_what_kitsnap_pushes() {
 
 #[test]
 fn oras_reads_kitsnap_pushes_and_kitsnap_reads_oras_modelpacks() {
-    if !registry_available() || !have_oras() {
-        return;
-    }
+    require_registry!();
+    require!(
+        have_oras(),
+        "the Python oras package (pip install oras; scripts/install-deps.sh does it)"
+    );
     let c = Ctx::new();
     let reg = RegistryProc::start(&c.p("reg"), None, None);
     let r = format!("{}/interop/or:v1", reg.addr());

@@ -2,15 +2,14 @@
 //! The layers are tar streams written byte by byte here, since tar libraries refuse to
 //! produce most of these entries.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
-use common::*;
-use kitsnap::oci::{self, Descriptor, Manifest};
-use kitsnap::store::Store;
+use kitsnap_core::oci::{self, Descriptor, Manifest};
+use kitsnap_core::store::Store;
+
+use crate::support::*;
 
 /// One raw ustar entry.
 fn entry(name: &str, typeflag: u8, link: &str, data: &[u8]) -> Vec<u8> {

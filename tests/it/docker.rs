@@ -2,18 +2,12 @@
 //! its own socket and state directories: `docker run --mount type=volume,volume-driver=...`
 //! pulls the ModelKit on first use, containers read it read-only and share one mount.
 
-mod common;
-#[path = "support/registry.rs"]
-mod registry;
-#[path = "support/containerd.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-use support::*;
+use crate::support::containerd::*;
+use crate::support::{self, *};
 
 const DOCKERD: &str = "/usr/sbin/dockerd";
 const DOCKER: &str = "/usr/bin/docker";
@@ -123,7 +117,7 @@ impl Drop for Dockerd {
 }
 
 fn holders(ks: &Kitsnap, name: &str) -> Option<usize> {
-    let o = Command::new(common::bin())
+    let o = Command::new(support::bin())
         .env("KITSNAP_ADDRESS", &ks.sock)
         .args(["mount", "--list"])
         .output()
@@ -137,24 +131,27 @@ fn holders(ks: &Kitsnap, name: &str) -> Option<usize> {
 
 #[test]
 fn docker_volume_plugin_shares_a_modelkit() {
-    if !can_run_containers() || !registry::registry_available() {
-        return;
-    }
-    if !Path::new(DOCKERD).exists() || !Path::new(DOCKER).exists() {
-        eprintln!("\n!!! SKIPPED: dockerd is not installed (apt-get install docker.io) !!!\n");
-        return;
-    }
-    let Some(v) = versions().into_iter().next() else {
-        eprintln!("\n!!! SKIPPED: no containerd for kitsnap !!!\n");
-        return;
-    };
+    require_containers!();
+    require_registry!();
+    require!(
+        Path::new(DOCKERD).exists() && Path::new(DOCKER).exists(),
+        "{DOCKERD} and {DOCKER} (apt-get install docker.io; scripts/install-deps.sh does it)"
+    );
+    // Any one containerd will do for kitsnap's side.
+    let v = known_versions().into_iter().find(Version::available);
+    require!(
+        v.is_some(),
+        "a containerd for kitsnap (apt-get install containerd)"
+    );
+    let v = v.unwrap();
+    let _heavy = heavy();
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
     let reg = registry::RegistryProc::start(&dir.join("registry"), None, None);
     let store = dir.join("store");
     let tree = dir.join("tree");
     std::fs::create_dir_all(&tree).unwrap();
-    let model = common::bytes(2 << 20, 5);
+    let model = support::bytes(2 << 20, 5);
     std::fs::write(tree.join("model.bin"), &model).unwrap();
     std::fs::write(
         tree.join("Kitfile"),
@@ -162,13 +159,15 @@ fn docker_volume_plugin_shares_a_modelkit() {
     )
     .unwrap();
     let r = format!("{}/kits/docker:v1", reg.addr());
-    common::ok(&store, &["pack", tree.to_str().unwrap(), "-t", &r]);
-    common::ok(&store, &["push", &r, "--plain-http"]);
-    let want = hex::encode(Sha256::digest(&model));
+    support::ok(&store, &["pack", tree.to_str().unwrap(), "-t", &r]);
+    support::ok(&store, &["push", &r, "--plain-http"]);
+    let want = sha256_hex(&model);
 
     // A plugin name of our own: Docker discovers plugins by socket name in a fixed dir.
     let driver = format!("kitsnap-test-{}", std::process::id());
     let plugin = PathBuf::from(format!("/run/docker/plugins/{driver}.sock"));
+    // Declared before the daemons, so dropped after them: the socket goes even on a panic.
+    let _plugin_sock = RemoveOnDrop(plugin.clone());
     let ks = Kitsnap::start_with_plugin(dir, &plugin);
     let _ctd = Containerd::start(&v, &dir.join("containerd"), &ks.sock);
     let dockerd = Dockerd::start(&dir.join("docker"));
@@ -229,5 +228,13 @@ fn docker_volume_plugin_shares_a_modelkit() {
         String::from_utf8_lossy(&o.stderr)
     );
     drop(dockerd);
-    let _ = std::fs::remove_file(&plugin);
+}
+
+/// Removes a file (the plugin socket, in the host's /run/docker/plugins) when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

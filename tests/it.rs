@@ -1,0 +1,29 @@
+//! kitsnap's integration tests: one test binary (one link) for every suite, run against the
+//! built `kitsnap` binary and real peers (docker-registry, skopeo, oras, containerd 1.6 /
+//! 1.7 / 2.x, runc, dockerd).
+//!
+//! The suites live in `tests/it/` and share one `support` tree. They run in one process,
+//! concurrently: every test works in its own temporary directory with its own ports and
+//! sockets, and the tests that start containerd or dockerd (or move gigabytes) take
+//! `support::heavy()` so that only one of them runs at a time. A missing external component
+//! skips a test loudly on a developer machine and fails it under CI (`support::require!`).
+
+#[path = "it/support/mod.rs"]
+mod support;
+
+#[path = "it/containerd.rs"]
+mod containerd;
+#[path = "it/daemon.rs"]
+mod daemon;
+#[path = "it/docker.rs"]
+mod docker;
+#[path = "it/hostile.rs"]
+mod hostile;
+#[path = "it/large.rs"]
+mod large;
+#[path = "it/modelkits.rs"]
+mod modelkits;
+#[path = "it/pack_unpack.rs"]
+mod pack_unpack;
+#[path = "it/registry.rs"]
+mod registry;
