@@ -120,11 +120,16 @@ pub async fn mount(address: &Path, a: MountArgs) -> Result<pb::MountResponse> {
     .into_inner())
 }
 
-pub async fn umount(address: &Path, name: &str, force: bool) -> Result<pb::UnmountResponse> {
+pub async fn umount(
+    address: &Path,
+    name: &str,
+    holder: &str,
+    force: bool,
+) -> Result<pb::UnmountResponse> {
     let mut c = connect(address).await?;
     Ok(c.unmount(pb::UnmountRequest {
         name: name.to_string(),
-        holder: String::new(),
+        holder: holder.to_string(),
         force,
     })
     .await

@@ -74,11 +74,11 @@ impl RegistryArgs {
         pb::RegistryOptions {
             plain_http: self.plain_http,
             insecure_skip_verify: !self.tls_verify,
-            ca_file: self
+            ca_files: self
                 .ca_files
-                .first()
+                .iter()
                 .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default(),
+                .collect(),
             hosts_dir: self
                 .hosts_dir
                 .as_ref()
@@ -249,7 +249,11 @@ mod tests {
         assert_eq!(o.retries, 2);
         let n = p.registry.node_options();
         assert!(n.plain_http && n.insecure_skip_verify);
-        assert_eq!(n.ca_file, "/a.pem");
+        assert_eq!(
+            n.ca_files,
+            vec!["/a.pem", "/b.pem"],
+            "every CA file reaches the daemon"
+        );
     }
 
     #[test]

@@ -57,8 +57,8 @@ pub fn run(a: MountArgs, ctx: &Ctx) -> Result<()> {
         );
     }
     eprintln!(
-        "Mounted {r} read-only as {} ({} holder(s))",
-        res.name, res.holders
+        "Mounted {r} read-only as {} (holder {}; {} holder(s) in all; `kitsnap umount {} --holder {}` releases this one)",
+        res.name, res.holder, res.holders, res.name, res.holder
     );
     writeln!(std::io::stdout().lock(), "{}", res.path)?;
     Ok(())

@@ -49,15 +49,18 @@ pub fn unpack(
             .filters
             .iter()
             .any(|f| f.types.contains(&FilterType::Kitfile));
-    if let (true, Some(kf)) = (want_kitfile, &kf) {
-        let p = dest.join("Kitfile");
-        if fs::symlink_metadata(&p).is_ok() && !opts.overwrite {
-            return Err(Error::Exists(p));
+    // Checked now, written last: a failed unpack leaves no Kitfile describing files
+    // that are not there.
+    let kitfile = match (want_kitfile, &kf) {
+        (true, Some(kf)) => {
+            let p = dest.join("Kitfile");
+            if fs::symlink_metadata(&p).is_ok() && !opts.overwrite {
+                return Err(Error::Exists(p));
+            }
+            Some((p, kf.to_yaml()?))
         }
-        let _ = fs::remove_file(&p);
-        fs::write(&p, kf.to_yaml()?).at(&p)?;
-        report.kitfile_written = true;
-    }
+        _ => None,
+    };
 
     // Parent chain: the model comes from the ModelKit that model.path names.
     let mut chain = Vec::new();
@@ -123,5 +126,10 @@ pub fn unpack(
         report.bytes += l.desc.size;
     }
     bar.finish_and_clear();
+    if let Some((p, yaml)) = kitfile {
+        let _ = fs::remove_file(&p);
+        fs::write(&p, yaml).at(&p)?;
+        report.kitfile_written = true;
+    }
     Ok(report)
 }

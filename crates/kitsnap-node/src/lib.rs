@@ -14,6 +14,7 @@ pub mod dockerplugin;
 pub mod error;
 pub mod labels;
 pub mod mount;
+pub mod mountinfo;
 pub mod node;
 pub mod records;
 pub mod snapshotter;

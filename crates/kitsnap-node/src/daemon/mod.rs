@@ -73,6 +73,16 @@ pub async fn serve(settings: Settings) -> Result<()> {
         settings.registry.clone(),
         settings.limits,
     )?);
+    // Views kept for containers after their last holder left go with their last user.
+    let sweeper = tokio::spawn({
+        let node = node.clone();
+        async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+                node.sweep().await;
+            }
+        }
+    });
     // Pulls the previous process of this daemon left (kill -9, crash): drop their leases
     // once containerd answers (it may start after kitsnap).
     let reaper = tokio::spawn({
@@ -144,6 +154,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
         .await
         .map_err(Error::Serve)?;
     reaper.abort();
+    sweeper.abort();
     if let Some(b) = bound {
         b.remove();
     }

@@ -28,8 +28,8 @@ use crate::snapshotter::compose::KitRecord;
 use tokio_util::sync::CancellationToken;
 
 pub const DEFAULT_MOUNT_ROOT: &str = "/run/kitsnap/mounts";
-/// The holder a CLI `kitsnap mount` registers.
-pub const CLI_HOLDER: &str = "cli";
+/// Holders a CLI `kitsnap mount` registers are `cli-<unique>`: one per mount request.
+pub const CLI_HOLDER_PREFIX: &str = "cli";
 /// containerd snapshot keys of kitsnap's views.
 const VIEW_PREFIX: &str = "kitsnap-view/";
 
@@ -47,6 +47,13 @@ pub struct MountRecord {
     pub filters: Vec<String>,
     pub holders: BTreeSet<String>,
     pub view: String,
+    /// The mounted filesystem (device and root), to find containers still using it.
+    #[serde(default)]
+    pub id: Option<crate::mountinfo::MountId>,
+    /// The host mount is gone but containers still use the view: it is removed once the
+    /// last of them stops ([`Node::sweep`]).
+    #[serde(default)]
+    pub detached: bool,
 }
 
 pub struct MountRequest {
@@ -62,6 +69,17 @@ pub struct MountRequest {
 pub struct Mounted {
     pub record: MountRecord,
     pub pulled: bool,
+    /// The holder this mount request added.
+    pub holder: String,
+}
+
+/// What an unmount did.
+pub struct Unmounted {
+    pub record: MountRecord,
+    /// The host mount is gone (no holder left, or forced).
+    pub unmounted: bool,
+    /// Processes (one per container) that still use the view: its files stay for them.
+    pub still_used_by: Vec<u32>,
 }
 
 pub struct Node {
@@ -272,6 +290,12 @@ impl Node {
     /// gains a holder.
     pub async fn mount(&self, req: MountRequest, events: &pull::Events) -> Result<Mounted> {
         let _work = self.work.enter()?;
+        self.sweep().await;
+        let holder = if req.holder.is_empty() {
+            format!("{CLI_HOLDER_PREFIX}-{}", pull::nonce())
+        } else {
+            req.holder.clone()
+        };
         let reference = req.reference.to_string();
         let filters: Vec<Filter> = req
             .filters
@@ -304,18 +328,22 @@ impl Node {
                     rec.reference, rec.filters
                 )));
             }
-            if !crate::mount::is_mounted(&rec.path) {
-                // After a reboot (/run is gone) or a manual umount: mount the view again.
+            if !crate::mountinfo::is_mounted(&rec.path) {
+                // After a reboot (/run is gone), a manual umount, or a view kept for
+                // containers after its last holder left: mount the view again.
                 let mounts = ctr.mounts(&rec.view).await?;
                 std::fs::create_dir_all(&rec.path)?;
                 crate::mount::mount_readonly(&mounts, &rec.path)
                     .map_err(|e| Error::mount(format!("mounting {}", rec.path.display()), e))?;
+                rec.id = crate::mountinfo::of(&rec.path);
             }
-            rec.holders.insert(req.holder.clone());
+            rec.detached = false;
+            rec.holders.insert(holder.clone());
             self.put_mount(&rec)?;
             return Ok(Mounted {
                 record: rec,
                 pulled: false,
+                holder,
             });
         }
 
@@ -383,30 +411,36 @@ impl Node {
             let _ = ctr.remove(&view).await;
             return Err(e);
         }
+        let id = crate::mountinfo::of(&path);
         let rec = MountRecord {
             name,
             path,
             reference,
             namespace: req.namespace.clone(),
             filters: req.filters.clone(),
-            holders: BTreeSet::from([req.holder.clone()]),
+            holders: BTreeSet::from([holder.clone()]),
             view,
+            id,
+            detached: false,
         };
         self.put_mount(&rec)?;
         Ok(Mounted {
             record: rec,
             pulled,
+            holder,
         })
     }
 
-    /// Drops `holder`; the last holder (or `force`) unmounts and removes the view.
-    /// Returns the record as it stands, and whether it was unmounted.
+    /// Drops `holder` ("" = one CLI holder); the last holder (or `force`) unmounts the
+    /// host side. The view itself, and so the model's files, stay as long as a container
+    /// still has them mounted: they go with the last user ([`Node::sweep`]).
     pub async fn unmount(
         &self,
         name_or_path: &str,
         holder: &str,
         force: bool,
-    ) -> Result<(MountRecord, bool)> {
+    ) -> Result<Unmounted> {
+        self.sweep().await;
         let find = || -> Result<MountRecord> {
             self.mounts()?
                 .into_iter()
@@ -416,22 +450,76 @@ impl Node {
         let _name = self.names.lock(&find()?.name).await;
         // Read again under the lock: a concurrent mount or unmount may have changed it.
         let mut rec = find()?;
-        rec.holders.remove(holder);
+        let released = if holder.is_empty() {
+            rec.holders
+                .iter()
+                .find(|h| h.starts_with(CLI_HOLDER_PREFIX))
+                .cloned()
+        } else {
+            rec.holders.contains(holder).then(|| holder.to_string())
+        };
+        if let Some(h) = &released {
+            rec.holders.remove(h);
+        }
         if !rec.holders.is_empty() && !force {
             self.put_mount(&rec)?;
-            return Ok((rec, false));
+            return Ok(Unmounted {
+                record: rec,
+                unmounted: false,
+                still_used_by: Vec::new(),
+            });
         }
+        let users = rec
+            .id
+            .as_ref()
+            .map(crate::mountinfo::users)
+            .unwrap_or_default();
         crate::mount::unmount(&rec.path)
             .map_err(|e| Error::mount(format!("unmounting {}", rec.path.display()), e))?;
         let _ = std::fs::remove_dir(&rec.path);
+        rec.holders.clear();
+        if users.is_empty() {
+            self.drop_view(&rec).await?;
+        } else {
+            tracing::info!(mount = %rec.name, ?users, "host mount gone; view kept while containers use it");
+            rec.detached = true;
+            self.put_mount(&rec)?;
+        }
+        Ok(Unmounted {
+            record: rec,
+            unmounted: true,
+            still_used_by: users,
+        })
+    }
+
+    async fn drop_view(&self, rec: &MountRecord) -> Result<()> {
         let ctr = self.ctr(&rec.namespace).await?;
         match ctr.remove(&rec.view).await {
             Err(e) if !e.is_not_found() => return Err(e.into()),
             _ => {}
         }
-        self.delete_mount(&rec.name)?;
-        rec.holders.clear();
-        Ok((rec, true))
+        self.delete_mount(&rec.name)
+    }
+
+    /// Removes the views that were kept for containers once no container uses them.
+    pub async fn sweep(&self) {
+        let Ok(records) = self.mounts() else { return };
+        for rec in records.into_iter().filter(|r| r.detached) {
+            let _name = self.names.lock(&rec.name).await;
+            let in_use = rec
+                .id
+                .as_ref()
+                .is_some_and(|id| !crate::mountinfo::users(id).is_empty());
+            if in_use {
+                continue;
+            }
+            match self.drop_view(&rec).await {
+                Ok(()) => tracing::info!(mount = %rec.name, "last container gone: view removed"),
+                Err(e) => {
+                    tracing::warn!(mount = %rec.name, error = %crate::error::chain(&e), "removing a kept view")
+                }
+            }
+        }
     }
 
     /// Disk used by ModelKits on this node.

@@ -58,9 +58,12 @@ fn registry_options(base: &ClientOptions, o: Option<pb::RegistryOptions>) -> Cli
     if let Some(o) = o {
         c.plain_http |= o.plain_http;
         c.tls_verify &= !o.insecure_skip_verify;
-        if !o.ca_file.is_empty() {
-            c.ca_files.push(PathBuf::from(o.ca_file));
-        }
+        c.ca_files.extend(
+            o.ca_files
+                .into_iter()
+                .filter(|f| !f.is_empty())
+                .map(PathBuf::from),
+        );
         if !o.hosts_dir.is_empty() {
             c.hosts_dir = Some(PathBuf::from(o.hosts_dir));
         }
@@ -161,11 +164,7 @@ impl node_server::Node for Service {
             namespace: namespace(r.namespace),
             filters: r.filters,
             name: (!r.name.is_empty()).then_some(r.name),
-            holder: if r.holder.is_empty() {
-                super::CLI_HOLDER.into()
-            } else {
-                r.holder
-            },
+            holder: r.holder,
             store: opt_path(r.store),
             registry: registry_options(&self.node.registry, r.registry),
         };
@@ -175,6 +174,7 @@ impl node_server::Node for Service {
             path: done.record.path.to_string_lossy().into_owned(),
             pulled: done.pulled,
             holders: done.record.holders.len() as u32,
+            holder: done.holder,
         }))
     }
 
@@ -183,15 +183,11 @@ impl node_server::Node for Service {
         req: Request<pb::UnmountRequest>,
     ) -> Result<Response<pb::UnmountResponse>, Status> {
         let r = req.into_inner();
-        let holder = if r.holder.is_empty() {
-            super::CLI_HOLDER.to_string()
-        } else {
-            r.holder
-        };
-        let (rec, unmounted) = self.node.unmount(&r.name, &holder, r.force).await?;
+        let u = self.node.unmount(&r.name, &r.holder, r.force).await?;
         Ok(Response::new(pb::UnmountResponse {
-            unmounted,
-            holders: rec.holders.len() as u32,
+            unmounted: u.unmounted,
+            holders: u.record.holders.len() as u32,
+            still_used_by: u.still_used_by,
         }))
     }
 
