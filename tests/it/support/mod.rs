@@ -12,9 +12,8 @@ pub(crate) use prereq::{
 };
 
 use std::io::Read;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use kitsnap_node::api::snapshots::snapshots_client::SnapshotsClient;
@@ -173,10 +172,12 @@ pub fn blob_count(store: &Path) -> usize {
         .count()
 }
 
-/// Runs `kitsnap ARGS` with its store at `store`, asserting success; returns stdout and
-/// the peak RSS (KiB) of that one process. wait4 reports on the one child, where
-/// getrusage(RUSAGE_CHILDREN) would mix in every daemon the other tests have reaped.
-#[allow(clippy::zombie_processes)] // reaped by wait4 below, which also gives its rusage
+/// Runs `kitsnap ARGS`, asserts success, and returns stdout and the process's peak
+/// resident memory in KiB (`VmHWM` of its own address space, sampled until it exits).
+///
+/// Not `wait4`'s `ru_maxrss`: a child spawned with vfork/posix_spawn inherits the parent's
+/// high-water mark at exec, so every child of this (large, multi-test) process would look
+/// as big as the test binary itself.
 pub fn ok_with_peak_rss(store: &Path, args: &[&str]) -> (String, i64) {
     let mut child = Command::new(bin())
         .env("KITSNAP_STORE", store)
@@ -186,38 +187,50 @@ pub fn ok_with_peak_rss(store: &Path, args: &[&str]) -> (String, i64) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kitsnap");
-    let mut err = child.stderr.take().unwrap();
-    let err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        err.read_to_end(&mut v).unwrap();
-        v
-    });
-    let mut stdout = Vec::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_end(&mut stdout)
-        .unwrap();
-    let stderr = err.join().unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: zeroed is a valid rusage; wait4 fills it and `status` for our own child,
-    // which nothing else waits for (`child` is dropped without wait()).
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-        if r == pid {
-            break;
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = std::thread::spawn({
+        let done = done.clone();
+        move || {
+            let mut peak = 0i64;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("VmHWM:"))
+                            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                    });
+                peak = peak.max(hwm.unwrap_or(0));
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            peak
         }
-        let e = std::io::Error::last_os_error();
-        assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "wait4: {e}");
-    }
-    let st = ExitStatus::from_raw(status);
+    });
+    let out = {
+        let mut err = child.stderr.take().unwrap();
+        let err = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            err.read_to_end(&mut v).unwrap();
+            v
+        });
+        let mut stdout = Vec::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_end(&mut stdout)
+            .unwrap();
+        (stdout, err.join().unwrap())
+    };
+    let st = child.wait().expect("wait for kitsnap");
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
     assert!(
         st.success(),
         "kitsnap {args:?} failed ({st}):\n{}",
-        String::from_utf8_lossy(&stderr)
+        String::from_utf8_lossy(&out.1)
     );
-    (String::from_utf8_lossy(&stdout).into_owned(), ru.ru_maxrss)
+    assert!(peak > 0, "no memory sample of kitsnap {args:?}");
+    (String::from_utf8_lossy(&out.0).into_owned(), peak)
 }
