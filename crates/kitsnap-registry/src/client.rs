@@ -51,6 +51,11 @@ pub struct ClientOptions {
     pub chunk_size: u64,
     /// First backoff delay; doubles per attempt, capped at 5 s.
     pub backoff: Duration,
+    /// A download that receives fewer than `stall_bytes` in `stall_window` of waiting on
+    /// the network is broken off and resumed (a registry that trickles a byte now and
+    /// then would otherwise hold a pull forever).
+    pub stall_window: Duration,
+    pub stall_bytes: u64,
 }
 
 impl Default for ClientOptions {
@@ -64,6 +69,8 @@ impl Default for ClientOptions {
             retries: 5,
             chunk_size: 64 << 20,
             backoff: Duration::from_millis(200),
+            stall_window: Duration::from_secs(30),
+            stall_bytes: 64 << 10,
         }
     }
 }
@@ -626,7 +633,31 @@ impl Registry {
             }
             let mut stream = resp.bytes_stream();
             let mut broken = None;
-            while let Some(chunk) = stream.next().await {
+            // Time spent waiting on the network (not on the sink) and bytes it brought.
+            let (mut waited, mut window_bytes) = (Duration::ZERO, 0u64);
+            loop {
+                let started = tokio::time::Instant::now();
+                let left = self.opts.stall_window.saturating_sub(waited);
+                let next = tokio::time::timeout(left, stream.next()).await;
+                waited += started.elapsed();
+                if waited >= self.opts.stall_window {
+                    if window_bytes < self.opts.stall_bytes {
+                        broken = Some(protocol(
+                            &url,
+                            format!(
+                                "stalled: {window_bytes} bytes in {:.0} s",
+                                self.opts.stall_window.as_secs_f64()
+                            ),
+                        ));
+                        break;
+                    }
+                    (waited, window_bytes) = (Duration::ZERO, 0);
+                }
+                let chunk = match next {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break,
+                    Err(_) => continue, // the window ended with nothing: judged above
+                };
                 match chunk {
                     Ok(b) => {
                         if got + b.len() as u64 > desc.size {
@@ -641,6 +672,7 @@ impl Registry {
                             h.update(&b);
                         }
                         got += b.len() as u64;
+                        window_bytes += b.len() as u64;
                         bar.inc(b.len() as u64);
                         sink.write(b).await?;
                     }
@@ -967,5 +999,60 @@ mod tests {
             (s.as_str(), p["realm"].as_str()),
             ("basic", "Registry Realm")
         );
+    }
+
+    /// A registry that sends a blob one byte every 100 ms: the download is broken off as
+    /// stalled (and, with no retries left, fails) instead of hanging.
+    #[tokio::test]
+    async fn a_trickling_registry_is_a_stalled_download() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut req = [0u8; 4096];
+                    let _ = s.read(&mut req).await;
+                    let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n";
+                    if s.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..1_000_000 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if s.write_all(b"x").await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let d = tempfile::tempdir().unwrap();
+        let reg = Registry::new(
+            &host,
+            ClientOptions {
+                plain_http: true,
+                docker_config: Some(d.path().join("none.json")),
+                hosts_dir: Some(d.path().to_path_buf()),
+                retries: 1,
+                backoff: Duration::from_millis(10),
+                stall_window: Duration::from_millis(700),
+                stall_bytes: 100,
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap();
+        let desc = Descriptor {
+            digest: Digest::of(b"never"),
+            size: 1_000_000,
+            ..Descriptor::default()
+        };
+        let started = std::time::Instant::now();
+        let mut sink = VecSink(Vec::new());
+        let e = reg
+            .fetch_blob_into("r", &desc, &mut sink, &ProgressBar::hidden())
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("stalled"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(20));
     }
 }
