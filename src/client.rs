@@ -20,7 +20,14 @@ pub async fn connect(address: &Path) -> Result<NodeClient<tonic::transport::Chan
     Ok(NodeClient::new(ch))
 }
 
+/// The daemon's own errors carry their cause in the message; a status with a source
+/// is the transport's (the daemon died or dropped the connection).
 fn status(e: tonic::Status) -> anyhow::Error {
+    if let Some(src) = std::error::Error::source(&e) {
+        return anyhow::anyhow!(
+            "lost the connection to kitsnap serve ({src}): did it stop or crash? (see `systemctl status kitsnap` or its log)"
+        );
+    }
     anyhow::anyhow!("{}", e.message())
 }
 

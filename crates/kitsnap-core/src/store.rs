@@ -126,6 +126,22 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens an existing store without creating or changing anything: for a reader
+    /// acting for someone else (kitsnap serve taking a client's store).
+    pub fn open_existing(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        for f in ["oci-layout", "index.json"] {
+            let p = root.join(f);
+            if !fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                return Err(Error::NotFound(format!(
+                    "{}: not a kitsnap store (no {f})",
+                    root.display()
+                )));
+            }
+        }
+        Ok(Store { root })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

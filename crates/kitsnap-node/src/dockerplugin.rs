@@ -128,7 +128,7 @@ impl Plugin {
         let res = match path.as_str() {
             "/Plugin.Activate" => Ok(json!({ "Implements": ["VolumeDriver"] })),
             "/VolumeDriver.Capabilities" => Ok(json!({ "Capabilities": { "Scope": "local" } })),
-            "/VolumeDriver.Create" => self.create(&r).map(|()| json!({ "Err": "" })),
+            "/VolumeDriver.Create" => self.create(&r).await.map(|()| json!({ "Err": "" })),
             "/VolumeDriver.Remove" => self.remove(&r).await.map(|()| json!({ "Err": "" })),
             "/VolumeDriver.Mount" => self
                 .mount(&r)
@@ -182,7 +182,7 @@ impl Plugin {
         })
     }
 
-    fn create(&self, r: &Req) -> Result<()> {
+    async fn create(&self, r: &Req) -> Result<()> {
         let opts = r.opts.clone().unwrap_or_default();
         for k in opts.keys() {
             if !matches!(k.as_str(), "ref" | "filter" | "namespace" | "plain-http") {
@@ -227,7 +227,7 @@ impl Plugin {
                 r.name, old.reference
             )));
         }
-        self.node.put_volume(&v)
+        self.node.put_volume(&v).await
     }
 
     async fn remove(&self, r: &Req) -> Result<()> {
@@ -247,7 +247,7 @@ impl Plugin {
             }
             self.node.unmount(&m.name, "", true).await?;
         }
-        self.node.delete_volume(&r.name)
+        self.node.delete_volume(&r.name).await
     }
 
     async fn mount(&self, r: &Req) -> Result<String> {

@@ -88,7 +88,7 @@ pub struct Node {
     pub mount_root: PathBuf,
     /// Registry settings for pulls the daemon starts itself (Docker volumes).
     pub registry: ClientOptions,
-    db: Database,
+    db: Arc<Database>,
     /// Mount and unmount of one name are one at a time; other names go on in parallel.
     names: locks::KeyedLocks,
     puller: Arc<pull::Puller>,
@@ -121,8 +121,32 @@ impl Work {
     }
 }
 
+/// Runs blocking work (redb commits, mount syscalls, /proc scans) on tokio's blocking
+/// pool, off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task: {e}")))?
+}
+
 fn internal(e: impl std::fmt::Display) -> Error {
     Error::Internal(e.to_string())
+}
+
+/// Mounts a view's mounts read-only at `path` (creating it); returns what was mounted.
+async fn mount_view(
+    mounts: Vec<crate::api::types::Mount>,
+    path: PathBuf,
+) -> Result<Option<crate::mountinfo::MountId>> {
+    blocking(move || {
+        std::fs::create_dir_all(&path)?;
+        crate::mount::mount_readonly(&mounts, &path)
+            .map_err(|e| Error::mount(format!("mounting {}", path.display()), e))?;
+        Ok(crate::mountinfo::of(&path))
+    })
+    .await
 }
 
 /// A mount name from a reference: `[A-Za-z0-9_.-]`, plus a filter hash when filtered.
@@ -172,6 +196,7 @@ impl Node {
         let db = Database::create(&path).map_err(|e| Error::Record(RecordError::Db(e.into())))?;
         MOUNTS.create(&db)?;
         VOLUMES.create(&db)?;
+        let db = Arc::new(db);
         let puller = Arc::new(pull::Puller {
             containerd: containerd.clone(),
             snap: snap.clone(),
@@ -259,20 +284,24 @@ impl Node {
         Ok(VOLUMES.all(&self.db)?)
     }
 
-    pub fn put_volume(&self, v: &crate::dockerplugin::Volume) -> Result<()> {
-        Ok(VOLUMES.put(&self.db, &v.name, v)?)
+    pub async fn put_volume(&self, v: &crate::dockerplugin::Volume) -> Result<()> {
+        let (db, v) = (self.db.clone(), v.clone());
+        blocking(move || Ok(VOLUMES.put(&db, &v.name, &v)?)).await
     }
 
-    pub fn delete_volume(&self, name: &str) -> Result<()> {
-        Ok(VOLUMES.remove(&self.db, name)?)
+    pub async fn delete_volume(&self, name: &str) -> Result<()> {
+        let (db, name) = (self.db.clone(), name.to_string());
+        blocking(move || Ok(VOLUMES.remove(&db, &name)?)).await
     }
 
-    fn put_mount(&self, m: &MountRecord) -> Result<()> {
-        Ok(MOUNTS.put(&self.db, &m.name, m)?)
+    async fn put_mount(&self, m: &MountRecord) -> Result<()> {
+        let (db, m) = (self.db.clone(), m.clone());
+        blocking(move || Ok(MOUNTS.put(&db, &m.name, &m)?)).await
     }
 
-    fn delete_mount(&self, name: &str) -> Result<()> {
-        Ok(MOUNTS.remove(&self.db, name)?)
+    async fn delete_mount(&self, name: &str) -> Result<()> {
+        let (db, name) = (self.db.clone(), name.to_string());
+        blocking(move || Ok(MOUNTS.remove(&db, &name)?)).await
     }
 
     /// The ModelKit's record if its snapshots are still in containerd's namespace `ns`.
@@ -332,14 +361,11 @@ impl Node {
                 // After a reboot (/run is gone), a manual umount, or a view kept for
                 // containers after its last holder left: mount the view again.
                 let mounts = ctr.mounts(&rec.view).await?;
-                std::fs::create_dir_all(&rec.path)?;
-                crate::mount::mount_readonly(&mounts, &rec.path)
-                    .map_err(|e| Error::mount(format!("mounting {}", rec.path.display()), e))?;
-                rec.id = crate::mountinfo::of(&rec.path);
+                rec.id = mount_view(mounts, rec.path.clone()).await?;
             }
             rec.detached = false;
             rec.holders.insert(holder.clone());
-            self.put_mount(&rec)?;
+            self.put_mount(&rec).await?;
             return Ok(Mounted {
                 record: rec,
                 pulled: false,
@@ -402,16 +428,13 @@ impl Node {
             r => r?,
         };
         let path = self.mount_root.join(&name);
-        let done = (|| -> Result<()> {
-            std::fs::create_dir_all(&path)?;
-            crate::mount::mount_readonly(&mounts, &path)
-                .map_err(|e| Error::mount(format!("mounting {}", path.display()), e))
-        })();
-        if let Err(e) = done {
-            let _ = ctr.remove(&view).await;
-            return Err(e);
-        }
-        let id = crate::mountinfo::of(&path);
+        let id = match mount_view(mounts, path.clone()).await {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = ctr.remove(&view).await;
+                return Err(e);
+            }
+        };
         let rec = MountRecord {
             name,
             path,
@@ -423,7 +446,7 @@ impl Node {
             id,
             detached: false,
         };
-        self.put_mount(&rec)?;
+        self.put_mount(&rec).await?;
         Ok(Mounted {
             record: rec,
             pulled,
@@ -462,7 +485,7 @@ impl Node {
             rec.holders.remove(h);
         }
         if !rec.holders.is_empty() && !force {
-            self.put_mount(&rec)?;
+            self.put_mount(&rec).await?;
             return Ok(Unmounted {
                 record: rec,
                 unmounted: false,
@@ -483,7 +506,7 @@ impl Node {
         } else {
             tracing::info!(mount = %rec.name, ?users, "host mount gone; view kept while containers use it");
             rec.detached = true;
-            self.put_mount(&rec)?;
+            self.put_mount(&rec).await?;
         }
         Ok(Unmounted {
             record: rec,
@@ -498,7 +521,7 @@ impl Node {
             Err(e) if !e.is_not_found() => return Err(e.into()),
             _ => {}
         }
-        self.delete_mount(&rec.name)
+        self.delete_mount(&rec.name).await
     }
 
     /// Removes the views that were kept for containers once no container uses them.
@@ -506,11 +529,14 @@ impl Node {
         let Ok(records) = self.mounts() else { return };
         for rec in records.into_iter().filter(|r| r.detached) {
             let _name = self.names.lock(&rec.name).await;
-            let in_use = rec
-                .id
-                .as_ref()
-                .is_some_and(|id| !crate::mountinfo::users(id).is_empty());
-            if in_use {
+            let id = rec.id.clone();
+            let in_use = blocking(move || {
+                Ok(id
+                    .as_ref()
+                    .is_some_and(|id| !crate::mountinfo::users(id).is_empty()))
+            })
+            .await;
+            if !matches!(in_use, Ok(false)) {
                 continue;
             }
             match self.drop_view(&rec).await {

@@ -143,7 +143,10 @@ impl Source {
 
     async fn small_blob(&self, d: &Descriptor) -> Result<Vec<u8>> {
         match self {
-            Source::Store(s) => Ok(s.read_blob(d)?),
+            Source::Store(s) => {
+                let (s, d) = (s.clone(), d.clone());
+                crate::node::blocking(move || Ok(s.read_blob(&d)?)).await
+            }
             Source::Registry(reg, repo) => {
                 if d.size > kitsnap_core::store::MAX_METADATA_BLOB {
                     return Err(Error::invalid(format!(
@@ -181,19 +184,30 @@ pub fn chain_names(digests: &[&Digest]) -> Vec<String> {
 }
 
 async fn resolve(spec: &PullSpec) -> Result<(Source, Vec<u8>, Manifest, Descriptor)> {
-    if let Some(dir) = &spec.store {
-        let store = Store::open(dir.clone())?;
-        if let Ok(desc) = store.resolve(&spec.reference) {
+    if let Some(dir) = spec.store.clone() {
+        let reference = spec.reference.clone();
+        // A client's store is only read, never created or changed (the daemon is root).
+        let found = crate::node::blocking(move || {
+            let store = Store::open_existing(dir)?;
+            let Ok(desc) = store.resolve(&reference) else {
+                return Ok(None);
+            };
             let m = store.manifest(&desc)?;
             if m.model_format().is_none() {
                 return Err(layers::not_a_modelkit(&m).into());
             }
             let bytes = store.read_blob(&desc)?;
+            Ok(Some((store, bytes, m, desc)))
+        })
+        .await?;
+        if let Some((store, bytes, m, desc)) = found {
             return Ok((Source::Store(Arc::new(store)), bytes, m, desc));
         }
     }
     transfer::check_remote(&spec.reference)?;
-    let reg = Registry::new(&spec.reference.registry, spec.registry.clone())?;
+    // Credentials may come from a helper process: off the async workers.
+    let (host, opts) = (spec.reference.registry.clone(), spec.registry.clone());
+    let reg = crate::node::blocking(move || Ok(Registry::new(&host, opts)?)).await?;
     let (bytes, m, desc) = transfer::remote_manifest(&reg, &spec.reference).await?;
     Ok((
         Source::Registry(Arc::new(reg), spec.reference.repository.clone()),

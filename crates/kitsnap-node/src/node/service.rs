@@ -71,6 +71,33 @@ fn registry_options(base: &ClientOptions, o: Option<pb::RegistryOptions>) -> Cli
     c
 }
 
+/// A client names its own local store for the daemon (root) to read a ModelKit from:
+/// only one that the client's user owns (or any, for root), so that the daemon never
+/// reads a store on behalf of someone who could not read it.
+fn check_store<T>(req: &Request<T>, store: &str) -> Result<(), Status> {
+    if store.is_empty() {
+        return Ok(());
+    }
+    let peer = req
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|i| i.peer_cred)
+        .map(|c| c.uid());
+    let owner = std::fs::metadata(store).ok().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid()
+    });
+    match (peer, owner) {
+        (Some(0), _) => Ok(()),
+        (Some(p), Some(o)) if p == o => Ok(()),
+        (_, None) => Err(Status::not_found(format!("store {store}: not found"))),
+        (p, Some(o)) => Err(Status::permission_denied(format!(
+            "store {store} belongs to uid {o}, not to the caller (uid {}): kitsnap serve reads a local store only for its owner",
+            p.map_or("unknown".into(), |p| p.to_string())
+        ))),
+    }
+}
+
 fn parse_ref(s: &str) -> Result<Reference, Status> {
     s.parse::<Reference>()
         .map_err(|e| Status::invalid_argument(e.to_string()))
@@ -95,6 +122,7 @@ impl node_server::Node for Service {
     type PullStream = EventStream;
 
     async fn pull(&self, req: Request<pb::PullRequest>) -> Result<Response<EventStream>, Status> {
+        check_store(&req, &req.get_ref().store)?;
         let r = req.into_inner();
         let spec = pull::PullSpec {
             reference: parse_ref(&r.reference)?,
@@ -158,6 +186,7 @@ impl node_server::Node for Service {
         &self,
         req: Request<pb::MountRequest>,
     ) -> Result<Response<pb::MountResponse>, Status> {
+        check_store(&req, &req.get_ref().store)?;
         let r = req.into_inner();
         let m = MountRequest {
             reference: parse_ref(&r.reference)?,
