@@ -11,6 +11,8 @@
 #[path = "it/support/mod.rs"]
 mod support;
 
+#[path = "it/architecture.rs"]
+mod architecture;
 #[path = "it/containerd.rs"]
 mod containerd;
 #[path = "it/daemon.rs"]

@@ -29,6 +29,11 @@ pub const ANNOTATION_FILEPATH: &str = "org.cncf.model.filepath";
 /// OCI image layout: the name a manifest is tagged with.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+// kitsnap's own descriptor, manifest and index types, not oci-spec's: ModelKit manifests
+// and configs are content-addressed, and must be written with exactly KitOps' bytes (Go's
+// field order and HTML escaping, no `mediaType` where kit omits it, empty fields left out
+// as Go's omitempty does), then read back and pushed unchanged. Foreign documents (container
+// images, indexes) are read with oci-spec in kitsnap-registry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Descriptor {
     #[serde(rename = "mediaType")]

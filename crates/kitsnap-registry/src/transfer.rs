@@ -71,7 +71,8 @@ pub async fn remote_manifest(
     let (bytes, media_type, digest) = reg.get_manifest(&r.repository, &remote_ref(r)).await?;
     if media_type.starts_with(MEDIA_TYPE_INDEX) || media_type.contains("manifest.list") {
         return Err(CoreError::NotAModelKit(format!(
-            "{r} is an image index; kitsnap pulls ModelKit manifests"
+            "{r} is {}; kitsnap pulls ModelKit manifests",
+            describe_index(&bytes)
         ))
         .into());
     }
@@ -80,7 +81,10 @@ pub async fn remote_manifest(
         source,
     })?;
     if m.model_format().is_none() {
-        return Err(layers::not_a_modelkit(&m).into());
+        let what = describe_image(&bytes).unwrap_or_default();
+        return Err(
+            CoreError::NotAModelKit(format!("{}{what}", layers::not_a_modelkit(&m))).into(),
+        );
     }
     let desc = Descriptor {
         media_type: m
@@ -92,6 +96,40 @@ pub async fn remote_manifest(
         ..Default::default()
     };
     Ok((bytes, m, desc))
+}
+
+// Manifests that are not ModelKits are read with oci-spec's types: any valid OCI image or
+// index, described for the error. (ModelKit manifests keep kitsnap_core's own types,
+// which write the Go-exact bytes KitOps does.)
+
+/// "an image index for linux/amd64, linux/arm64".
+fn describe_index(bytes: &[u8]) -> String {
+    let Ok(idx) = serde_json::from_slice::<oci_spec::image::ImageIndex>(bytes) else {
+        return "an image index".into();
+    };
+    let platforms: Vec<String> = idx
+        .manifests()
+        .iter()
+        .filter_map(|m| m.platform().as_ref())
+        .map(|p| format!("{}/{}", p.os(), p.architecture()))
+        .collect();
+    if platforms.is_empty() {
+        format!("an image index of {} manifest(s)", idx.manifests().len())
+    } else {
+        format!("an image index for {}", platforms.join(", "))
+    }
+}
+
+/// "; it is a container image (config ..., N layers)" for an OCI or Docker image.
+fn describe_image(bytes: &[u8]) -> Option<String> {
+    let m = serde_json::from_slice::<oci_spec::image::ImageManifest>(bytes).ok()?;
+    let config = m.config().media_type().to_string();
+    config.contains("image.config").then(|| {
+        format!(
+            "; it is a container image ({} layer(s)): use ctr, nerdctl or docker for it",
+            m.layers().len()
+        )
+    })
 }
 
 async fn download(
@@ -301,4 +339,31 @@ pub async fn push(
         .await?;
     report.manifest = Some(desc);
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_manifests_are_described() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let idx = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}},
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"arm64"}}}}]}}"#
+        );
+        assert_eq!(
+            describe_index(idx.as_bytes()),
+            "an image index for linux/amd64, linux/arm64"
+        );
+        let img = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":1}},
+            "layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":1}}]}}"#
+        );
+        let what = describe_image(img.as_bytes()).unwrap();
+        assert!(what.contains("container image (1 layer(s))"), "{what}");
+        assert_eq!(describe_index(b"junk"), "an image index");
+    }
 }
