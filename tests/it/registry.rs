@@ -274,11 +274,22 @@ fn faults_retries_resume_and_clean_failures() {
     );
     assert_eq!(f.patch_500s.load(Ordering::SeqCst), 0, "the fault was hit");
 
-    // 500s on blob downloads are retried.
+    // 500s on blob downloads are retried, and KITSNAP_LOG=info says so.
     f.blob_get_500s.store(2, Ordering::SeqCst);
-    assert_eq!(
-        c.ok("s2", &["pull", &r, "--plain-http", "--concurrency", "1"]),
-        d
+    let o = Command::new(bin())
+        .env("KITSNAP_STORE", c.p("s2"))
+        .env("DOCKER_CONFIG", c.p("docker"))
+        .env("KITSNAP_HOSTS_DIR", c.p("hosts"))
+        .env("KITSNAP_LOG", "info")
+        .args(["pull", &r, "--plain-http", "--concurrency", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d);
+    assert!(
+        err.contains("retrying (1/5)") && err.contains("HTTP 500"),
+        "{err}"
     );
     assert_eq!(f.blob_get_500s.load(Ordering::SeqCst), 0);
 
