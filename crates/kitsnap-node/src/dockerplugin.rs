@@ -16,32 +16,16 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::node::{MountRequest, Node};
+use crate::node::{MountRequest, Node, Volume};
 use kitsnap_core::reference::Reference;
 
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/kitsnap.sock";
 const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.2+json";
 const MAX_BODY: usize = 1 << 20;
-
-/// A volume as `docker volume create` / `--mount type=volume` made it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Volume {
-    pub name: String,
-    pub reference: String,
-    pub namespace: String,
-    pub filters: Vec<String>,
-    pub plain_http: bool,
-}
-
-impl Volume {
-    fn mount_name(&self) -> String {
-        format!("docker-{}", self.name)
-    }
-}
 
 struct Plugin {
     node: Arc<Node>,

@@ -30,5 +30,8 @@ pub const FILTER: &str = "containerd.io/snapshot/kitsnap.filter";
 /// On a View: only these layers of the parent chain (0 = the bottom one), comma-separated.
 pub const LAYERS: &str = "containerd.io/snapshot/kitsnap.layers";
 
+/// On kitsnap's pull leases: the daemon (its state directory) that made them.
+pub const LEASE_OWNER: &str = "dev.kitsnap.lease.owner";
+
 /// On the image record of a ModelKit pulled by kitsnap.
 pub const IMAGE_KIND: &str = "dev.kitsnap.modelkit";

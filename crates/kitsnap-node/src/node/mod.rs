@@ -34,8 +34,25 @@ pub const CLI_HOLDER_PREFIX: &str = "cli";
 const VIEW_PREFIX: &str = "kitsnap-view/";
 
 const MOUNTS: JsonTable<MountRecord> = JsonTable::new("mounts");
-/// Docker volumes (name -> dockerplugin::Volume).
-const VOLUMES: JsonTable<crate::dockerplugin::Volume> = JsonTable::new("volumes");
+/// Named volumes (Docker's volume plugin makes them): name -> Volume.
+const VOLUMES: JsonTable<Volume> = JsonTable::new("volumes");
+
+/// A named volume of a ModelKit: `docker volume create` / `--mount type=volume` through
+/// the Docker plugin; each container mounting it is a holder of the mount `docker-NAME`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Volume {
+    pub name: String,
+    pub reference: String,
+    pub namespace: String,
+    pub filters: Vec<String>,
+    pub plain_http: bool,
+}
+
+impl Volume {
+    pub fn mount_name(&self) -> String {
+        format!("docker-{}", self.name)
+    }
+}
 
 /// A host mount of a ModelKit view.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -261,7 +278,7 @@ impl Node {
                 let mine_now = format!("{}{}-", pull::LEASE_PREFIX, self.puller.instance);
                 let stale = id.starts_with(pull::LEASE_PREFIX)
                     && !id.starts_with(&mine_now)
-                    && labels.get(pull::LEASE_OWNER) == Some(&self.puller.owner);
+                    && labels.get(label::LEASE_OWNER) == Some(&self.puller.owner);
                 if stale {
                     c.lease_delete(&id, false).await?;
                     tracing::info!(namespace = %ns, lease = %id, "deleted the lease of an interrupted pull");
@@ -280,11 +297,11 @@ impl Node {
         Ok(MOUNTS.all(&self.db)?)
     }
 
-    pub fn volumes(&self) -> Result<Vec<crate::dockerplugin::Volume>> {
+    pub fn volumes(&self) -> Result<Vec<Volume>> {
         Ok(VOLUMES.all(&self.db)?)
     }
 
-    pub async fn put_volume(&self, v: &crate::dockerplugin::Volume) -> Result<()> {
+    pub async fn put_volume(&self, v: &Volume) -> Result<()> {
         let (db, v) = (self.db.clone(), v.clone());
         blocking(move || Ok(VOLUMES.put(&db, &v.name, &v)?)).await
     }

@@ -102,7 +102,7 @@ pub struct Puller {
     /// Each layer blob is downloaded and unpacked once on the node, whoever pulls it.
     pub layers: KeyedLocks,
     pub limits: PullLimits,
-    /// Value of [`LEASE_OWNER`] on this daemon's pull leases: its state directory, so
+    /// Value of [`label::LEASE_OWNER`] on this daemon's pull leases: its state directory, so
     /// that a restarted daemon finds (and drops) the leases of pulls it was running.
     pub owner: String,
     /// This daemon process, in its lease ids: leases of an earlier process of the same
@@ -110,8 +110,6 @@ pub struct Puller {
     pub instance: String,
 }
 
-/// Label on pull leases: which daemon made them.
-pub const LEASE_OWNER: &str = "dev.kitsnap.lease.owner";
 /// Prefix of pull lease ids.
 pub const LEASE_PREFIX: &str = "kitsnap-pull-";
 
@@ -524,7 +522,7 @@ pub async fn pull(
 
     let ctr0 = Containerd::connect(&p.containerd, &spec.namespace).await?;
     let id = format!("{LEASE_PREFIX}{}-{}", p.instance, nonce());
-    let owner = HashMap::from([(LEASE_OWNER.to_string(), p.owner.clone())]);
+    let owner = HashMap::from([(label::LEASE_OWNER.to_string(), p.owner.clone())]);
     let ctr = ctr0.with_new_lease(&id, LEASE_TTL, owner).await?;
     let leased = Leased {
         ctr: &ctr,
