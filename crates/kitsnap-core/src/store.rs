@@ -23,6 +23,7 @@ pub const ANNOTATION_UNTAGGED_REPO: &str = "dev.kitsnap.repository";
 /// Manifests and configs are small; anything larger is refused rather than read into memory.
 pub const MAX_METADATA_BLOB: u64 = 4 << 20;
 
+#[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
 }

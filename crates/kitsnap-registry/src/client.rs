@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -195,7 +195,7 @@ fn file_body(path: &Path, offset: u64, len: u64, bar: &ProgressBar) -> Result<re
 /// ignored `Range`, or the next endpoint); a sink that cannot restart returns
 /// [`Error::Aborted`].
 pub trait BlobSink: Send {
-    fn reset(&mut self) -> Result<()>;
+    fn reset(&mut self) -> impl Future<Output = Result<()>> + Send;
     fn write(&mut self, data: bytes::Bytes) -> impl Future<Output = Result<()>> + Send;
     /// Called once after the last byte.
     fn finish(&mut self) -> impl Future<Output = Result<()>> + Send {
@@ -207,20 +207,26 @@ pub trait BlobSink: Send {
     }
 }
 
-struct FileSink<'a>(&'a mut File);
+/// A file, written through tokio's blocking pool (never on the async workers).
+struct FileSink(tokio::io::BufWriter<tokio::fs::File>);
 
-impl BlobSink for FileSink<'_> {
-    fn reset(&mut self) -> Result<()> {
-        self.0.set_len(0)?;
-        self.0.seek(SeekFrom::Start(0))?;
+impl BlobSink for FileSink {
+    async fn reset(&mut self) -> Result<()> {
+        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+        self.0.flush().await?;
+        let f = self.0.get_mut();
+        f.set_len(0).await?;
+        f.seek(SeekFrom::Start(0)).await?;
         Ok(())
     }
     async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
-        self.0.write_all(&data)?;
+        use tokio::io::AsyncWriteExt;
+        self.0.write_all(&data).await?;
         Ok(())
     }
     async fn finish(&mut self) -> Result<()> {
-        self.0.flush()?;
+        use tokio::io::AsyncWriteExt;
+        self.0.flush().await?;
         Ok(())
     }
 }
@@ -229,7 +235,7 @@ impl BlobSink for FileSink<'_> {
 pub struct VecSink(pub Vec<u8>);
 
 impl BlobSink for VecSink {
-    fn reset(&mut self) -> Result<()> {
+    async fn reset(&mut self) -> Result<()> {
         self.0.clear();
         Ok(())
     }
@@ -548,11 +554,12 @@ impl Registry {
         &self,
         repo: &str,
         desc: &Descriptor,
-        file: &mut File,
+        file: File,
         bar: &ProgressBar,
     ) -> Result<()> {
-        self.fetch_blob_into(repo, desc, &mut FileSink(file), bar)
-            .await
+        let file = tokio::fs::File::from_std(file);
+        let mut sink = FileSink(tokio::io::BufWriter::with_capacity(1 << 20, file));
+        self.fetch_blob_into(repo, desc, &mut sink, bar).await
     }
 
     /// Downloads a blob into any [`BlobSink`], with the same resume and fallback rules.
@@ -566,7 +573,7 @@ impl Registry {
     ) -> Result<()> {
         let mut last = None;
         for ep in self.endpoints_for(|e| e.pull) {
-            sink.reset()?;
+            sink.reset().await?;
             bar.set_position(0);
             match self.fetch_from(ep, repo, desc, sink, bar).await {
                 Ok(()) => return Ok(()),
@@ -626,7 +633,7 @@ impl Registry {
                     == Some(got);
             if got > 0 && !partial_ok {
                 // The server ignored the Range: start over.
-                sink.reset()?;
+                sink.reset().await?;
                 hasher = (!sink.verifies()).then(ThreadedHasher::new);
                 got = 0;
                 bar.set_position(0);

@@ -144,11 +144,14 @@ async fn download(
     }
     let bar = progress::multi_bytes(mp, desc.size, desc.digest.short().to_string());
     let mut ingest = store.ingest()?;
-    let mut file = ingest.file()?.try_clone()?;
-    reg.fetch_blob(repo, desc, &mut file, &bar).await?;
-    drop(file);
-    // Verified while streaming: digest and size.
-    store.commit(ingest, &desc.digest, false)?;
+    let file = ingest.file()?.try_clone()?;
+    reg.fetch_blob(repo, desc, file, &bar).await?;
+    // Verified while streaming: digest and size. The commit fsyncs the whole blob: off
+    // the async workers.
+    let (store, digest) = (store.clone(), desc.digest.clone());
+    tokio::task::spawn_blocking(move || store.commit(ingest, &digest, false))
+        .await
+        .map_err(|e| Error::Aborted(format!("storing a blob: {e}")))??;
     bar.finish_and_clear();
     Ok(true)
 }

@@ -302,7 +302,7 @@ struct ExtractSink {
 }
 
 impl BlobSink for ExtractSink {
-    fn reset(&mut self) -> kitsnap_registry::Result<()> {
+    async fn reset(&mut self) -> kitsnap_registry::Result<()> {
         if self.started {
             return Err(RegistryError::Aborted(format!(
                 "layer {}: the registry restarted the download from byte 0, and a layer being unpacked cannot start over; retry the pull",
