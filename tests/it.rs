@@ -1,0 +1,2 @@
+#[path = "it/snapshot_conformance.rs"]
+mod snapshot_conformance;
