@@ -4,7 +4,8 @@
 //! Each index is derived from a record by [`entries`] alone and maintained in the same
 //! redb write transaction as the record ([`Tables::index`] / [`Tables::unindex`]), so an
 //! index can never disagree with the records it describes. A database written before the
-//! indexes existed (or by an older index layout) is indexed once at open ([`migrate`]).
+//! indexes existed, with an older index layout, or whose records an older kitsnap changed
+//! since (its keys no longer match `idx_links`) is indexed once at open ([`migrate`]).
 //!
 //! | table          | key                      | value(s)                                   |
 //! |----------------|--------------------------|--------------------------------------------|
