@@ -29,3 +29,5 @@ mod modelkits;
 mod pack_unpack;
 #[path = "it/registry.rs"]
 mod registry;
+#[path = "it/snapshot_conformance.rs"]
+mod snapshot_conformance;

@@ -93,16 +93,23 @@ pub fn parse_layers_label(v: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-/// The tree for `layers` (fs dirs, bottom first) under `dest`, built if missing.
-/// Returns its name under `trees_dir`.
-pub fn ensure_tree(trees_dir: &Path, layers: &[PathBuf], dest: &str) -> Result<String> {
+/// The name of the tree for `layers` (fs dirs, bottom first) under `dest`: lowercase
+/// hex, so `.tmp-<name>-<suffix>` and `rm-<name>-<suffix>` parse back.
+pub fn tree_name(layers: &[PathBuf], dest: &str) -> String {
     let mut h = Sha256::new();
     h.update(dest.as_bytes());
     for l in layers {
         h.update(b"\0");
         h.update(l.as_os_str().as_encoded_bytes());
     }
-    let name = hex::encode(&h.finalize()[..16]);
+    hex::encode(&h.finalize()[..16])
+}
+
+/// The tree for `layers` (fs dirs, bottom first) under `dest`, built if missing.
+/// Returns its name under `trees_dir`. The caller keeps concurrent builds of one tree
+/// apart (the snapshotter claims the name first).
+pub fn ensure_tree(trees_dir: &Path, layers: &[PathBuf], dest: &str) -> Result<String> {
+    let name = tree_name(layers, dest);
     let path = trees_dir.join(&name);
     if path.exists() {
         return Ok(name);

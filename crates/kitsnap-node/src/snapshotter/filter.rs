@@ -161,6 +161,59 @@ impl Filter {
     }
 }
 
+/// An indexed lookup that yields every snapshot one alternative of a filter can match
+/// (the filter itself is still applied to what it yields).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hint {
+    /// `name==N`
+    Name(String),
+    /// `parent==P`
+    Parent(String),
+    /// `parent==P` with `labels."<indexed label>"==V` (V not empty).
+    ParentLabel { parent: String, value: String },
+}
+
+impl Filter {
+    /// One lookup per alternative, or `None` when some alternative (or an empty filter,
+    /// which matches everything) needs every record read. `indexed_label` is the one
+    /// label indexed together with the parent.
+    pub fn hints(&self, indexed_label: &str) -> Option<Vec<Hint>> {
+        if self.alternatives.is_empty() {
+            return None;
+        }
+        self.alternatives
+            .iter()
+            .map(|sels| {
+                let eq = |field: &str| {
+                    sels.iter().find_map(|s| match (&s.op, s.path.as_slice()) {
+                        (Op::Eq(v), [f]) if f == field => Some(v.clone()),
+                        _ => None,
+                    })
+                };
+                let label = sels.iter().find_map(|s| match &s.op {
+                    Op::Eq(v)
+                        if !v.is_empty()
+                            && s.path.len() >= 2
+                            && s.path[0] == "labels"
+                            && s.path[1..].join(".") == indexed_label =>
+                    {
+                        Some(v.clone())
+                    }
+                    _ => None,
+                });
+                if let Some(n) = eq("name") {
+                    return Some(Hint::Name(n));
+                }
+                let parent = eq("parent")?;
+                Some(match label {
+                    Some(value) => Hint::ParentLabel { parent, value },
+                    None => Hint::Parent(parent),
+                })
+            })
+            .collect()
+    }
+}
+
 impl Selector {
     fn matches(&self, f: &Fields<'_>) -> bool {
         let value: Option<&str> = match self.path.first().map(String::as_str) {
@@ -216,5 +269,42 @@ mod tests {
         assert!(any.matches(&f));
         assert!(Filter::parse(&[]).unwrap().matches(&f));
         assert!(Filter::parse(&["labels.\"unterminated".into()]).is_err());
+    }
+
+    #[test]
+    fn index_hints() {
+        let t = "containerd.io/snapshot.ref";
+        let h = |fs: &[&str]| {
+            Filter::parse(&fs.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap()
+                .hints(t)
+        };
+        assert_eq!(
+            h(&[r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent=="p""#]),
+            Some(vec![Hint::ParentLabel {
+                parent: "p".into(),
+                value: "sha256:abc".into()
+            }])
+        );
+        assert_eq!(
+            h(&["labels.containerd.io/snapshot.ref==x,parent==\"\""]),
+            Some(vec![Hint::ParentLabel {
+                parent: "".into(),
+                value: "x".into()
+            }])
+        );
+        assert_eq!(
+            h(&["name==p", "parent==q,kind==view"]),
+            Some(vec![Hint::Name("p".into()), Hint::Parent("q".into())])
+        );
+        assert_eq!(
+            h(&["parent==p,labels.l"]),
+            Some(vec![Hint::Parent("p".into())])
+        );
+        // Any alternative without an indexed equality means a scan.
+        assert_eq!(h(&["name==p", "kind==view"]), None);
+        assert_eq!(h(&["parent!=p"]), None);
+        assert_eq!(h(&[r#"labels."containerd.io/snapshot.ref"==x"#]), None);
+        assert_eq!(h(&[]), None);
     }
 }
