@@ -509,14 +509,16 @@ impl Node {
                 still_used_by: Vec::new(),
             });
         }
-        let users = rec
-            .id
-            .as_ref()
-            .map(crate::mountinfo::users)
-            .unwrap_or_default();
-        crate::mount::unmount(&rec.path)
-            .map_err(|e| Error::mount(format!("unmounting {}", rec.path.display()), e))?;
-        let _ = std::fs::remove_dir(&rec.path);
+        let (id, path) = (rec.id.clone(), rec.path.clone());
+        let users = blocking(move || {
+            crate::mount::unmount(&path)
+                .map_err(|e| Error::mount(format!("unmounting {}", path.display()), e))?;
+            let _ = std::fs::remove_dir(&path);
+            // Looked for after the unmount: copies of the mount that other namespaces got
+            // by propagation go with it; a container's own bind of it does not.
+            Ok(id.as_ref().map(crate::mountinfo::users).unwrap_or_default())
+        })
+        .await?;
         rec.holders.clear();
         if users.is_empty() {
             self.drop_view(&rec).await?;
