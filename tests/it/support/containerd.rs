@@ -381,13 +381,7 @@ impl Drop for Containerd {
             let _ = c.wait();
         }
         // Unmount anything left under the state dir (rootfs mounts of killed tasks).
-        let _ = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "grep -o ' {}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l",
-                self.dir.display()
-            ))
-            .output();
+        umount_under(&self.dir);
     }
 }
 
@@ -400,6 +394,18 @@ fn blob(dir: &Path, data: &[u8]) -> String {
 
 pub const BUSYBOX: &str = "/bin/busybox";
 pub const IMAGE: &str = "docker.io/library/kitsnap-busybox:test";
+
+/// Lazily unmounts everything mounted under `dir` (rootfs mounts of killed tasks, views),
+/// deepest first.
+pub fn umount_under(dir: &Path) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "grep -o ' {}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l",
+            dir.display()
+        ))
+        .output();
+}
 
 /// An OCI image archive of a busybox-static rootfs (one layer), named `IMAGE`.
 pub fn busybox_image(out_tar: &Path) {
