@@ -25,6 +25,8 @@ mod hostile;
 mod large;
 #[path = "it/modelkits.rs"]
 mod modelkits;
+#[path = "it/node_core.rs"]
+mod node_core;
 #[path = "it/pack_unpack.rs"]
 mod pack_unpack;
 #[path = "it/registry.rs"]

@@ -95,6 +95,8 @@ pub struct Kitsnap {
     child: Option<Child>,
     log: PathBuf,
     containerd_sock: PathBuf,
+    /// More `kitsnap serve` arguments (e.g. `--config FILE`).
+    extra: Vec<String>,
 }
 
 impl Kitsnap {
@@ -105,6 +107,11 @@ impl Kitsnap {
     }
 
     pub fn start_with_plugin(dir: &Path, docker_plugin: &Path) -> Kitsnap {
+        Self::start_with_args(dir, docker_plugin, &[])
+    }
+
+    /// Like `start_with_plugin`, with more `kitsnap serve` arguments (`--config FILE`).
+    pub fn start_with_args(dir: &Path, docker_plugin: &Path, extra: &[&str]) -> Kitsnap {
         let mut k = Kitsnap {
             root: dir.join("kitsnap-root"),
             sock: dir.join("kitsnap.sock"),
@@ -113,6 +120,7 @@ impl Kitsnap {
             child: None,
             log: dir.join("kitsnap.log"),
             containerd_sock: dir.join("containerd").join("containerd.sock"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         k.spawn();
         k
@@ -144,6 +152,7 @@ impl Kitsnap {
                 self.mounts.to_str().unwrap(),
             ])
             .args(plugin)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -175,6 +184,24 @@ impl Kitsnap {
 
     pub fn start_again(&mut self) {
         self.spawn();
+    }
+
+    /// SIGTERM, then waits at most `within` for the daemon to exit: its exit status, or
+    /// None when it was still running then (it is killed, so that nothing hangs).
+    pub fn terminate_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: sending a signal to our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
     }
 
     /// Snapshot directories on disk.
@@ -275,10 +302,29 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             .unwrap();
         wait_for(&self.sock, &mut child, "containerd");
         self.child = Some(child);
-        // The socket appears before every service is registered.
+        // The socket appears before every service is registered: wait for the ones the
+        // tests use. A plugin that failed to load (e.g. the metadata store, when a host
+        // mountinfo line over 64 KiB defeats containerd's reader: "bufio.Scanner: token too
+        // long") leaves its services unknown for good: fail here, with the log, not later.
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) && !self.ctr(&["version"]).status.success()
-        {
+        loop {
+            let failed = [
+                &["version"][..],
+                &["leases", "ls"],
+                &["content", "ls", "-q"],
+            ]
+            .into_iter()
+            .map(|args| self.ctr(args))
+            .find(|o| !o.status.success());
+            let Some(o) = failed else { break };
+            if start.elapsed() > Duration::from_secs(30) {
+                panic!(
+                    "containerd {} is not ready: {}\n--- containerd log tail:\n{}",
+                    self.version.name,
+                    String::from_utf8_lossy(&o.stderr),
+                    self.log_tail()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }

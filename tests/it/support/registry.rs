@@ -205,9 +205,48 @@ pub struct Faults {
     pub range_requests: AtomicUsize,
     pub unauthorized: AtomicUsize,
     pub requests: AtomicUsize,
+    /// Send blob GET bodies at most this many bytes per second (0: as fast as they come).
+    /// Read for every 4 KiB piece, so a test can slow a download down and let it go.
+    pub throttle_blob_bps: AtomicU64,
+    /// Blob GET body bytes sent to clients so far (to see that a download is under way).
+    pub blob_bytes_sent: AtomicU64,
 }
 
-type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, BoxError>> + Send + Sync>>;
+
+/// A blob body sent in 4 KiB pieces at `throttle_blob_bps` (re-read for every piece),
+/// counting what it sends in `blob_bytes_sent`.
+fn throttled(inner: ByteStream, f: Arc<Faults>) -> ByteStream {
+    const PIECE: usize = 4096;
+    Box::pin(futures_util::stream::unfold(
+        (inner, Bytes::new(), f),
+        |(mut inner, mut pending, f)| async move {
+            while pending.is_empty() {
+                match inner.next().await {
+                    None => return None,
+                    Some(Err(e)) => return Some((Err(e), (inner, pending, f))),
+                    Some(Ok(b)) => pending = b,
+                }
+            }
+            let rate = f.throttle_blob_bps.load(Ordering::SeqCst);
+            let n = pending.len().min(PIECE);
+            // Rate 0 (no division): unthrottled, all at once.
+            let piece = match (n as u64 * 1_000_000_000).checked_div(rate) {
+                None => std::mem::take(&mut pending),
+                Some(nanos) => {
+                    tokio::time::sleep(Duration::from_nanos(nanos)).await;
+                    pending.split_to(n)
+                }
+            };
+            f.blob_bytes_sent
+                .fetch_add(piece.len() as u64, Ordering::SeqCst);
+            Some((Ok(piece), (inner, pending, f)))
+        },
+    ))
+}
 
 fn full(b: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(b.into())
@@ -424,24 +463,33 @@ async fn handle(
                 .is_some_and(|d| path.ends_with(d.as_str())));
     let mut sent = 0u64;
     let mut flipped = false;
-    let stream = resp.bytes_stream().map(move |chunk| {
-        let mut chunk: Vec<u8> = chunk
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)?
-            .to_vec();
-        if corrupt && !flipped && !chunk.is_empty() {
-            let i = chunk.len() / 2;
-            chunk[i] ^= 0x55;
-            flipped = true;
-        }
-        // Only one download is cut: the first that gets past `cut` bytes.
-        if cut > 0
-            && sent + chunk.len() as u64 > cut
-            && f.cut_blob_after.swap(0, Ordering::SeqCst) != 0
-        {
-            return Err("injected connection cut".into());
-        }
-        sent += chunk.len() as u64;
-        Ok(Frame::data(Bytes::from(chunk)))
-    });
-    out.body(BodyExt::boxed(StreamBody::new(stream))).unwrap()
+    let tf = f.clone();
+    let stream = resp
+        .bytes_stream()
+        .map(move |chunk| -> Result<Bytes, BoxError> {
+            let mut chunk: Vec<u8> = chunk.map_err(|e| Box::new(e) as BoxError)?.to_vec();
+            if corrupt && !flipped && !chunk.is_empty() {
+                let i = chunk.len() / 2;
+                chunk[i] ^= 0x55;
+                flipped = true;
+            }
+            // Only one download is cut: the first that gets past `cut` bytes.
+            if cut > 0
+                && sent + chunk.len() as u64 > cut
+                && f.cut_blob_after.swap(0, Ordering::SeqCst) != 0
+            {
+                return Err("injected connection cut".into());
+            }
+            sent += chunk.len() as u64;
+            Ok(Bytes::from(chunk))
+        });
+    let stream: ByteStream = if is_blob_get {
+        throttled(Box::pin(stream), tf)
+    } else {
+        Box::pin(stream)
+    };
+    out.body(BodyExt::boxed(StreamBody::new(
+        stream.map(|r| r.map(Frame::data)),
+    )))
+    .unwrap()
 }
