@@ -5,6 +5,7 @@
 mod cli;
 mod client;
 mod commands;
+mod output;
 mod settings;
 
 use clap::Parser;
@@ -13,17 +14,17 @@ use crate::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
-    // Behave like other Unix tools when piped into `head`: exit quietly on a closed pipe.
-    // Never for the daemon: a peer closing its connection must not kill `serve`.
+    // SIGPIPE stays ignored (Rust's default): a daemon closing its socket must be an
+    // error, not a silent death. A closed stdout ends the command quietly instead
+    // (`output::stdout`).
     if !matches!(cli.command, Command::Serve(_)) {
-        // SAFETY: setting a signal disposition before any thread starts.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
         init_diagnostics();
     }
     let ctx = settings::Ctx::new(cli.store, cli.no_progress);
     if let Err(e) = commands::run(cli.command, &ctx) {
+        if output::is_stdout_closed(&e) {
+            return;
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

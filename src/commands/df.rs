@@ -18,7 +18,7 @@ pub struct DfArgs {
 
 pub fn run(a: DfArgs, _ctx: &Ctx) -> Result<()> {
     let r = runtime()?.block_on(client::df(&a.daemon.address))?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     writeln!(
         out,
         "{:<44} {:<10} {:>6} {:>11} {:>11} {:>11}",

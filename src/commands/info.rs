@@ -19,7 +19,7 @@ pub fn run(a: InfoArgs, ctx: &Ctx) -> Result<()> {
     let d = store.resolve(&parse_ref(&a.reference)?)?;
     let m = store.manifest(&d)?;
     match store.kitfile(&m)? {
-        Some(kf) => write!(std::io::stdout().lock(), "{}", kf.to_yaml()?)?,
+        Some(kf) => write!(crate::output::stdout(), "{}", kf.to_yaml()?)?,
         None => bail!(
             "{} is a ModelPack without a Kitfile annotation; see `kitsnap inspect`",
             a.reference

@@ -32,7 +32,7 @@ pub fn run(a: InspectArgs, ctx: &Ctx) -> Result<()> {
         let d = store.resolve(&r)?;
         store.manifest(&d)?
     };
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     serde_json::to_writer_pretty(&mut out, &m)?;
     writeln!(out)?;
     Ok(())

@@ -9,7 +9,7 @@ use crate::settings::Ctx;
 
 pub fn run(ctx: &Ctx) -> Result<()> {
     let store = ctx.open_store()?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     writeln!(
         out,
         "{:<40} {:<16} {:<24} {:>10}  DIGEST",

@@ -60,13 +60,13 @@ pub fn run(a: MountArgs, ctx: &Ctx) -> Result<()> {
         "Mounted {r} read-only as {} (holder {}; {} holder(s) in all; `kitsnap umount {} --holder {}` releases this one)",
         res.name, res.holder, res.holders, res.name, res.holder
     );
-    writeln!(std::io::stdout().lock(), "{}", res.path)?;
+    writeln!(crate::output::stdout(), "{}", res.path)?;
     Ok(())
 }
 
 fn list(daemon: &DaemonArgs) -> Result<()> {
     let r = runtime()?.block_on(client::list_mounts(&daemon.address))?;
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     writeln!(
         out,
         "{:<32} {:<44} {:<8} PATH",

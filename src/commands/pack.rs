@@ -69,6 +69,6 @@ pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
         res.layers.len(),
         res.reused
     );
-    writeln!(std::io::stdout().lock(), "{}", res.manifest.digest)?;
+    writeln!(crate::output::stdout(), "{}", res.manifest.digest)?;
     Ok(())
 }

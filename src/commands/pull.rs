@@ -54,7 +54,7 @@ fn into_store(a: PullArgs, ctx: &Ctx) -> Result<()> {
         rep.skipped
     );
     if let Some(d) = rep.manifest {
-        writeln!(std::io::stdout().lock(), "{}", d.digest)?;
+        writeln!(crate::output::stdout(), "{}", d.digest)?;
     }
     Ok(())
 }
@@ -83,6 +83,6 @@ fn into_containerd(a: PullArgs, ctx: &Ctx) -> Result<()> {
         res.layers_reused,
         res.top_snapshot
     );
-    writeln!(std::io::stdout().lock(), "{}", res.manifest_digest)?;
+    writeln!(crate::output::stdout(), "{}", res.manifest_digest)?;
     Ok(())
 }

@@ -45,7 +45,7 @@ pub fn run(a: PushArgs, ctx: &Ctx) -> Result<()> {
         rep.skipped
     );
     if let Some(d) = rep.manifest {
-        writeln!(std::io::stdout().lock(), "{}", d.digest)?;
+        writeln!(crate::output::stdout(), "{}", d.digest)?;
     }
     Ok(())
 }

@@ -275,13 +275,40 @@ impl Containerd {
             return self.content_label(digest, labels).await;
         }
         let total = data.len() as i64;
-        let mut w = self.write_stream(digest, total).await?;
-        w.send(data).await?;
-        w.commit(labels).await
+        match self.write_stream(digest, total).await? {
+            Some(mut w) => {
+                w.send(data).await?;
+                w.commit(labels).await
+            }
+            // Another writer finished it meanwhile.
+            None => self.content_label(digest, labels).await,
+        }
     }
 
-    /// Opens a streaming write of the blob `digest` (of `total` bytes).
-    pub async fn write_stream(&self, digest: &str, total: i64) -> Result<ContentWriter> {
+    /// Opens a streaming write of the blob `digest` (of `total` bytes); None when
+    /// containerd has the blob already. Another writer holding the same ingest (a
+    /// concurrent pull in another process) is waited for, as containerd's own clients do.
+    pub async fn write_stream(&self, digest: &str, total: i64) -> Result<Option<ContentWriter>> {
+        let mut wait = std::time::Duration::from_millis(50);
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match self.open_writer(digest, total).await {
+                Ok(w) => return Ok(Some(w)),
+                Err(e) if e.is_already_exists() => return Ok(None),
+                Err(e)
+                    if e.code() == Some(tonic::Code::Unavailable)
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::debug!(%digest, error = %e, "content ingest locked; waiting");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn open_writer(&self, digest: &str, total: i64) -> Result<ContentWriter> {
         let (tx, rx) = tokio::sync::mpsc::channel::<content::WriteContentRequest>(4);
         let reference = format!("kitsnap-{digest}");
         // The first message goes before the call: containerd answers (and sends the

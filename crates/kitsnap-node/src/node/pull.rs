@@ -419,10 +419,8 @@ async fn fill_layer(
                 extract::extract(reader, &plan, &dir, opts)
             });
             let content = if keep_blob {
-                Some(
-                    ctr.write_stream(l.desc.digest.as_str(), l.desc.size as i64)
-                        .await?,
-                )
+                ctr.write_stream(l.desc.digest.as_str(), l.desc.size as i64)
+                    .await?
             } else {
                 None
             };
@@ -479,7 +477,9 @@ async fn fill_layer(
 async fn copy_to_content(ctr: &Containerd, store: &Store, d: &Descriptor) -> Result<()> {
     use tokio::io::AsyncReadExt;
     let mut f = tokio::fs::File::from_std(store.open_blob(&d.digest)?);
-    let mut w = ctr.write_stream(d.digest.as_str(), d.size as i64).await?;
+    let Some(mut w) = ctr.write_stream(d.digest.as_str(), d.size as i64).await? else {
+        return Ok(()); // containerd has it already
+    };
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf).await?;
@@ -684,6 +684,9 @@ impl Leased<'_> {
             }
         }
 
+        // Config and manifest: one writer per blob on the node (8 pulls of one kit would
+        // otherwise race on containerd's ingest of the same blob).
+        let config_lock = puller.layers.lock(manifest.config.digest.as_str()).await;
         ctr.write_blob(
             manifest.config.digest.as_str(),
             config.to_vec(),
@@ -711,6 +714,8 @@ impl Leased<'_> {
                 repo.clone(),
             );
         }
+        drop(config_lock);
+        let _manifest_lock = puller.layers.lock(mdesc.digest.as_str()).await;
         ctr.write_blob(mdesc.digest.as_str(), mbytes.to_vec(), mlabels)
             .await?;
         ctr.image_put(crate::api::containerd::images::Image {
