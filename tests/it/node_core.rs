@@ -1444,3 +1444,158 @@ fn pull_limits_from_the_config_file() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Many clients at once on one kit: simultaneous mounts of one ref (the kit not yet on the
+// node), a mount racing `ctr images rm --sync`, and 20 containers composed at once.
+
+#[test]
+fn many_clients_on_one_kit_at_once() {
+    require_containers!();
+    require_registry!();
+    let _heavy = heavy();
+    let t = tempfile::tempdir().unwrap();
+    let (reg, _proxy) = registry_and_proxy(t.path());
+    let store = t.path().join("store");
+    let kit = pack_push(
+        &store,
+        tree(
+            &t.path().join("t"),
+            support::bytes(3 << 20, 77),
+            b"a,b\n1,2\n",
+            "# crowd\n",
+        ),
+        format!("{}/node/crowd:v1", reg.addr()),
+        &[],
+    );
+    let img = t.path().join("busybox.tar");
+    busybox_image(&img);
+    const NS: &str = "kitsnap-test";
+    each_version(test_name!(), |v| {
+        let n = Node::start(v, &[]);
+        let ctx = n.ctx.clone();
+        let mount = [
+            "mount",
+            kit.reference.as_str(),
+            "--name",
+            "crowd",
+            "--plain-http",
+        ];
+
+        // --- 6 mounts of one unpulled ref at once: one pull, one view, six holders.
+        let procs: Vec<Proc> = (0..6).map(|_| n.spawn(NS, &mount)).collect();
+        let outs: Vec<Output> = procs.into_iter().map(|mut p| p.wait(LIMIT)).collect();
+        let mut paths = Vec::new();
+        for o in &outs {
+            assert!(o.status.success(), "{ctx}: mount: {}", text(&o.stderr));
+            paths.push(text(&o.stdout).trim().to_string());
+        }
+        paths.dedup();
+        assert_eq!(paths.len(), 1, "{ctx}: one view for every mount: {paths:?}");
+        assert_view(&ctx, Path::new(&paths[0]), &kit);
+        assert_eq!(n.holders("crowd").map(|h| h.len()), Some(6), "{ctx}");
+        let committed = n
+            .snapshots(NS)
+            .into_iter()
+            .filter(|(_, kind)| kind == "Committed")
+            .count();
+        assert_eq!(
+            committed,
+            3,
+            "{ctx}: each layer unpacked once: {:?}",
+            n.snapshots(NS)
+        );
+
+        // --- 20 containers composed with the kit at once: all read the model.
+        n.ctr(
+            NS,
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "kitsnap",
+                img.to_str().unwrap(),
+            ],
+        );
+        let label = format!(
+            "containerd.io/snapshot/kitsnap.modelkit={}:/models",
+            kit.reference
+        );
+        let runs: Vec<_> = (0..20)
+            .map(|i| {
+                let (ctd, label, name) = (&n.ctd, label.clone(), format!("crowd{i}"));
+                let args = vec![
+                    "run".to_string(),
+                    "--rm".into(),
+                    "--snapshotter".into(),
+                    "kitsnap".into(),
+                    "--snapshotter-label".into(),
+                    label,
+                    IMAGE.into(),
+                    name,
+                    "sha256sum".into(),
+                    "/models/model.bin".into(),
+                ];
+                (ctd, args)
+            })
+            .collect();
+        let results: Vec<Output> = std::thread::scope(|s| {
+            let handles: Vec<_> = runs
+                .iter()
+                .map(|(ctd, args)| {
+                    s.spawn(move || {
+                        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+                        ctd.ctr_ns(NS, &a)
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (i, o) in results.iter().enumerate() {
+            assert!(
+                o.status.success() && text(&o.stdout).contains(&kit.model_sha()),
+                "{ctx}: composed container {i}: {}{}\n--- daemon log tail:\n{}",
+                text(&o.stdout),
+                text(&o.stderr),
+                tail(&n.ks.log())
+            );
+        }
+
+        // --- a mount under another name while the image is removed: neither hangs; the
+        // mount either wins (and holds the kit) or fails cleanly.
+        let mut other = n.spawn(
+            NS,
+            &[
+                "mount",
+                kit.reference.as_str(),
+                "--name",
+                "racer",
+                "--plain-http",
+            ],
+        );
+        let rm = n
+            .ctd
+            .ctr_ns(NS, &["images", "rm", "--sync", &kit.reference]);
+        let o = other.wait(LIMIT);
+        assert!(
+            rm.status.success(),
+            "{ctx}: images rm: {}",
+            text(&rm.stderr)
+        );
+        if o.status.success() {
+            assert_view(&ctx, Path::new(text(&o.stdout).trim()), &kit);
+            n.ok(NS, &["umount", "racer"]);
+        } else {
+            let e = text(&o.stderr);
+            assert!(e.contains("error:"), "{ctx}: a clear error: {e}");
+        }
+        // The first view kept the kit through the removal.
+        assert_view(&ctx, Path::new(&paths[0]), &kit);
+        for _ in 0..6 {
+            n.ok(NS, &["umount", "crowd"]);
+        }
+        assert_eq!(n.holders("crowd"), None, "{ctx}");
+        n.gc(NS);
+        n.assert_no_leftovers();
+    });
+}
