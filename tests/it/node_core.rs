@@ -1090,6 +1090,59 @@ fn a_killed_daemon_drops_its_pull_leases_when_restarted() {
 }
 
 #[test]
+fn a_killed_containerd_stops_the_pull_and_its_lease_goes_when_it_is_back() {
+    require_containers!();
+    require_registry!();
+    let _heavy = heavy();
+    let t = tempfile::tempdir().unwrap();
+    let (_reg, proxy) = registry_and_proxy(t.path());
+    let store = t.path().join("store");
+    let kit = slow_kit(t.path(), &store, &proxy, "ctdkilled", 43);
+    each_version(test_name!(), |v| {
+        let mut n = Node::start(v, &[]);
+        let ctx = n.ctx.clone();
+        let ns = "ns-ctdkill";
+        let mut pull = start_slow_pull(&n, &proxy, ns, &kit);
+        n.ctd.kill9();
+        // The pull stops at once (it does not download the rest of the layer first).
+        let o = pull.wait(LIMIT);
+        assert!(
+            !o.status.success(),
+            "{ctx}: the pull succeeded without containerd"
+        );
+        assert!(
+            text(&o.stderr).contains("containerd"),
+            "{ctx}: the error names containerd: {}",
+            text(&o.stderr)
+        );
+        n.ctd.start_again();
+        // The failed pull could not delete its lease while containerd was down: the
+        // daemon's periodic check deletes it once containerd is back.
+        let clean = eventually(Duration::from_secs(90), || n.all_pull_leases().is_empty());
+        assert!(
+            clean,
+            "{ctx}: pull leases left after containerd came back: {:?}\n{}",
+            n.all_pull_leases(),
+            tail(&n.ks.log())
+        );
+        let swept = eventually(Duration::from_secs(30), || {
+            n.gc(ns);
+            n.snapshots(ns).iter().all(|(_, kind)| kind == "Committed")
+        });
+        assert!(swept, "{ctx}: {:?}", n.snapshots(ns));
+        proxy.faults.throttle_blob_bps.store(0, Ordering::SeqCst);
+        n.after_restart();
+        let (_, err) = n.ok(
+            ns,
+            &["pull", "--containerd", &kit.reference, "--plain-http"],
+        );
+        let (u, r) = pull_counts(&err);
+        assert_eq!(u + r, 3, "{ctx}: {err}");
+        n.assert_no_leftovers();
+    });
+}
+
+#[test]
 fn sigterm_during_a_pull_stops_the_daemon_and_the_pull_cleanly() {
     require_containers!();
     require_registry!();

@@ -338,6 +338,18 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         self.spawn();
     }
 
+    /// SIGKILL, as a crash or the OOM killer would; `start_again` brings it back.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// `ctr --address SOCK -n kitsnap-test ARGS`
     pub fn ctr(&self, args: &[&str]) -> Output {
         self.ctr_ns("kitsnap-test", args)

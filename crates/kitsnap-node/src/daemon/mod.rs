@@ -73,13 +73,18 @@ pub async fn serve(settings: Settings) -> Result<()> {
         settings.registry.clone(),
         settings.limits,
     )?);
-    // Views kept for containers after their last holder left go with their last user.
+    // Every 30 s: views kept for containers after their last holder left go with their
+    // last user, and pull leases nobody holds (containerd was down when their pull
+    // failed) are deleted.
     let sweeper = tokio::spawn({
         let node = node.clone();
         async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(30)).await;
                 node.sweep().await;
+                if let Err(e) = node.reap_stale_leases().await {
+                    tracing::debug!(error = %crate::error::chain(&e), "lease check");
+                }
             }
         }
     });

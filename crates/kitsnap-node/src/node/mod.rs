@@ -221,6 +221,7 @@ impl Node {
             limits,
             owner: snap.root().display().to_string(),
             instance: pull::nonce(),
+            active: Default::default(),
         });
         Ok(Node {
             snap,
@@ -266,19 +267,19 @@ impl Node {
         }
     }
 
-    /// Deletes the leases of pulls this daemon was running when it died (kill -9, crash):
-    /// their partial layers go with containerd's next garbage collection instead of
-    /// lingering for the lease's hour. Returns how many were deleted.
+    /// Deletes this daemon's pull leases that no running pull holds: those of pulls it was
+    /// running when it died (kill -9, crash), and those a failed pull could not delete
+    /// because containerd was down. Their partial layers go with containerd's next garbage
+    /// collection instead of lingering for the lease's hour. Returns how many went.
     pub async fn reap_stale_leases(&self) -> Result<usize> {
         let ctr = self.ctr("default").await?;
         let mut n = 0;
         for ns in ctr.namespaces().await? {
             let c = ctr.in_namespace(&ns);
             for (id, labels) in c.leases_list().await? {
-                let mine_now = format!("{}{}-", pull::LEASE_PREFIX, self.puller.instance);
                 let stale = id.starts_with(pull::LEASE_PREFIX)
-                    && !id.starts_with(&mine_now)
-                    && labels.get(label::LEASE_OWNER) == Some(&self.puller.owner);
+                    && labels.get(label::LEASE_OWNER) == Some(&self.puller.owner)
+                    && !self.puller.is_active(&id);
                 if stale {
                     c.lease_delete(&id, false).await?;
                     tracing::info!(namespace = %ns, lease = %id, "deleted the lease of an interrupted pull");

@@ -105,9 +105,36 @@ pub struct Puller {
     /// Value of [`label::LEASE_OWNER`] on this daemon's pull leases: its state directory, so
     /// that a restarted daemon finds (and drops) the leases of pulls it was running.
     pub owner: String,
-    /// This daemon process, in its lease ids: leases of an earlier process of the same
-    /// daemon are stale, its own are not.
+    /// This daemon process, in its lease ids (which process made a lease, for people).
     pub instance: String,
+    /// Leases of the pulls running now. Any other lease with this daemon's owner label is
+    /// stale: its pull died with an earlier process, or could not delete it because
+    /// containerd was down; the reaper deletes those.
+    pub active: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Keeps a lease id in [`Puller::active`] while its pull runs.
+struct ActiveLease<'a>(&'a Puller, String);
+
+impl Drop for ActiveLease<'_> {
+    fn drop(&mut self) {
+        let mut a = self.0.active.lock().unwrap_or_else(|p| p.into_inner());
+        a.remove(&self.1);
+    }
+}
+
+impl Puller {
+    fn track(&self, id: &str) -> ActiveLease<'_> {
+        let mut a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        a.insert(id.to_string());
+        ActiveLease(self, id.to_string())
+    }
+
+    /// Whether `id` is the lease of a pull running in this process.
+    pub fn is_active(&self, id: &str) -> bool {
+        let a = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        a.contains(id)
+    }
 }
 
 /// Prefix of pull lease ids.
@@ -522,6 +549,8 @@ pub async fn pull(
 
     let ctr0 = Containerd::connect(&p.containerd, &spec.namespace).await?;
     let id = format!("{LEASE_PREFIX}{}-{}", p.instance, nonce());
+    // Tracked before it exists, so the reaper never takes a lease being made.
+    let _active = p.track(&id);
     let owner = HashMap::from([(label::LEASE_OWNER.to_string(), p.owner.clone())]);
     let ctr = ctr0.with_new_lease(&id, LEASE_TTL, owner).await?;
     let leased = Leased {
