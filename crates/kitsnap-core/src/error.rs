@@ -59,10 +59,6 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
-    /// A transfer stopped for good (its consumer failed or cannot start over).
-    #[error("{0}")]
-    Aborted(String),
-
     #[error("internal error: {0}")]
     Internal(String),
 }
