@@ -830,27 +830,33 @@ fn pulls_into_several_namespaces_and_concurrent_pulls_unpack_each_layer_once() {
 // ---------------------------------------------------------------------------------------
 // 3. Mount lifetime: holders, and views kept for containers.
 
+/// A registry holding a 3-layer kit `node/NAME:v1` (a model of `size` bytes) pushed from
+/// `dir`, and the busybox image archive for containers.
+fn kit_and_image(dir: &Path, name: &str, size: usize, seed: u64) -> (RegistryProc, Kit, PathBuf) {
+    let reg = RegistryProc::start(&dir.join("registry"), None, None);
+    let kit = pack_push(
+        &dir.join("store"),
+        tree(
+            &dir.join("t"),
+            support::bytes(size, seed),
+            format!("a,b\n{seed},1\n").as_bytes(),
+            &format!("# {name}\n"),
+        ),
+        format!("{}/node/{name}:v1", reg.addr()),
+        &[],
+    );
+    let img = dir.join("busybox.tar");
+    busybox_image(&img);
+    (reg, kit, img)
+}
+
 #[test]
 fn mount_holders_and_a_view_kept_for_its_container() {
     require_containers!();
     require_registry!();
     let _heavy = heavy();
     let t = tempfile::tempdir().unwrap();
-    let (reg, _proxy) = registry_and_proxy(t.path());
-    let store = t.path().join("store");
-    let kit = pack_push(
-        &store,
-        tree(
-            &t.path().join("t"),
-            support::bytes(1 << 20, 31),
-            b"x,y\n3,1\n",
-            "# held\n",
-        ),
-        format!("{}/node/held:v1", reg.addr()),
-        &[],
-    );
-    let img = t.path().join("busybox.tar");
-    busybox_image(&img);
+    let (_reg, kit, img) = kit_and_image(t.path(), "held", 1 << 20, 31);
     const NS: &str = "kitsnap-test";
     each_version(test_name!(), |v| {
         let n = Node::start(v, &[]);
@@ -1508,21 +1514,7 @@ fn many_clients_on_one_kit_at_once() {
     require_registry!();
     let _heavy = heavy();
     let t = tempfile::tempdir().unwrap();
-    let (reg, _proxy) = registry_and_proxy(t.path());
-    let store = t.path().join("store");
-    let kit = pack_push(
-        &store,
-        tree(
-            &t.path().join("t"),
-            support::bytes(3 << 20, 77),
-            b"a,b\n1,2\n",
-            "# crowd\n",
-        ),
-        format!("{}/node/crowd:v1", reg.addr()),
-        &[],
-    );
-    let img = t.path().join("busybox.tar");
-    busybox_image(&img);
+    let (_reg, kit, img) = kit_and_image(t.path(), "crowd", 3 << 20, 77);
     const NS: &str = "kitsnap-test";
     each_version(test_name!(), |v| {
         let n = Node::start(v, &[]);
