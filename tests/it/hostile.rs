@@ -162,21 +162,27 @@ fn refuses_devices_fifos_and_duplicates() {
     );
 }
 
-#[test]
-fn failed_unpack_leaves_no_kitfile() {
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
+/// Stores `k:1`, one model layer whose blob has a byte flipped inside the file's bytes:
+/// still a valid tar, but not the content its digest names.
+fn store_corrupt_kit(store: &Path) {
     store_kit(
-        &store,
+        store,
         "k:1",
         &tar_of(&[entry("m/weights", b'0', "", &bytes(5000, 3))]),
     );
-    let s = Store::open(&store).unwrap();
+    let s = Store::open(store).unwrap();
     let d = s.resolve(&"k:1".parse().unwrap()).unwrap();
     let path = s.blob_path(&s.manifest(&d).unwrap().layers[0].digest);
     let mut data = fs::read(&path).unwrap();
     data[600] ^= 0xff;
     fs::write(&path, &data).unwrap();
+}
+
+#[test]
+fn failed_unpack_leaves_no_kitfile() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    store_corrupt_kit(&store);
     let out = t.path().join("out");
     // No filter: the Kitfile is wanted too, and must not describe files that are not there.
     let e = fails(&store, &["unpack", "k:1", "-d", out.to_str().unwrap()]);
@@ -188,18 +194,9 @@ fn failed_unpack_leaves_no_kitfile() {
 fn refuses_corrupt_blobs_and_rolls_back() {
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
-    store_kit(
-        &store,
-        "k:1",
-        &tar_of(&[entry("m/weights", b'0', "", &bytes(5000, 3))]),
-    );
+    store_corrupt_kit(&store);
     let s = Store::open(&store).unwrap();
     let d = s.resolve(&"k:1".parse().unwrap()).unwrap();
-    let m = s.manifest(&d).unwrap();
-    let path = s.blob_path(&m.layers[0].digest);
-    let mut data = fs::read(&path).unwrap();
-    data[600] ^= 0xff; // inside the file's bytes: still a valid tar
-    fs::write(&path, &data).unwrap();
     let out = t.path().join("out");
     let e = fails(
         &store,

@@ -516,6 +516,26 @@ fn registry_and_proxy(dir: &Path) -> (RegistryProc, Proxy) {
     (reg, proxy)
 }
 
+/// Waits for concurrent pulls of 3-layer kits, each of which must succeed; returns how many
+/// layers they unpacked in all (the rest were already on the node).
+fn wait_pulls(n: &Node, procs: &mut [Proc]) -> u64 {
+    let ctx = &n.ctx;
+    let mut unpacked = 0;
+    for p in procs {
+        let o = p.wait(LIMIT * 2);
+        let err = text(&o.stderr);
+        assert!(
+            o.status.success(),
+            "{ctx}: concurrent pull failed: {err}\n--- daemon log tail:\n{}",
+            tail(&n.ks.log())
+        );
+        let (u, r) = pull_counts(&err);
+        assert_eq!(u + r, 3, "{ctx}: {err}");
+        unpacked += u;
+    }
+    unpacked
+}
+
 /// Runs `f` for every available containerd version.
 fn each_version(test: &str, mut f: impl FnMut(&Version)) {
     let versions = versions(test);
@@ -770,19 +790,7 @@ fn pulls_into_several_namespaces_and_concurrent_pulls_unpack_each_layer_once() {
                 )
             })
             .collect();
-        let mut unpacked = 0;
-        for p in &mut procs {
-            let o = p.wait(LIMIT * 2);
-            let err = text(&o.stderr);
-            assert!(
-                o.status.success(),
-                "{ctx}: concurrent pull failed: {err}\n--- daemon log tail:\n{}",
-                tail(&n.ks.log())
-            );
-            let (u, r) = pull_counts(&err);
-            assert_eq!(u + r, 3, "{ctx}: {err}");
-            unpacked += u;
-        }
+        let unpacked = wait_pulls(&n, &mut procs);
         assert_eq!(
             unpacked, 3,
             "{ctx}: 8 concurrent pulls of a 3-layer kit unpacked {unpacked} layers"
@@ -803,19 +811,7 @@ fn pulls_into_several_namespaces_and_concurrent_pulls_unpack_each_layer_once() {
                 )
             })
             .collect();
-        let mut unpacked = 0;
-        for p in &mut procs {
-            let o = p.wait(LIMIT * 2);
-            let err = text(&o.stderr);
-            assert!(
-                o.status.success(),
-                "{ctx}: concurrent pull failed: {err}\n--- daemon log tail:\n{}",
-                tail(&n.ks.log())
-            );
-            let (u, r) = pull_counts(&err);
-            assert_eq!(u + r, 3, "{ctx}: {err}");
-            unpacked += u;
-        }
+        let unpacked = wait_pulls(&n, &mut procs);
         // Distinct layer blobs: the shared model and dataset, and two docs layers.
         assert_eq!(
             unpacked, 4,
