@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    df, info, init, inspect, login, logout, mount, pack, pull, push, remove, serve, tag, umount,
-    unpack,
+    df, hosts, info, init, inspect, login, logout, mount, pack, pull, push, remove, serve, tag,
+    umount, unpack,
 };
 
 #[derive(Parser, Debug)]
@@ -152,12 +152,19 @@ then use `ctr ... --snapshotter kitsnap`. The same socket serves kitsnap.v1.Node
 behind `pull --containerd`, `mount`, `umount` and `df`, which reaches containerd at \
 --containerd-address), and a Docker volume plugin listens at --docker-plugin. A snapshot \
 labelled containerd.io/snapshot/kitsnap.modelkit=REF:/DIR gets the ModelKit REF as an extra \
-read-only lower layer at DIR. Settings come from --config (default /etc/kitsnap/config.toml: \
-root, address, log_level, socket_gid, containerd_address, mount_root, docker_plugin, \
-hosts_dir, plain_http), overridden by flags. Under systemd (Type=notify) it reports \
-readiness once the socket listens."
+read-only lower layer at DIR. It also serves a node-local registry mirror (OCI distribution, \
+pull only) on --mirror-addr (default 127.0.0.1:5050): named in containerd's hosts.toml \
+(`kitsnap hosts install REGISTRY`), it answers a ModelKit pulled by tag with its image view, \
+so that ctr, nerdctl, Docker and kubelet unpack and mount ModelKits like images. Settings \
+come from --config (default /etc/kitsnap/config.toml: root, address, log_level, socket_gid, \
+containerd_address, mount_root, docker_plugin, hosts_dir, plain_http, mirror_addr, \
+max_layers, max_expansion, max_kit_gib), overridden by flags. Under systemd (Type=notify) it \
+reports readiness once the socket and the mirror listen."
     )]
     Serve(serve::ServeArgs),
+    /// Name the kitsnap node mirror in containerd's hosts.toml for registries (so ctr,
+    /// nerdctl, Docker and kubelet pull ModelKits as images), or take it out again.
+    Hosts(hosts::HostsArgs),
     /// Forget the credentials for a registry.
     Logout(logout::LogoutArgs),
 }

@@ -157,6 +157,11 @@ impl ServeArgs {
                 registry,
                 limits,
                 plain_http: cfg.plain_http,
+                mirror_addr: self
+                    .mirror_addr
+                    .or(cfg.mirror_addr)
+                    .map(|m| m.0)
+                    .unwrap_or_else(|| kitsnap_node::mirror::DEFAULT_ADDR.parse().ok()),
             },
         }
     }

@@ -23,6 +23,8 @@ mod docker;
 mod hostile;
 #[path = "it/large.rs"]
 mod large;
+#[path = "it/mirror.rs"]
+mod mirror;
 #[path = "it/modelkits.rs"]
 mod modelkits;
 #[path = "it/node_core.rs"]

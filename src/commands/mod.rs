@@ -1,6 +1,7 @@
 //! One file per verb, each with its arguments and `run(args, &Ctx)`.
 
 pub mod df;
+pub mod hosts;
 pub mod info;
 pub mod init;
 pub mod inspect;
@@ -41,6 +42,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<()> {
         Command::Login(a) => login::run(a, ctx),
         Command::Logout(a) => logout::run(a, ctx),
         Command::Serve(a) => serve::run(a, ctx),
+        Command::Hosts(a) => hosts::run(a, ctx),
     }
 }
 

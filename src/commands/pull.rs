@@ -74,13 +74,14 @@ fn into_containerd(a: PullArgs, ctx: &Ctx) -> Result<()> {
         ))
         .with_context(|| format!("pulling {r} into containerd"))?;
     eprintln!(
-        "Pulled {} into containerd (namespace {}, from the {}): {} layer(s) unpacked ({}), {} already on this node; top snapshot {}",
+        "Pulled {} into containerd (namespace {}, from the {}): {} layer(s) unpacked ({}), {} already on this node; image view {}, top snapshot {}",
         res.image,
         a.daemon.namespace,
         res.source,
         res.layers_unpacked,
         human_bytes(res.bytes_fetched),
         res.layers_reused,
+        res.view_digest,
         res.top_snapshot
     );
     writeln!(crate::output::stdout(), "{}", res.manifest_digest)?;

@@ -34,6 +34,10 @@ pub struct ServeArgs {
     /// Do not serve the Docker volume plugin.
     #[arg(long, conflicts_with = "docker_plugin")]
     pub no_docker_plugin: bool,
+    /// The node-local registry mirror (OCI distribution, pull only) that containerd's
+    /// hosts.toml names (see `kitsnap hosts install`): IP:PORT, or `off` [default: 127.0.0.1:5050]
+    #[arg(long, value_name = "ADDR")]
+    pub mirror_addr: Option<kitsnap_node::mirror::MirrorAddr>,
 }
 
 pub fn run(a: ServeArgs, _ctx: &Ctx) -> Result<()> {

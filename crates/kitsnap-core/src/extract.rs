@@ -12,8 +12,11 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::digest::HashingReader;
+use sha2::{Digest as _, Sha256};
+
+use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
+use crate::imageview::RawWrapper;
 use crate::layers::LayerPlan;
 use crate::oci::{Compression, Descriptor};
 
@@ -38,6 +41,18 @@ pub fn extract<R: Read>(
     dest: &Path,
     opts: ExtractOptions,
 ) -> Result<u64> {
+    extract_with_diff_id(reader, l, dest, opts).map(|(n, _)| n)
+}
+
+/// [`extract`], also returning the layer's diff ID as an image view names it: the digest
+/// of the uncompressed tar (for a raw layer, of the tar around the file), computed from
+/// the very bytes extracted.
+pub fn extract_with_diff_id<R: Read>(
+    reader: R,
+    l: &LayerPlan,
+    dest: &Path,
+    opts: ExtractOptions,
+) -> Result<(u64, Digest)> {
     let what = format!(
         "{} layer {} ({})",
         l.kind.user_str(),
@@ -46,9 +61,32 @@ pub fn extract<R: Read>(
     );
     if l.raw {
         // The blob is the file: its size is known and checked.
-        extract_raw(reader, &l.desc, dest, &l.path, opts.overwrite, &what).map(|()| l.desc.size)
+        let wrapper = RawWrapper::new(&l.path, l.desc.size)?;
+        let mut tar = Sha256::new();
+        tar.update(wrapper.prefix());
+        let hashed = Sha256Tee {
+            inner: reader,
+            hasher: &mut tar,
+        };
+        extract_raw(hashed, &l.desc, dest, &l.path, opts.overwrite, &what)?;
+        tar.update(wrapper.suffix());
+        Ok((l.desc.size, Digest::from_sha256_bytes(&tar.finalize())))
     } else {
         extract_layer(reader, &l.desc, l.compression, dest, opts, &what)
+    }
+}
+
+/// Hashes what passes through (in the reading thread: raw layers only, which are rare).
+struct Sha256Tee<'a, R> {
+    inner: R,
+    hasher: &'a mut Sha256,
+}
+
+impl<R: Read> Read for Sha256Tee<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -72,6 +110,7 @@ impl Rollback {
 }
 
 /// Streams one tar layer (any compression) into `dest`, verifying its digest and size.
+/// Returns the bytes written and the digest of the uncompressed tar (the diff ID).
 pub fn extract_layer<R: Read>(
     reader: R,
     desc: &Descriptor,
@@ -79,36 +118,35 @@ pub fn extract_layer<R: Read>(
     dest: &Path,
     opts: ExtractOptions,
     what: &str,
-) -> Result<u64> {
+) -> Result<(u64, Digest)> {
     let mut hr = HashingReader::new(reader);
     let mut rb = Rollback(Vec::new());
-    let res = (|| -> Result<u64> {
+    // The uncompressed stream is hashed to its end (tar padding included), like the blob.
+    let untar = |r: &mut dyn Read, rb: &mut Vec<PathBuf>| -> Result<(u64, Digest)> {
+        let mut plain = HashingReader::new(r);
+        let n = extract_tar(&mut plain, dest, opts, what, rb)?;
+        Ok((n, plain.finish()?.0))
+    };
+    let res = (|| -> Result<(u64, Digest)> {
         match compression {
-            Compression::None => extract_tar(&mut hr, dest, opts, what, &mut rb.0),
-            Compression::Gzip | Compression::GzipFastest => extract_tar(
-                flate2::read::GzDecoder::new(&mut hr),
-                dest,
-                opts,
-                what,
-                &mut rb.0,
-            ),
-            Compression::Zstd => extract_tar(
-                zstd::stream::read::Decoder::new(&mut hr)?,
-                dest,
-                opts,
-                what,
-                &mut rb.0,
-            ),
+            // Uncompressed: the blob is the tar, its (verified) digest the diff ID.
+            Compression::None => {
+                extract_tar(&mut hr, dest, opts, what, &mut rb.0).map(|n| (n, desc.digest.clone()))
+            }
+            Compression::Gzip | Compression::GzipFastest => {
+                untar(&mut flate2::read::GzDecoder::new(&mut hr), &mut rb.0)
+            }
+            Compression::Zstd => untar(&mut zstd::stream::read::Decoder::new(&mut hr)?, &mut rb.0),
         }
     })();
-    let checked = res.and_then(|n| verify(hr, desc).map(|()| n));
+    let checked = res.and_then(|r| verify(hr, desc).map(|()| r));
     if checked.is_err() {
         rb.undo();
     }
     checked
 }
 
-fn verify<R: Read>(hr: HashingReader<R>, desc: &Descriptor) -> Result<()> {
+pub(crate) fn verify<R: Read>(hr: HashingReader<R>, desc: &Descriptor) -> Result<()> {
     let (actual, n) = hr.finish()?;
     if actual != desc.digest {
         return Err(Error::DigestMismatch {

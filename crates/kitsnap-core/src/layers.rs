@@ -88,6 +88,20 @@ impl std::str::FromStr for Filter {
     }
 }
 
+/// `--filter` values as given (each may hold several filters separated by spaces), and
+/// their canonical text (the filters joined by one space), which names a filtered view.
+pub fn parse_filters<S: AsRef<str>>(values: &[S]) -> Result<(Vec<Filter>, String)> {
+    let pieces: Vec<&str> = values
+        .iter()
+        .flat_map(|f| f.as_ref().split(' ').filter(|s| !s.is_empty()))
+        .collect();
+    let filters = pieces
+        .iter()
+        .map(|f| f.parse::<Filter>())
+        .collect::<Result<Vec<_>>>()?;
+    Ok((filters, pieces.join(" ")))
+}
+
 /// No filters selects everything; otherwise an item is selected when any filter names its
 /// type and either lists no ids or lists its name or path.
 pub fn selected(filters: &[Filter], t: FilterType, name: &str, path: &str) -> bool {

@@ -10,6 +10,7 @@ pub mod digest;
 pub mod error;
 pub mod extract;
 pub mod ignore;
+pub mod imageview;
 pub mod init;
 pub mod kitfile;
 pub mod layers;

@@ -44,12 +44,24 @@ pub struct Descriptor {
     pub urls: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// Only in indexes (image views list one manifest per platform).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<Platform>,
     #[serde(
         rename = "artifactType",
         default,
         skip_serializing_if = "Option::is_none"
     )]
     pub artifact_type: Option<String>,
+}
+
+/// An index entry's platform, in Go's field order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 impl Default for Digest {

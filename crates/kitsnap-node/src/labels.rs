@@ -15,6 +15,12 @@ pub const GC_CONTENT_LAYER: &str = "containerd.io/gc.ref.content.l";
 /// On a config: `<prefix>.<snapshotter>` names the top snapshot of the unpacked image.
 pub const GC_SNAPSHOT: &str = "containerd.io/gc.ref.snapshot";
 /// On content: `<prefix>.<registry host>` = repository it came from (Spegel reads it).
+/// On a compressed blob: the digest of its uncompressed content (containerd's own label).
+pub const UNCOMPRESSED: &str = "containerd.io/uncompressed";
+/// From an image view's manifest to the ModelKit manifest it views (its `subject`).
+pub const GC_CONTENT_SUBJECT: &str = "containerd.io/gc.ref.content.subject";
+/// From an index to its manifests (`.<i>`).
+pub const GC_CONTENT_MANIFEST: &str = "containerd.io/gc.ref.content.m";
 pub const DISTRIBUTION_SOURCE: &str = "containerd.io/distribution.source";
 
 /// Set by containerd on Prepare when a snapshotter may provide the layer itself

@@ -245,28 +245,34 @@ impl BlobSink for VecSink {
     }
 }
 
+/// The HTTP client for one endpoint: its TLS settings (hosts.toml `skip_verify`, `ca`)
+/// over `opts`' own. Reads CA files: call it off the async workers.
+pub fn http_client(opts: &ClientOptions, cfg: &hosts::HostEndpoint) -> Result<Client> {
+    let mut b = Client::builder()
+        .user_agent(concat!("kitsnap/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(15))
+        .read_timeout(Duration::from_secs(120))
+        .danger_accept_invalid_certs(!opts.tls_verify || cfg.skip_verify);
+    for ca in opts.ca_files.iter().chain(cfg.ca.iter()) {
+        let pem = std::fs::read(ca).map_err(|source| CoreError::IoAt {
+            path: ca.clone(),
+            source,
+        })?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Config {
+            what: ca.display().to_string(),
+            msg: format!("not a PEM certificate: {e}"),
+        })?;
+        b = b.add_root_certificate(cert);
+    }
+    b.build().map_err(|e| http_err(&cfg.api, e))
+}
+
 impl Registry {
     pub fn new(host: &str, opts: ClientOptions) -> Result<Registry> {
         let eps = hosts::endpoints(host, opts.hosts_dir.as_deref(), opts.plain_http)?;
         let mut endpoints = Vec::new();
         for cfg in eps {
-            let mut b = Client::builder()
-                .user_agent(concat!("kitsnap/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(Duration::from_secs(15))
-                .read_timeout(Duration::from_secs(120))
-                .danger_accept_invalid_certs(!opts.tls_verify || cfg.skip_verify);
-            for ca in opts.ca_files.iter().chain(cfg.ca.iter()) {
-                let pem = std::fs::read(ca).map_err(|source| CoreError::IoAt {
-                    path: ca.clone(),
-                    source,
-                })?;
-                let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| Error::Config {
-                    what: ca.display().to_string(),
-                    msg: format!("not a PEM certificate: {e}"),
-                })?;
-                b = b.add_root_certificate(cert);
-            }
-            let client = b.build().map_err(|e| http_err(&cfg.api, e))?;
+            let client = http_client(&opts, &cfg)?;
             endpoints.push(Endpoint { cfg, client });
         }
         let cfg_path = opts
@@ -564,6 +570,22 @@ impl Registry {
 
     /// Downloads a blob into any [`BlobSink`], with the same resume and fallback rules.
     /// Unless the sink verifies the digest itself, it is checked here.
+    /// A small blob (a config) in memory, refusing more than the store's metadata limit.
+    pub async fn get_small_blob(&self, repo: &str, desc: &Descriptor) -> Result<Vec<u8>> {
+        let max = kitsnap_core::store::MAX_METADATA_BLOB;
+        if desc.size > max {
+            return Err(CoreError::Invalid(format!(
+                "blob {} is {} bytes; refusing more than {max} for a config",
+                desc.digest, desc.size
+            ))
+            .into());
+        }
+        let mut sink = VecSink(Vec::new());
+        self.fetch_blob_into(repo, desc, &mut sink, &ProgressBar::hidden())
+            .await?;
+        Ok(sink.0)
+    }
+
     pub async fn fetch_blob_into<S: BlobSink>(
         &self,
         repo: &str,

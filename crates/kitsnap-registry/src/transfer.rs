@@ -9,6 +9,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 use indicatif::MultiProgress;
 
 use kitsnap_core::digest::Digest;
+use kitsnap_core::imageview;
 use kitsnap_core::layers::{self, Filter, FilterType};
 use kitsnap_core::oci::{Descriptor, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Manifest};
 use kitsnap_core::progress;
@@ -369,4 +370,109 @@ mod tests {
         assert!(what.contains("container image (1 layer(s))"), "{what}");
         assert_eq!(describe_index(b"junk"), "an image index");
     }
+}
+
+/// Bytes from an async download to a blocking consumer (extraction, hashing) on another
+/// thread; `None` from the channel is the end of the blob.
+pub struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    cur: bytes::Bytes,
+}
+
+impl ChannelReader {
+    /// A bounded pipe: at most `chunks` chunks in flight whatever the blob's size.
+    pub fn pipe(chunks: usize) -> (tokio::sync::mpsc::Sender<bytes::Bytes>, ChannelReader) {
+        let (tx, rx) = tokio::sync::mpsc::channel(chunks);
+        (
+            tx,
+            ChannelReader {
+                rx,
+                cur: bytes::Bytes::new(),
+            },
+        )
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.cur = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len());
+        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Feeds a [`ChannelReader`]; the blocking side verifies the digest.
+struct PipeSink {
+    tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    started: bool,
+}
+
+impl crate::client::BlobSink for PipeSink {
+    async fn reset(&mut self) -> Result<()> {
+        if self.started {
+            return Err(Error::Aborted(
+                "the registry restarted a download from byte 0 that cannot start over; retry"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+    async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.started = true;
+        match &self.tx {
+            Some(tx) if tx.send(data).await.is_ok() => Ok(()),
+            _ => Err(Error::Aborted("the reader of the blob stopped".into())),
+        }
+    }
+    async fn finish(&mut self) -> Result<()> {
+        self.tx = None;
+        Ok(())
+    }
+    fn verifies(&self) -> bool {
+        true
+    }
+}
+
+/// The diff IDs of `layers` of a remote kit: known ones from the kit itself, the others
+/// (compressed and raw layers) by streaming their blobs once.
+pub async fn diff_ids(
+    reg: &Registry,
+    repo: &str,
+    kit: &imageview::Kit,
+    layers: &[layers::LayerPlan],
+) -> Result<Vec<Digest>> {
+    let mut out = Vec::with_capacity(layers.len());
+    for l in layers {
+        if let Some(d) = kit.known_diff_id(l) {
+            out.push(d);
+            continue;
+        }
+        let (tx, reader) = ChannelReader::pipe(16);
+        let plan = l.clone();
+        let worker = tokio::task::spawn_blocking(move || imageview::diff_id_of(reader, &plan));
+        let mut sink = PipeSink {
+            tx: Some(tx),
+            started: false,
+        };
+        let fetched = reg
+            .fetch_blob_into(repo, &l.desc, &mut sink, &indicatif::ProgressBar::hidden())
+            .await;
+        sink.tx = None;
+        let hashed = worker
+            .await
+            .map_err(|e| CoreError::Internal(format!("hashing task: {e}")))?;
+        match (fetched, hashed) {
+            (Ok(()), r) => out.push(r?),
+            // The hasher's error says what was wrong with the bytes.
+            (Err(Error::Aborted(_)), Err(e)) => return Err(e.into()),
+            (Err(e), _) => return Err(e),
+        }
+    }
+    Ok(out)
 }

@@ -152,6 +152,12 @@ impl Kitsnap {
                 self.mounts.to_str().unwrap(),
             ])
             .args(plugin)
+            // No registry mirror unless a test asks for one (tests run side by side).
+            .args(if self.extra.iter().any(|a| a == "--mirror-addr") {
+                &[][..]
+            } else {
+                &["--mirror-addr", "off"][..]
+            })
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)

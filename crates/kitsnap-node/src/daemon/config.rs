@@ -34,6 +34,8 @@ pub struct Config {
     pub max_expansion: Option<u64>,
     /// Most GiB one ModelKit may unpack to (default 4096).
     pub max_kit_gib: Option<u64>,
+    /// The registry mirror's address (`IP:PORT`, default 127.0.0.1:5050), or "off".
+    pub mirror_addr: Option<crate::mirror::MirrorAddr>,
 }
 
 impl Config {

@@ -36,6 +36,8 @@ pub struct Settings {
     pub registry: ClientOptions,
     pub plain_http: Vec<String>,
     pub limits: crate::node::pull::PullLimits,
+    /// The registry mirror's listen address (None: no mirror).
+    pub mirror_addr: Option<std::net::SocketAddr>,
 }
 
 pub fn init_logging(level: &str) {
@@ -118,6 +120,26 @@ pub async fn serve(settings: Settings) -> Result<()> {
         }
     };
     let activated = bound.is_none();
+    // The registry mirror: bound before readiness, so containerd's first pull finds it.
+    let stop_mirror = tokio_util::sync::CancellationToken::new();
+    let mirror = match settings.mirror_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                Error::invalid(format!(
+                    "registry mirror: cannot listen on {addr}: {e} (set another --mirror-addr, or `off`)"
+                ))
+            })?;
+            let m = Arc::new(crate::mirror::Mirror::new(
+                addr,
+                &root,
+                settings.registry.clone(),
+                settings.plain_http.clone(),
+            ));
+            tracing::info!(%addr, "serving the registry mirror (OCI distribution, pull only)");
+            Some(tokio::spawn(m.serve(listener, stop_mirror.clone())))
+        }
+        None => None,
+    };
     let plugin = match &settings.docker_plugin {
         Some(sock) => Some(crate::dockerplugin::start(
             node.clone(),
@@ -160,6 +182,10 @@ pub async fn serve(settings: Settings) -> Result<()> {
         .map_err(Error::Serve)?;
     reaper.abort();
     sweeper.abort();
+    stop_mirror.cancel();
+    if let Some(m) = mirror {
+        let _ = m.await;
+    }
     if let Some(b) = bound {
         b.remove();
     }

@@ -589,6 +589,8 @@ impl Node {
             };
             let mut blobs: Vec<&str> = k.layers.iter().map(|l| l.digest.as_str()).collect();
             blobs.push(&k.manifest_digest);
+            // The image view's own documents (index, manifest, config).
+            blobs.extend(k.view.iter().map(String::as_str));
             for b in blobs {
                 if let Some(i) = ctr.content_info(b).await? {
                     kit.content_bytes += i.size.max(0) as u64;
@@ -596,7 +598,7 @@ impl Node {
             }
             if let Some(img) = ctr.image_get(&k.reference).await?
                 && let Some(t) = img.target
-                && t.digest == k.manifest_digest
+                && (t.digest == k.manifest_digest || k.view.first() == Some(&t.digest))
             {
                 // The config is small but real: count it too.
                 if let Ok(Some(m)) = self.config_of(&ctr, &k.manifest_digest).await {

@@ -22,15 +22,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 
 use kitsnap_core::digest::Digest;
 use kitsnap_core::extract;
+use kitsnap_core::imageview::{self, ImageView, Kit};
 use kitsnap_core::layers::{self, LayerPlan};
-use kitsnap_core::oci::{Compression, Descriptor, MEDIA_TYPE_MANIFEST, Manifest};
+use kitsnap_core::oci::{Compression, Descriptor, MEDIA_TYPE_INDEX, Manifest};
 use kitsnap_core::reference::Reference;
 use kitsnap_core::store::Store;
-use kitsnap_registry::client::{BlobSink, ClientOptions, Registry, VecSink};
+use kitsnap_registry::client::{BlobSink, ClientOptions, Registry};
 use kitsnap_registry::transfer;
 
 use crate::api::node as pb;
@@ -172,40 +172,9 @@ impl Source {
                 let (s, d) = (s.clone(), d.clone());
                 crate::node::blocking(move || Ok(s.read_blob(&d)?)).await
             }
-            Source::Registry(reg, repo) => {
-                if d.size > kitsnap_core::store::MAX_METADATA_BLOB {
-                    return Err(Error::invalid(format!(
-                        "config blob {} is {} bytes; refusing more than {}",
-                        d.digest,
-                        d.size,
-                        kitsnap_core::store::MAX_METADATA_BLOB
-                    )));
-                }
-                let mut sink = VecSink(Vec::new());
-                reg.fetch_blob_into(repo, d, &mut sink, &indicatif::ProgressBar::hidden())
-                    .await?;
-                Ok(sink.0)
-            }
+            Source::Registry(reg, repo) => Ok(reg.get_small_blob(repo, d).await?),
         }
     }
-}
-
-/// The chain names of the layers: `chain[0] = d0`, `chain[i] = sha256(chain[i-1] + " " +
-/// d_i)` over the *blob* digests, which are verified while streaming, so no config can
-/// make two different layers share a snapshot.
-pub fn chain_names(digests: &[&Digest]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::with_capacity(digests.len());
-    for d in digests {
-        let next = match out.last() {
-            None => d.to_string(),
-            Some(prev) => {
-                let h = Sha256::digest(format!("{prev} {d}").as_bytes());
-                format!("sha256:{}", hex::encode(h))
-            }
-        };
-        out.push(next);
-    }
-    out
 }
 
 async fn resolve(spec: &PullSpec) -> Result<(Source, Vec<u8>, Manifest, Descriptor)> {
@@ -294,26 +263,6 @@ impl Progress {
             self.layer.done = self.layer.size;
         }
         self.events.send(self.event()).await;
-    }
-}
-
-/// Bytes from the download task to the extracting thread.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
-    cur: Bytes,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(b) => self.cur = b,
-                None => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur.split_to(n));
-        Ok(n)
     }
 }
 
@@ -415,8 +364,8 @@ async fn containerd_gone(ctr: &Containerd, key: &str) -> Error {
     }
 }
 
-/// Streams one layer into `dir`; returns whether the blob went into the content store,
-/// and the bytes unpacked.
+/// Streams one layer into `dir` (and a compressed blob into the content store); returns
+/// the bytes unpacked and the layer's diff ID (computed from the bytes unpacked).
 async fn fill_layer(
     ctr: &Containerd,
     src: &Source,
@@ -425,25 +374,21 @@ async fn fill_layer(
     mut progress: Progress,
     max_bytes: u64,
     cancel: &CancellationToken,
-) -> Result<(bool, u64)> {
+) -> Result<(u64, Digest)> {
     let opts = extract::ExtractOptions {
         overwrite: false,
         max_bytes: Some(max_bytes),
     };
-    let written;
+    let (written, diff);
     let keep_blob = l.compression != Compression::None
         && ctr.content_info(l.desc.digest.as_str()).await?.is_none();
     match src {
         Source::Registry(reg, repo) => {
             // Bounded: at most this many chunks in flight whatever the layer size.
-            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+            let (tx, reader) = transfer::ChannelReader::pipe(16);
             let plan = l.clone();
             let worker = tokio::task::spawn_blocking(move || {
-                let reader = ChannelReader {
-                    rx,
-                    cur: Bytes::new(),
-                };
-                extract::extract(reader, &plan, &dir, opts)
+                extract::extract_with_diff_id(reader, &plan, &dir, opts)
             });
             let content = if keep_blob {
                 ctr.write_stream(l.desc.digest.as_str(), l.desc.size as i64)
@@ -465,15 +410,19 @@ async fn fill_layer(
             let extracted = worker
                 .await
                 .map_err(|e| Error::Internal(format!("extraction task: {e}")))?;
-            written = match (fetched, extracted) {
-                (Ok(()), Ok(n)) => n,
+            (written, diff) = match (fetched, extracted) {
+                (Ok(()), Ok(r)) => r,
                 // The extractor's error says what was wrong with the bytes.
                 (Ok(()), Err(e)) => return Err(e.into()),
                 (Err(_), Err(e)) if sink.extractor_gone => return Err(e.into()),
                 (Err(e), _) => return Err(e.into()),
             };
             if let Some(c) = sink.content.take() {
-                c.commit(HashMap::new()).await?;
+                c.commit(HashMap::from([(
+                    label::UNCOMPRESSED.to_string(),
+                    diff.to_string(),
+                )]))
+                .await?;
             }
             sink.progress.state("unpacked").await;
         }
@@ -482,26 +431,31 @@ async fn fill_layer(
             let plan = l.clone();
             let p2 = progress.clone();
             let cancel = cancel.clone();
-            written = tokio::task::spawn_blocking(move || {
+            (written, diff) = tokio::task::spawn_blocking(move || {
                 let r = CountingReader {
                     inner: std::io::BufReader::with_capacity(1 << 20, file),
                     progress: p2,
                     cancel,
                 };
-                extract::extract(r, &plan, &dir, opts)
+                extract::extract_with_diff_id(r, &plan, &dir, opts)
             })
             .await
             .map_err(|e| Error::Internal(format!("extraction task: {e}")))??;
             if keep_blob {
-                copy_to_content(ctr, store, &l.desc).await?;
+                copy_to_content(ctr, store, &l.desc, &diff).await?;
             }
             progress.state("unpacked").await;
         }
     }
-    Ok((keep_blob, written))
+    Ok((written, diff))
 }
 
-async fn copy_to_content(ctr: &Containerd, store: &Store, d: &Descriptor) -> Result<()> {
+async fn copy_to_content(
+    ctr: &Containerd,
+    store: &Store,
+    d: &Descriptor,
+    diff: &Digest,
+) -> Result<()> {
     use tokio::io::AsyncReadExt;
     let mut f = tokio::fs::File::from_std(store.open_blob(&d.digest)?);
     let Some(mut w) = ctr.write_stream(d.digest.as_str(), d.size as i64).await? else {
@@ -515,7 +469,11 @@ async fn copy_to_content(ctr: &Containerd, store: &Store, d: &Descriptor) -> Res
         }
         w.send(Bytes::copy_from_slice(&buf[..n])).await?;
     }
-    w.commit(HashMap::new()).await?;
+    w.commit(HashMap::from([(
+        label::UNCOMPRESSED.to_string(),
+        diff.to_string(),
+    )]))
+    .await?;
     Ok(())
 }
 
@@ -528,8 +486,8 @@ pub async fn pull(
 ) -> Result<pb::PullResult> {
     let (src, mbytes, manifest, mdesc) = resolve(spec).await?;
     let config = src.small_blob(&manifest.config).await?;
-    let kf = layers::kitfile_of(&manifest, || Ok(config.clone()))?;
-    let plans = layers::plan_layers(&manifest, kf.as_ref())?;
+    let kit = Kit::new(mdesc.clone(), manifest, config)?;
+    let plans = kit.plans()?;
     if plans.is_empty() {
         return Err(Error::invalid(format!(
             "{} has no layers to mount",
@@ -544,10 +502,34 @@ pub async fn pull(
             p.limits.max_layers
         )));
     }
-    let digests: Vec<&Digest> = plans.iter().map(|l| &l.desc.digest).collect();
-    let chain = chain_names(&digests);
-
+    // Diff IDs known before reading a byte: the kit's own (uncompressed layers, a ModelPack
+    // config's), else what an earlier pull on this node computed for the same blob, else
+    // containerd's label on the blob. The rest are computed while unpacking.
+    let s = p.snap.clone();
+    let earlier = tokio::task::spawn_blocking(move || s.kits())
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .map_err(|e| Error::Internal(e.to_string()))?;
     let ctr0 = Containerd::connect(&p.containerd, &spec.namespace).await?;
+    let mut known: Vec<Option<Digest>> = Vec::with_capacity(plans.len());
+    for l in &plans {
+        let mut d = kit.known_diff_id(l).or_else(|| {
+            earlier
+                .iter()
+                .flat_map(|k| &k.layers)
+                .find(|e| e.digest == l.desc.digest.as_str() && !e.diff_id.is_empty())
+                .and_then(|e| e.diff_id.parse().ok())
+        });
+        if d.is_none() {
+            // containerd's own unpacker labels a compressed blob with its diff ID.
+            d = ctr0
+                .content_info(l.desc.digest.as_str())
+                .await?
+                .and_then(|i| i.labels.get(label::UNCOMPRESSED)?.parse().ok());
+        }
+        known.push(d);
+    }
+
     let id = format!("{LEASE_PREFIX}{}-{}", p.instance, nonce());
     // Tracked before it exists, so the reaper never takes a lease being made.
     let _active = p.track(&id);
@@ -557,8 +539,9 @@ pub async fn pull(
         ctr: &ctr,
         src: &src,
         spec,
+        kit: &kit,
         plans: &plans,
-        chain: &chain,
+        known: &known,
         puller: p,
         events,
         cancel,
@@ -566,36 +549,25 @@ pub async fn pull(
     // Cancelled (the client went away, the daemon stops): the lease is deleted below,
     // synchronously, so nothing of this pull stays.
     let res = tokio::select! {
-        r = leased.run(&config, &mbytes, &manifest, &mdesc) => r,
+        r = leased.run(&mbytes) => r,
         _ = cancel.cancelled() => Err(Error::Aborted(format!(
             "pull of {} cancelled (the client went away or kitsnap serve is stopping)",
             spec.reference
         ))),
     };
     match res {
-        Ok(mut r) => {
+        Ok((mut r, layers, view)) => {
             ctr.delete_lease(false).await?;
             let record = KitRecord {
                 namespace: spec.namespace.clone(),
                 reference: spec.reference.to_string(),
                 manifest_digest: mdesc.digest.to_string(),
-                layers: plans
-                    .iter()
-                    .zip(&chain)
-                    .map(|(l, c)| KitLayer {
-                        digest: l.desc.digest.to_string(),
-                        media_type: l.desc.media_type.clone(),
-                        kind: l.kind.user_str().into(),
-                        name: l.name.clone(),
-                        path: l.path.clone(),
-                        size: l.desc.size,
-                        chain: c.clone(),
-                    })
-                    .collect(),
+                layers,
                 pulled: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs() as i64)
                     .unwrap_or(0),
+                view,
             };
             let s = p.snap.clone();
             tokio::task::spawn_blocking(move || s.put_kit(&record))
@@ -621,166 +593,261 @@ struct Leased<'a> {
     ctr: &'a Containerd,
     src: &'a Source,
     spec: &'a PullSpec,
+    kit: &'a Kit,
     plans: &'a [LayerPlan],
-    chain: &'a [String],
+    /// Diff IDs known in advance (see [`pull`]).
+    known: &'a [Option<Digest>],
     puller: &'a Puller,
     events: &'a Events,
     cancel: &'a CancellationToken,
 }
 
 impl Leased<'_> {
-    async fn run(
-        &self,
-        config: &[u8],
-        mbytes: &[u8],
-        manifest: &Manifest,
-        mdesc: &Descriptor,
-    ) -> Result<pb::PullResult> {
+    /// Unpacks the layers as snapshots named by the image view's chain IDs, then registers
+    /// the view (and the kit it views) under the reference.
+    async fn run(&self, mbytes: &[u8]) -> Result<(pb::PullResult, Vec<KitLayer>, Vec<String>)> {
         let Leased {
             ctr,
-            src,
             spec,
+            kit,
             plans,
-            chain,
             puller,
-            events,
-            cancel,
+            ..
         } = *self;
+        let mdesc = &kit.desc;
         let mut budget = puller.limits.max_kit_bytes;
         let mut result = pb::PullResult {
             image: spec.reference.to_string(),
             manifest_digest: mdesc.digest.to_string(),
-            top_snapshot: chain.last().cloned().unwrap_or_default(),
             ..Default::default()
         };
         let mut kept: Vec<bool> = Vec::with_capacity(plans.len());
+        let mut diffs: Vec<Digest> = Vec::with_capacity(plans.len());
+        let mut chain: Vec<Digest> = Vec::with_capacity(plans.len());
         for (i, l) in plans.iter().enumerate() {
-            let progress = Progress::new(events, i, l);
-            let parent = if i == 0 { "" } else { chain[i - 1].as_str() };
-            let labels = HashMap::from([
-                (label::TARGET_REF.to_string(), chain[i].clone()),
-                (label::LAYER_DIGEST.to_string(), l.desc.digest.to_string()),
-            ]);
-            let key = format!("kitsnap-extract-{}-{}", nonce(), chain[i]);
-            // One download and unpack per layer blob on the node: concurrent pulls of the same
-            // layer wait here, then find it held (the Prepare below answers AlreadyExists).
-            let _layer = puller.layers.lock(l.desc.digest.as_str()).await;
-            // Held already (this namespace, or the node via the remote-snapshot protocol):
-            // no download, no unpack.
-            let mounts = match ctr.prepare(&key, parent, labels.clone()).await {
-                Err(e) if e.is_already_exists() => {
-                    result.layers_reused += 1;
-                    kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
-                    let mut progress = progress;
-                    progress.state("reused").await;
-                    continue;
-                }
-                r => r?,
-            };
-            let filled = async {
-                let dir = crate::mount::writable_dir(&mounts).ok_or_else(|| {
-                    Error::Internal(format!(
-                        "unexpected mounts from the kitsnap snapshotter: {mounts:?}"
-                    ))
-                })?;
-                let max_bytes = layer_budget(l, budget, puller.limits.max_expansion);
-                let fill = fill_layer(ctr, src, l, dir, progress, max_bytes, cancel);
-                let (keep, written) = tokio::select! {
-                    r = fill => r?,
-                    e = containerd_gone(ctr, &key) => return Err(e),
-                };
-                ctr.commit(&chain[i], &key, labels.clone()).await?;
-                Ok::<(bool, u64), Error>((keep, written))
+            let (diff, name, unpacked) = self.layer(i, chain.last(), &mut budget).await?;
+            kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
+            if unpacked {
+                result.layers_unpacked += 1;
+                result.bytes_fetched += l.desc.size;
+            } else {
+                result.layers_reused += 1;
             }
-            .await;
-            match filled {
-                Ok((keep, written)) => {
-                    kept.push(keep || ctr.content_info(l.desc.digest.as_str()).await?.is_some());
-                    result.layers_unpacked += 1;
-                    result.bytes_fetched += l.desc.size;
-                    budget = budget.saturating_sub(written);
+            diffs.push(diff);
+            chain.push(name);
+        }
+        let view = imageview::synthesize(kit, plans, &diffs, "")?;
+        result.top_snapshot = chain.last().map(|c| c.to_string()).unwrap_or_default();
+        result.view_digest = view.index.desc.digest.to_string();
+        self.register(mbytes, &view, &kept, &result.top_snapshot)
+            .await?;
+        let layers = plans
+            .iter()
+            .zip(chain.iter().zip(&diffs))
+            .map(|(l, (c, d))| KitLayer {
+                digest: l.desc.digest.to_string(),
+                media_type: l.desc.media_type.clone(),
+                kind: l.kind.user_str().into(),
+                name: l.name.clone(),
+                path: l.path.clone(),
+                size: l.desc.size,
+                chain: c.to_string(),
+                diff_id: d.to_string(),
+            })
+            .collect();
+        let docs = [&view.index, &view.manifest, &view.config]
+            .iter()
+            .map(|d| d.desc.digest.to_string())
+            .collect();
+        Ok((result, layers, docs))
+    }
+
+    /// Layer `i` as a committed snapshot on top of `parent`: reused when the node holds it,
+    /// else unpacked. Returns its diff ID, its chain ID, and whether it was unpacked here.
+    async fn layer(
+        &self,
+        i: usize,
+        parent: Option<&Digest>,
+        budget: &mut u64,
+    ) -> Result<(Digest, Digest, bool)> {
+        let Leased {
+            ctr,
+            src,
+            plans,
+            known,
+            puller,
+            events,
+            cancel,
+            ..
+        } = *self;
+        let l = &plans[i];
+        let progress = Progress::new(events, i, l);
+        let parent_name = parent.map(|p| p.to_string()).unwrap_or_default();
+        let target = known[i].as_ref().map(|d| imageview::chain_id(parent, d));
+        let mut labels =
+            HashMap::from([(label::LAYER_DIGEST.to_string(), l.desc.digest.to_string())]);
+        if let Some(t) = &target {
+            labels.insert(label::TARGET_REF.to_string(), t.to_string());
+        }
+        let key = format!("kitsnap-extract-{}-{}", nonce(), l.desc.digest);
+        // One download and unpack per layer blob on the node: concurrent pulls of the same
+        // layer wait here, then find it held (the Prepare below answers AlreadyExists).
+        let _layer = puller.layers.lock(l.desc.digest.as_str()).await;
+        // Held already (this namespace, or the node via the remote-snapshot protocol): no
+        // download, no unpack. Only possible when the chain ID is known in advance.
+        let mounts = match ctr.prepare(&key, &parent_name, labels.clone()).await {
+            Err(e) if e.is_already_exists() => {
+                let mut progress = progress;
+                progress.state("reused").await;
+                if let (Some(d), Some(t)) = (known[i].clone(), target) {
+                    return Ok((d, t, false));
                 }
-                Err(Error::Containerd(e)) if e.is_already_exists() => {
+                return Err(Error::Internal(format!(
+                    "layer {}: snapshot exists without a known chain ID",
+                    l.desc.digest
+                )));
+            }
+            r => r?,
+        };
+        let filled = async {
+            let dir = crate::mount::writable_dir(&mounts).ok_or_else(|| {
+                Error::Internal(format!(
+                    "unexpected mounts from the kitsnap snapshotter: {mounts:?}"
+                ))
+            })?;
+            let max_bytes = layer_budget(l, *budget, puller.limits.max_expansion);
+            let fill = fill_layer(ctr, src, l, dir, progress, max_bytes, cancel);
+            let (written, diff) = tokio::select! {
+                r = fill => r?,
+                e = containerd_gone(ctr, &key) => return Err(e),
+            };
+            if let Some(k) = &known[i]
+                && *k != diff
+            {
+                return Err(Error::invalid(format!(
+                    "layer {}: its uncompressed content has digest {diff}, but the kit declares the diff ID {k}; the ModelKit's config is wrong",
+                    l.desc.digest
+                )));
+            }
+            let name = imageview::chain_id(parent, &diff);
+            labels.insert(label::TARGET_REF.to_string(), name.to_string());
+            match ctr.commit(name.as_str(), &key, labels.clone()).await {
+                Ok(()) => {
+                    *budget = budget.saturating_sub(written);
+                    Ok((diff, name, true))
+                }
+                Err(e) if e.is_already_exists() => {
                     // A concurrent pull committed the same layer first.
                     let _ = ctr.remove(&key).await;
-                    kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
-                    result.layers_reused += 1;
+                    Ok((diff, name, false))
                 }
-                Err(e) => {
-                    let _ = ctr.remove(&key).await;
-                    return Err(e);
-                }
+                Err(e) => Err(e.into()),
             }
         }
+        .await;
+        if filled.is_err() {
+            let _ = ctr.remove(&key).await;
+        }
+        filled
+    }
 
-        // Config and manifest: one writer per blob on the node (8 pulls of one kit would
-        // otherwise race on containerd's ingest of the same blob).
-        let config_lock = puller.layers.lock(manifest.config.digest.as_str()).await;
-        ctr.write_blob(
-            manifest.config.digest.as_str(),
-            config.to_vec(),
-            HashMap::from([(
-                format!("{}.{}", label::GC_SNAPSHOT, containerd::SNAPSHOTTER),
-                result.top_snapshot.clone(),
-            )]),
-        )
-        .await?;
-        let mut mlabels = HashMap::from([(
-            label::GC_CONTENT_CONFIG.to_string(),
-            manifest.config.digest.to_string(),
-        )]);
-        for (i, (l, k)) in plans.iter().zip(&kept).enumerate() {
+    /// Writes the kit (config, manifest) and its image view (config, manifest, index) into
+    /// the content store, children first, with the labels that make containerd's GC keep
+    /// all of it (and the snapshots) exactly as long as the image; then the image record,
+    /// which names the view.
+    async fn register(
+        &self,
+        mbytes: &[u8],
+        view: &ImageView,
+        kept: &[bool],
+        top: &str,
+    ) -> Result<()> {
+        let Leased {
+            ctr,
+            src,
+            spec,
+            kit,
+            plans,
+            puller,
+            ..
+        } = *self;
+        let mut source = HashMap::new();
+        if let Source::Registry(_, repo) = src {
+            // Lets a peer-to-peer mirror (Spegel) serve these blobs to other nodes.
+            source.insert(
+                format!("{}.{}", label::DISTRIBUTION_SOURCE, spec.reference.registry),
+                repo.clone(),
+            );
+        }
+        let with_source = |mut m: HashMap<String, String>| {
+            m.extend(source.clone());
+            m
+        };
+        let mut layer_refs = HashMap::new();
+        for (i, (l, k)) in plans.iter().zip(kept).enumerate() {
             if *k {
-                mlabels.insert(
+                layer_refs.insert(
                     format!("{}.{i}", label::GC_CONTENT_LAYER),
                     l.desc.digest.to_string(),
                 );
             }
         }
-        if let Source::Registry(_, repo) = src {
-            mlabels.insert(
-                format!("{}.{}", label::DISTRIBUTION_SOURCE, spec.reference.registry),
-                repo.clone(),
-            );
+        let mut docs: Vec<(&Descriptor, Vec<u8>, HashMap<String, String>)> = Vec::new();
+        docs.push((
+            &kit.manifest.config,
+            kit.config.clone(),
+            with_source(HashMap::new()),
+        ));
+        let mut mlabels = layer_refs.clone();
+        mlabels.insert(
+            label::GC_CONTENT_CONFIG.to_string(),
+            kit.manifest.config.digest.to_string(),
+        );
+        docs.push((&kit.desc, mbytes.to_vec(), with_source(mlabels)));
+        docs.push((
+            &view.config.desc,
+            view.config.bytes.clone(),
+            HashMap::from([(
+                format!("{}.{}", label::GC_SNAPSHOT, containerd::SNAPSHOTTER),
+                top.to_string(),
+            )]),
+        ));
+        let mut vlabels = layer_refs;
+        vlabels.insert(
+            label::GC_CONTENT_CONFIG.to_string(),
+            view.config.desc.digest.to_string(),
+        );
+        vlabels.insert(
+            label::GC_CONTENT_SUBJECT.to_string(),
+            kit.desc.digest.to_string(),
+        );
+        docs.push((&view.manifest.desc, view.manifest.bytes.clone(), vlabels));
+        docs.push((
+            &view.index.desc,
+            view.index.bytes.clone(),
+            HashMap::from([(
+                format!("{}.0", label::GC_CONTENT_MANIFEST),
+                view.manifest.desc.digest.to_string(),
+            )]),
+        ));
+        for (d, bytes, labels) in docs {
+            // One writer per blob on the node (8 pulls of one kit would otherwise race on
+            // containerd's ingest of the same blob).
+            let _lock = puller.layers.lock(d.digest.as_str()).await;
+            ctr.write_blob(d.digest.as_str(), bytes, labels).await?;
         }
-        drop(config_lock);
-        let _manifest_lock = puller.layers.lock(mdesc.digest.as_str()).await;
-        ctr.write_blob(mdesc.digest.as_str(), mbytes.to_vec(), mlabels)
-            .await?;
         ctr.image_put(crate::api::containerd::images::Image {
             name: spec.reference.to_string(),
             labels: HashMap::from([(label::IMAGE_KIND.to_string(), "true".to_string())]),
             target: Some(crate::api::types::Descriptor {
-                media_type: if mdesc.media_type.is_empty() {
-                    MEDIA_TYPE_MANIFEST.into()
-                } else {
-                    mdesc.media_type.clone()
-                },
-                digest: mdesc.digest.to_string(),
-                size: mdesc.size as i64,
+                media_type: MEDIA_TYPE_INDEX.into(),
+                digest: view.index.desc.digest.to_string(),
+                size: view.index.desc.size as i64,
                 annotations: HashMap::new(),
             }),
             ..Default::default()
         })
         .await?;
-        Ok(result)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn chain_names_are_prefix_identities() {
-        let a = Digest::of(b"a");
-        let b = Digest::of(b"b");
-        let c = Digest::of(b"c");
-        let ab = chain_names(&[&a, &b]);
-        let abc = chain_names(&[&a, &b, &c]);
-        assert_eq!(ab[0], a.to_string());
-        assert_eq!(&abc[..2], &ab[..]);
-        assert_ne!(chain_names(&[&b, &a])[1], ab[1]);
-        assert!(ab[1].starts_with("sha256:") && ab[1].len() == 71);
+        Ok(())
     }
 }

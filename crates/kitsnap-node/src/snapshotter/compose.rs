@@ -29,6 +29,10 @@ pub struct KitRecord {
     /// Bottom first; a pull never records a kit without layers.
     pub layers: Vec<KitLayer>,
     pub pulled: i64,
+    /// The image view registered under `reference`: index, manifest and config digests
+    /// (empty in records written before image views).
+    #[serde(default)]
+    pub view: Vec<String>,
 }
 
 impl KitRecord {
@@ -50,8 +54,11 @@ pub struct KitLayer {
     pub name: String,
     pub path: String,
     pub size: u64,
-    /// containerd name of the snapshot ending at this layer.
+    /// containerd name of the snapshot ending at this layer: the image view's chain ID.
     pub chain: String,
+    /// The digest of the layer's uncompressed tar (empty in records written before).
+    #[serde(default)]
+    pub diff_id: String,
 }
 
 pub fn kit_key(namespace: &str, reference: &str) -> String {

@@ -1,0 +1,536 @@
+//! ModelKits pulled natively by containerd through `kitsnap serve`'s registry mirror, with
+//! real components: Debian's docker-registry, containerd 1.6 / 1.7 / 2.x with `ctr` (its
+//! own resolver, fetcher and unpacker), runc and busybox containers, skopeo.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::support::containerd::*;
+use crate::support::registry::{RegistryProc, free_port};
+use crate::support::{self, *};
+
+struct Setup {
+    _t: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    reg: RegistryProc,
+    hosts: std::path::PathBuf,
+    ks: Kitsnap,
+    ctd: Containerd,
+    mirror: String,
+    /// The model's bytes and the references of a gzip and an uncompressed kit.
+    model: Vec<u8>,
+    gz: String,
+    plain: String,
+}
+
+fn setup(v: &Version, auth: Option<(&str, &str)>) -> Setup {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().to_path_buf();
+    let reg = RegistryProc::start(&dir.join("registry"), None, auth);
+    let store = dir.join("store");
+    let tree = dir.join("tree");
+    let model = support::bytes(3 << 20, 11);
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("model.bin"), &model).unwrap();
+    std::fs::write(tree.join("README.md"), b"# the docs\n").unwrap();
+    std::fs::write(
+        tree.join("Kitfile"),
+        "manifestVersion: 1.0.0\npackage: {name: tiny, version: 1.0.0}\nmodel: {path: model.bin}\ndocs: [{path: README.md}]\n",
+    )
+    .unwrap();
+    let gz = format!("{}/kits/gz:v1", reg.addr());
+    let plain = format!("{}/kits/plain:v1", reg.addr());
+    let t_ = tree.to_str().unwrap();
+    support::ok(&store, &["pack", t_, "-t", &gz, "--compression", "gzip"]);
+    support::ok(&store, &["pack", t_, "-t", &plain]);
+    if let Some((u, p)) = auth {
+        let docker = dir.join("docker");
+        std::fs::create_dir_all(&docker).unwrap();
+        let o = Command::new(support::bin())
+            .env("KITSNAP_STORE", &store)
+            .env("DOCKER_CONFIG", &docker)
+            .args([
+                "login",
+                &reg.addr(),
+                "-u",
+                u,
+                "--password-stdin",
+                "--plain-http",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin.take().unwrap().write_all(p.as_bytes())?;
+                c.wait_with_output()
+            })
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        for r in [&gz, &plain] {
+            let o = Command::new(support::bin())
+                .env("KITSNAP_STORE", &store)
+                .env("DOCKER_CONFIG", &docker)
+                .args(["push", r, "--plain-http"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+    } else {
+        for r in [&gz, &plain] {
+            support::ok(&store, &["push", r, "--plain-http"]);
+        }
+    }
+    let mirror_addr = format!("127.0.0.1:{}", free_port());
+    let mirror = format!("http://{mirror_addr}");
+    let hosts = dir.join("certs.d");
+    // The documented install step writes containerd's hosts.toml.
+    let out = support::ok(
+        &store,
+        &[
+            "hosts",
+            "install",
+            &reg.addr(),
+            "--hosts-dir",
+            hosts.to_str().unwrap(),
+            "--mirror",
+            &mirror,
+            "--plain-http",
+        ],
+    );
+    assert!(out.contains(&mirror), "{out}");
+    let cfg = dir.join("kitsnap.toml");
+    std::fs::write(&cfg, format!("hosts_dir = {:?}\n", hosts.to_str().unwrap())).unwrap();
+    let ks = Kitsnap::start_with_args(
+        &dir,
+        Path::new(""),
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--mirror-addr",
+            &mirror_addr,
+        ],
+    );
+    let ctd = Containerd::start(v, &dir.join("containerd"), &ks.sock);
+    Setup {
+        _t: t,
+        dir,
+        reg,
+        hosts,
+        ks,
+        ctd,
+        mirror,
+        model,
+        gz,
+        plain,
+    }
+}
+
+impl Setup {
+    fn ctr_pull(
+        &self,
+        ns: &str,
+        snapshotter: &str,
+        reference: &str,
+        extra: &[&str],
+    ) -> (bool, String) {
+        let mut args = vec![
+            "images",
+            "pull",
+            "--hosts-dir",
+            self.hosts.to_str().unwrap(),
+            "--snapshotter",
+            snapshotter,
+        ];
+        args.extend_from_slice(extra);
+        args.push(reference);
+        let o = self.ctd.ctr_ns(ns, &args);
+        (
+            o.status.success(),
+            format!(
+                "{}{}\n--- kitsnap log:\n{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr),
+                tail(&self.ks.log())
+            ),
+        )
+    }
+
+    /// `ctr images mount`s `reference`, runs a busybox container with it bound read-only at
+    /// /models, and returns what the container printed.
+    fn run_with_model(&self, ns: &str, snapshotter: &str, reference: &str) -> String {
+        let mnt = self.dir.join(format!("mnt-{ns}-{snapshotter}"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let m = self.ctd.ctr_ns(
+            ns,
+            &[
+                "images",
+                "mount",
+                "--snapshotter",
+                snapshotter,
+                reference,
+                mnt.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            m.status.success(),
+            "images mount: {}",
+            String::from_utf8_lossy(&m.stderr)
+        );
+        assert_eq!(std::fs::read(mnt.join("model.bin")).unwrap(), self.model);
+        let bind = format!(
+            "type=bind,src={},dst=/models,options=rbind:ro",
+            mnt.display()
+        );
+        let id = format!("mirror-{}", free_port());
+        let o = self.ctd.ctr_ns(
+            ns,
+            &[
+                "run",
+                "--rm",
+                "--snapshotter",
+                "kitsnap",
+                "--mount",
+                &bind,
+                IMAGE,
+                &id,
+                "sh",
+                "-c",
+                "sha256sum /models/model.bin; cat /models/README.md; touch /models/x 2>/dev/null && echo WRITABLE || echo READONLY",
+            ],
+        );
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let _ = self
+            .ctd
+            .ctr_ns(ns, &["images", "unmount", mnt.to_str().unwrap()]);
+        assert!(o.status.success(), "ctr run: {out}");
+        out
+    }
+
+    fn import_busybox(&self, ns: &str) {
+        let img = self.dir.join("busybox.tar");
+        if !img.exists() {
+            busybox_image(&img);
+        }
+        let o = self.ctd.ctr_ns(
+            ns,
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "kitsnap",
+                img.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    fn snapshot_dirs(&self) -> usize {
+        self.ks.snapshot_dirs()
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
+
+/// A request to the mirror as containerd makes it.
+fn get(url: &str, auth: Option<&str>) -> reqwest::blocking::Response {
+    let c = reqwest::blocking::Client::new();
+    let mut r = c.get(url).header(
+        "Accept",
+        "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json",
+    );
+    if let Some(a) = auth {
+        r = r.header("Authorization", a);
+    }
+    r.send().unwrap()
+}
+
+/// Pulls a ModelKit natively with `ctr` through the mirror, on overlayfs (containerd
+/// unpacks the view itself) and on the kitsnap snapshotter (shared with `kitsnap pull
+/// --containerd`), and runs a container that reads it.
+fn native_pulls(v: &Version) {
+    let ctx = format!("containerd {}", v.name);
+    let s = setup(v, None);
+    let model_sha = sha256_hex(&s.model);
+    // containerd 2's ctr unpacks through the transfer service, configured (by the test
+    // support) for the kitsnap snapshotter only.
+    let first = if v.name.starts_with('2') {
+        "kitsnap"
+    } else {
+        "overlayfs"
+    };
+    for (ns, reference) in [("plain-ns", &s.plain), ("gz-ns", &s.gz)] {
+        s.import_busybox(ns);
+        let (ok, out) = s.ctr_pull(ns, first, reference, &[]);
+        assert!(ok, "{ctx}: ctr pull {reference} through the mirror:\n{out}");
+        let ls = String::from_utf8_lossy(&s.ctd.ctr_ns(ns, &["images", "ls"]).stdout).into_owned();
+        assert!(
+            ls.lines()
+                .any(|l| l.starts_with(reference.as_str()) && l.contains("image.index")),
+            "{ctx}: {ls}"
+        );
+        let out = s.run_with_model(ns, first, reference);
+        assert!(out.contains(&model_sha), "{ctx}: {out}");
+        assert!(
+            out.contains("# the docs") && out.contains("READONLY"),
+            "{ctx}: {out}"
+        );
+    }
+
+    // The kitsnap snapshotter: `kitsnap pull --containerd` first, then a native pull in
+    // another namespace finds every layer unpacked already (containerd's remote-snapshot
+    // path): no new snapshot directory on the node.
+    let o = Command::new(support::bin())
+        .env("KITSNAP_ADDRESS", &s.ks.sock)
+        .env("KITSNAP_STORE", s.dir.join("empty"))
+        .args([
+            "pull",
+            "--containerd",
+            "-n",
+            "side-door",
+            &s.plain,
+            "--plain-http",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{ctx}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(msg.contains("image view sha256:"), "{ctx}: {msg}");
+    let before = s.snapshot_dirs();
+    s.import_busybox("native");
+    let dirs_with_busybox = s.snapshot_dirs();
+    let (ok, out) = s.ctr_pull("native", "kitsnap", &s.plain, &[]);
+    assert!(ok, "{ctx}: {out}");
+    assert_eq!(
+        s.snapshot_dirs(),
+        dirs_with_busybox,
+        "{ctx}: the native pull unpacked layers the node held (before busybox: {before})"
+    );
+    let out = s.run_with_model("native", "kitsnap", &s.plain);
+    assert!(out.contains(&model_sha), "{ctx}: {out}");
+    // Both namespaces name the same image view.
+    let digest = |ns: &str| {
+        let o = s.ctd.ctr_ns(ns, &["images", "ls"]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .find(|l| l.starts_with(s.plain.as_str()))
+            .and_then(|l| l.split_whitespace().nth(2).map(str::to_string))
+            .unwrap_or_default()
+    };
+    assert_eq!(digest("native"), digest("side-door"), "{ctx}");
+    assert!(digest("native").starts_with("sha256:"), "{ctx}");
+}
+
+#[test]
+fn native_pulls_through_the_mirror_with_every_containerd_version() {
+    require_containers!();
+    require_registry!();
+    let _heavy = heavy();
+    let versions = versions(test_name!());
+    for v in &versions {
+        eprintln!("--- containerd {}", v.name);
+        native_pulls(v);
+    }
+    assert!(!versions.is_empty(), "no containerd at all");
+}
+
+/// What the mirror does with what is not a ModelKit pulled by tag, and with failures.
+#[test]
+fn mirror_passes_images_through_and_answers_errors_clearly() {
+    require_containers!();
+    require_registry!();
+    require!(have_cmd("skopeo"), "skopeo (apt-get install skopeo)");
+    let _heavy = heavy();
+    let Some(v) = versions(test_name!()).into_iter().next() else {
+        panic!("no containerd at all");
+    };
+    let s = setup(&v, None);
+    let ns = format!("ns={}", s.reg.addr());
+
+    // An ordinary image passes through unchanged: same digest as the registry's.
+    let img = s.dir.join("busybox.tar");
+    busybox_image(&img);
+    let dst = format!("{}/images/busybox:1", s.reg.addr());
+    let o = Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci-archive:{}", img.display()),
+            &format!("docker://{dst}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let direct = get(
+        &format!("http://{}/v2/images/busybox/manifests/1", s.reg.addr()),
+        None,
+    );
+    let want = direct.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let (ok, out) = s.ctr_pull("images", "kitsnap", &dst, &[]);
+    assert!(ok, "{out}");
+    let ls =
+        String::from_utf8_lossy(&s.ctd.ctr_ns("images", &["images", "ls"]).stdout).into_owned();
+    assert!(
+        ls.contains(&want),
+        "image digest changed by the mirror: want {want} in\n{ls}"
+    );
+
+    // A ModelKit by its own digest: an error naming the view's digest.
+    let head = get(
+        &format!("http://{}/v2/kits/plain/manifests/v1", s.reg.addr()),
+        None,
+    );
+    let kit_d = head.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let r = get(
+        &format!("{}/v2/kits/plain/manifests/{kit_d}?{ns}", s.mirror),
+        None,
+    );
+    assert_eq!(r.status().as_u16(), 404);
+    let body = r.text().unwrap();
+    let view = get(
+        &format!("{}/v2/kits/plain/manifests/v1?{ns}", s.mirror),
+        None,
+    );
+    assert_eq!(view.status().as_u16(), 200);
+    let view_d = view.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        body.contains("MANIFEST_UNKNOWN")
+            && body.contains(&view_d)
+            && body.contains("--image-view"),
+        "{body}"
+    );
+    // The CLI computes the same view digest (a pure function of the kit).
+    let cli = support::ok(&s.dir.join("store"), &["inspect", "--image-view", &s.plain]);
+    assert!(cli.contains(&format!("\"digest\": \"{view_d}\"")), "{cli}");
+
+    // A client that goes away mid-blob: the mirror serves the next request.
+    {
+        use std::io::Read;
+        let m: serde_json::Value =
+            serde_json::from_str(&support::ok(&s.dir.join("store"), &["inspect", &s.plain]))
+                .unwrap();
+        let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
+        let mut r = get(
+            &format!("{}/v2/kits/plain/blobs/{layer}?{ns}", s.mirror),
+            None,
+        );
+        let mut buf = [0u8; 4096];
+        r.read_exact(&mut buf).unwrap();
+        drop(r);
+        let again = get(
+            &format!("{}/v2/kits/plain/blobs/{layer}?{ns}", s.mirror),
+            None,
+        );
+        assert_eq!(again.status().as_u16(), 200);
+        let direct = get(
+            &format!("http://{}/v2/kits/plain/blobs/{layer}", s.reg.addr()),
+            None,
+        );
+        assert_eq!(again.bytes().unwrap(), direct.bytes().unwrap());
+    }
+
+    // Requests without ?ns= and a hosts.toml that names only the mirror: clear errors.
+    let r = get(&format!("{}/v2/kits/plain/manifests/v1", s.mirror), None);
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(r.text().unwrap().contains("ns="));
+    let loop_host = "loop.example:5000";
+    let lh = s.hosts.join(loop_host);
+    std::fs::create_dir_all(&lh).unwrap();
+    std::fs::write(
+        lh.join("hosts.toml"),
+        format!("server = \"{}\"\n", s.mirror),
+    )
+    .unwrap();
+    let r = get(
+        &format!("{}/v2/kits/plain/manifests/v1?ns={loop_host}", s.mirror),
+        None,
+    );
+    assert_eq!(r.status().as_u16(), 508);
+    assert!(r.text().unwrap().contains("server"));
+    // The mirror is still serving.
+    assert_eq!(
+        get(&format!("{}/v2/?{ns}", s.mirror), None)
+            .status()
+            .as_u16(),
+        200
+    );
+    // An unreachable registry: 502 naming it.
+    let r = get(
+        &format!(
+            "{}/v2/x/manifests/v1?ns=127.0.0.1:{}",
+            s.mirror,
+            free_port()
+        ),
+        None,
+    );
+    assert_eq!(r.status().as_u16(), 502);
+    assert!(r.text().unwrap().contains("could not reach"));
+}
+
+/// A private registry: the mirror holds no credentials; the upstream's challenge reaches
+/// the client, and the client's credentials reach the upstream.
+#[test]
+fn mirror_passes_credentials_through() {
+    require_containers!();
+    require_registry!();
+    let _heavy = heavy();
+    let Some(v) = versions(test_name!()).into_iter().next() else {
+        panic!("no containerd at all");
+    };
+    let s = setup(&v, Some(("alice", "s3cret")));
+    let ns = format!("ns={}", s.reg.addr());
+    let r = get(
+        &format!("{}/v2/kits/plain/manifests/v1?{ns}", s.mirror),
+        None,
+    );
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(
+        r.headers().contains_key("www-authenticate"),
+        "{:?}",
+        r.headers()
+    );
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "alice:s3cret")
+    );
+    let r = get(
+        &format!("{}/v2/kits/plain/manifests/v1?{ns}", s.mirror),
+        Some(&basic),
+    );
+    assert_eq!(r.status().as_u16(), 200);
+    let view_d = r.headers()["docker-content-digest"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    // The view, once made, is not served to a client without credentials either.
+    let r = get(
+        &format!("{}/v2/kits/plain/manifests/{view_d}?{ns}", s.mirror),
+        None,
+    );
+    assert_eq!(r.status().as_u16(), 401);
+    // containerd with the credentials pulls through the mirror.
+    s.import_busybox("private");
+    let (ok, out) = s.ctr_pull("private", "kitsnap", &s.gz, &["--user", "alice:s3cret"]);
+    assert!(ok, "{out}");
+    let (ok, out) = s.ctr_pull("nocreds", "kitsnap", &s.plain, &[]);
+    assert!(!ok, "pulled a private kit without credentials: {out}");
+}
