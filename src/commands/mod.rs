@@ -1,5 +1,6 @@
 //! One file per verb, each with its arguments and `run(args, &Ctx)`.
 
+pub mod completions;
 pub mod df;
 pub mod info;
 pub mod init;
@@ -41,6 +42,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<()> {
         Command::Login(a) => login::run(a, ctx),
         Command::Logout(a) => logout::run(a, ctx),
         Command::Serve(a) => serve::run(a, ctx),
+        Command::Docs(c) => completions::run(c),
     }
 }
 
