@@ -61,6 +61,18 @@ pub fn run(a: InitArgs, _ctx: &Ctx) -> Result<()> {
     let mut out = crate::output::stdout();
     write_table(&mut out, &plan.placements)?;
     out.flush()?;
+    let links = plan
+        .placements
+        .iter()
+        .filter(|p| p.section == init::SYMLINK)
+        .count();
+    if links > 0 {
+        // A Hugging Face cache snapshot is all symlinks into blobs/.
+        eprintln!(
+            "{links} symlink(s) at the top were left out: pack does not follow them; name their \
+targets or copy the files in (e.g. `huggingface-cli download REPO --local-dir DIR`)"
+        );
+    }
     if let Some(l) = &plan.license {
         eprintln!("License: {} (from {})", l.id, l.source);
     }

@@ -43,6 +43,13 @@ pub struct InitOptions {
     pub author: Option<String>,
 }
 
+/// [`Placement::section`] of a path `.kitignore` leaves out.
+pub const IGNORED: &str = "ignored (.kitignore)";
+/// [`Placement::section`] of a hidden top-level path (no entry names it).
+pub const HIDDEN: &str = "not packed (hidden)";
+/// [`Placement::section`] of a top-level symlink (`pack` refuses symlinked entries).
+pub const SYMLINK: &str = "not packed (symlink)";
+
 /// Where one path of the directory went.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
@@ -386,7 +393,7 @@ impl Scanner<'_> {
                 continue;
             }
             if self.user.is_ignored(&child) {
-                self.skip(&child, "ignored (.kitignore)");
+                self.skip(&child, IGNORED);
                 continue;
             }
             if let Some(pat) = self
@@ -396,23 +403,23 @@ impl Scanner<'_> {
                 .map(|(p, _)| *p)
             {
                 self.needed.insert(pat.to_string());
-                self.skip(&child, "ignored (.kitignore)");
+                self.skip(&child, IGNORED);
                 continue;
             }
             let ft = e.file_type().at(e.path())?;
             if ft.is_dir() && e.path().join("pyvenv.cfg").is_file() {
                 self.needed.insert(child.clone());
-                self.skip(&child, "ignored (.kitignore)");
+                self.skip(&child, IGNORED);
                 continue;
             }
             // pack only takes what an entry names, so top-level hidden files and symlinks
             // (which pack refuses as entries) are not offered.
             if rel.is_empty() && name.starts_with('.') {
-                self.skip(&child, "not packed (hidden)");
+                self.skip(&child, HIDDEN);
                 continue;
             }
             if rel.is_empty() && ft.is_symlink() {
-                self.skip(&child, "not packed (symlink)");
+                self.skip(&child, SYMLINK);
                 continue;
             }
             if ft.is_dir() {
@@ -1421,7 +1428,14 @@ configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: dat
         write(p, "system.prompt", "be nice");
         write(p, ".kitignore", "*.log\n");
         write(p, "debug.log", "x");
-        let kf = generate(p, &opts()).unwrap().kitfile;
+        std::os::unix::fs::symlink("model.gguf", p.join("latest.gguf")).unwrap();
+        let plan = generate(p, &opts()).unwrap();
+        assert!(plan.placements.contains(&Placement {
+            path: "latest.gguf".into(),
+            section: SYMLINK.into(),
+            size: 10,
+        }));
+        let kf = plan.kitfile;
         sound(&kf);
         let m = kf.model.as_ref().unwrap();
         assert_eq!(m.path, "model.gguf");
