@@ -73,6 +73,9 @@ pub fn run(a: InitArgs, _ctx: &Ctx) -> Result<()> {
 targets or copy the files in (e.g. `huggingface-cli download REPO --local-dir DIR`)"
         );
     }
+    for w in &plan.warnings {
+        eprintln!("warning: {w}");
+    }
     if let Some(l) = &plan.license {
         eprintln!("License: {} (from {})", l.id, l.source);
     }

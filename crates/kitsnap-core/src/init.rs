@@ -76,6 +76,8 @@ pub struct InitPlan {
     pub license: Option<DetectedLicense>,
     /// The complete new `.kitignore` text, when it must be created or extended.
     pub kitignore: Option<String>,
+    /// Things the user should look at (a shard index naming files that are not there).
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -813,12 +815,60 @@ pub fn generate(dir: &Path, opts: &InitOptions) -> Result<InitPlan> {
     placements.append(&mut scanner.skipped);
 
     let kitignore = kitignore_text(user_text.as_deref(), &scanner.needed);
+    let warnings = check_shard_indexes(dir, &kf);
     Ok(InitPlan {
         kitfile: kf,
         placements,
         license,
         kitignore,
+        warnings,
     })
+}
+
+/// A shard index (`model.safetensors.index.json`) whose `weight_map` names a file the
+/// model does not hold makes `from_pretrained` fail after the download: say so now (an
+/// interrupted `git lfs pull` or download, or a shard left out by `.kitignore`).
+fn check_shard_indexes(root: &Path, kf: &Kitfile) -> Vec<String> {
+    let Some(m) = &kf.model else {
+        return Vec::new();
+    };
+    let held: BTreeSet<&str> = std::iter::once(m.path.as_str())
+        .chain(m.parts.iter().map(|p| p.path.as_str()))
+        .collect();
+    let mut out = Vec::new();
+    for index in held.iter().filter(|p| p.ends_with(".index.json")) {
+        let Some(text) = read_head(&root.join(index), 64 << 20) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            out.push(format!("{index} is not valid JSON"));
+            continue;
+        };
+        let Some(map) = v.get("weight_map").and_then(|w| w.as_object()) else {
+            continue;
+        };
+        let dir = index.rsplit_once('/').map(|(d, _)| d);
+        let missing: BTreeSet<String> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| match dir {
+                Some(d) => format!("{d}/{f}"),
+                None => f.to_string(),
+            })
+            .filter(|f| !held.contains(f.as_str()))
+            .collect();
+        if !missing.is_empty() {
+            let shown: Vec<&str> = missing.iter().take(3).map(String::as_str).collect();
+            out.push(format!(
+                "{index} maps weights to {} file(s) the model does not hold ({}{}): \
+an incomplete download, or left out by .kitignore?",
+                missing.len(),
+                shown.join(", "),
+                if missing.len() > 3 { ", ..." } else { "" }
+            ));
+        }
+    }
+    out
 }
 
 /// The new `.kitignore`: a fresh one lists every default pattern (so a later
@@ -1023,7 +1073,16 @@ pub fn license_from_text(text: &str) -> Option<String> {
     if found.score < 0.8 {
         return None;
     }
-    spdx_canonical(found.name).or_else(|| Some(found.name.to_string()))
+    // A GNU license's text cannot tell "only" from "or later" (that is in each source
+    // file's notice); askalono names whichever alias it met first. Say `-only`, as the
+    // hub's `gpl-3.0` does.
+    let base = found
+        .name
+        .trim_end_matches("-or-later")
+        .trim_end_matches("-only");
+    spdx_canonical(base)
+        .or_else(|| spdx_canonical(found.name))
+        .or_else(|| Some(found.name.to_string()))
 }
 
 #[cfg(test)]
@@ -1165,6 +1224,16 @@ pipeline_tag: text-generation\n---\n# Tiny LLM\n";
         for pat in DEFAULT_IGNORES {
             assert!(ki.lines().any(|l| l == *pat), "{ki}");
         }
+        assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
+        // An index naming a shard that is not there is reported.
+        fs::remove_file(p.join("model-00004-of-00004.safetensors")).unwrap();
+        let warned = generate(p, &opts()).unwrap().warnings;
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].contains("1 file(s)")
+                && warned[0].contains("model-00004-of-00004.safetensors"),
+            "{warned:?}"
+        );
         // Every entry is in the table with its size, in layer order.
         assert_eq!(plan.placements[0].path, "model-00001-of-00004.safetensors");
         assert_eq!(plan.placements[0].section, "model");
@@ -1505,6 +1574,17 @@ configs:\n- config_name: default\n  data_files:\n  - split: train\n    path: dat
             Some("LicenseRef-llama3.1")
         );
         assert_eq!(license_from_text("All rights reserved. Do not copy."), None);
+        // Debian ships full license texts: both GPL versions come out the same way.
+        for (file, id) in [
+            ("GPL-3", "GPL-3.0-only"),
+            ("GPL-2", "GPL-2.0-only"),
+            ("Apache-2.0", "Apache-2.0"),
+        ] {
+            let path = Path::new("/usr/share/common-licenses").join(file);
+            if let Ok(text) = fs::read_to_string(&path) {
+                assert_eq!(license_from_text(&text).as_deref(), Some(id), "{file}");
+            }
+        }
     }
 
     const MIT_TEXT: &str = "MIT License
