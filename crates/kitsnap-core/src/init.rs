@@ -254,7 +254,24 @@ fn classify_file(name: &str) -> Kind {
     if WEIGHTS.contains(&ext) || lower.ends_with(".onnx.data") {
         Kind::Weights
     } else if ext == "json" {
-        Kind::Metadata
+        // `train.json`, `eval_data.json`: a split, not a setting (KitOps would put it with
+        // the model); `train_results.json` and `eval_metrics.json` are the Trainer's output.
+        let stem = stem_of(&lower);
+        let split = ["train", "test", "val", "valid", "validation", "eval", "dev"]
+            .iter()
+            .any(|s| {
+                stem == *s
+                    || stem.starts_with(&format!("{s}_"))
+                    || stem.starts_with(&format!("{s}-"))
+            })
+            && !["result", "metric", "score"]
+                .iter()
+                .any(|m| stem.contains(m));
+        if split || stem.contains("dataset") {
+            Kind::Dataset
+        } else {
+            Kind::Metadata
+        }
     } else if DATASET.contains(&ext) {
         Kind::Dataset
     } else if DOCS.contains(&ext) {
@@ -1338,6 +1355,8 @@ pipeline_tag: text-generation\n---\n# Tiny LLM\n";
         write(p, "pyproject.toml", "[project]\nname='x'\n");
         write(p, "predict.py", "import joblib\n");
         write(p, "metrics.json", "{}");
+        write(p, "train_data.json", "[]");
+        write(p, "eval_results.json", "{}");
         write(p, "notebooks/explore.ipynb", "{}");
         write(
             p,
@@ -1361,7 +1380,11 @@ pipeline_tag: text-generation\n---\n# Tiny LLM\n";
         // JSON metadata goes with the model, as KitOps does.
         assert_eq!(
             parts(kf),
-            vec![("scaler.pkl", "weights"), ("metrics.json", "config")]
+            vec![
+                ("scaler.pkl", "weights"),
+                ("eval_results.json", "config"),
+                ("metrics.json", "config")
+            ]
         );
         assert_eq!(
             paths(&kf.code, |c| &c.path),
@@ -1373,6 +1396,8 @@ pipeline_tag: text-generation\n---\n# Tiny LLM\n";
             ]
         );
         assert!(kf.docs.iter().any(|d| d.path == "LICENSE"));
+        // A JSON split is a dataset even next to a model.
+        assert_eq!(paths(&kf.datasets, |d| &d.path), vec!["train_data.json"]);
         // The existing .kitignore keeps its rules and gains only what this tree needs.
         let ki = plan.kitignore.unwrap();
         assert!(ki.starts_with("*.log\n# Added by `kitsnap init`\n"), "{ki}");
