@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    completions, df, info, init, inspect, login, logout, mount, pack, pull, push, remove, serve,
-    tag, umount, unpack,
+    df, info, init, inspect, login, logout, mount, pack, pull, push, remove, serve, tag, umount,
+    unpack,
 };
 
 #[derive(Parser, Debug)]
@@ -166,8 +166,9 @@ readiness once the socket listens."
     Serve(serve::ServeArgs),
     /// Forget the credentials for a registry.
     Logout(logout::LogoutArgs),
+    /// `completion` and `man`, generated from this definition.
     #[command(flatten)]
-    Docs(completions::DocsCommand),
+    Docs(crate::commands::completions::DocsCommand),
 }
 
 /// How to reach `kitsnap serve` and in which containerd namespace to work.
