@@ -24,6 +24,10 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 # dockerd 20.10 for the Docker volume plugin test (started by the test on its own socket).
 [ -x /usr/sbin/dockerd ] || need+=(docker.io)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# The shells and man that load the generated completions and manual pages in the tests.
+command -v zsh >/dev/null || need+=(zsh)
+command -v fish >/dev/null || need+=(fish)
+command -v man >/dev/null || need+=(man-db)
 
 if ((${#need[@]})); then
   SUDO=""

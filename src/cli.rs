@@ -41,11 +41,17 @@ pub struct Cli {
 pub enum Command {
     /// Write a Kitfile describing the files of a directory.
     #[command(
-        long_about = "Scans DIR and writes DIR/Kitfile: the largest weights file \
-(.gguf, .safetensors, .onnx, .pt, ...) becomes the model, other weights and tokenizer/config \
-files become model parts, tabular files datasets, source files code, README/LICENSE/markdown \
-docs, and *.prompt files prompts. Files matched by DIR/.kitignore are left out. Review the \
-result before packing."
+        long_about = "Scans DIR and writes DIR/Kitfile, then prints where every path went \
+(PATH, SECTION, SIZE). The largest weights (.safetensors, .gguf, .onnx, .bin, .pt, .pkl, ...; \
+shards such as model-00001-of-00004.safetensors and ONNX external data count as one) become the \
+model; other weights, GGUF quantisations, config.json, *.index.json, tokenizer files, auto_map \
+code and directories of weights (onnx/, unet/) or configs (tokenizer/) become model parts, so \
+`unpack --filter model` yields what from_pretrained loads. data/ and tabular files are \
+datasets, *.py, requirements.txt and pyproject.toml code, README/LICENSE/markdown docs, \
+prompts/ and *.prompt prompts, other JSON goes with the model. The license (SPDX id) comes \
+from the README card's `license:` or the LICENSE text. __pycache__, *.pyc, .git, .venv, \
+virtualenvs and .ipynb_checkpoints are skipped and written to DIR/.kitignore; paths it \
+already ignores are left out. Review the result before packing."
     )]
     Init(init::InitArgs),
     /// Pack a directory into a ModelKit in the local store.
@@ -167,6 +173,9 @@ reports readiness once the socket and the mirror listen."
     Hosts(hosts::HostsArgs),
     /// Forget the credentials for a registry.
     Logout(logout::LogoutArgs),
+    /// `completion` and `man`, generated from this definition.
+    #[command(flatten)]
+    Docs(crate::commands::completions::DocsCommand),
 }
 
 /// How to reach `kitsnap serve` and in which containerd namespace to work.

@@ -13,6 +13,8 @@ mod support;
 
 #[path = "it/architecture.rs"]
 mod architecture;
+#[path = "it/completions.rs"]
+mod completions;
 #[path = "it/containerd.rs"]
 mod containerd;
 #[path = "it/daemon.rs"]
@@ -21,6 +23,8 @@ mod daemon;
 mod docker;
 #[path = "it/hostile.rs"]
 mod hostile;
+#[path = "it/init.rs"]
+mod init;
 #[path = "it/large.rs"]
 mod large;
 #[path = "it/mirror.rs"]

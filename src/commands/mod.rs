@@ -1,5 +1,6 @@
 //! One file per verb, each with its arguments and `run(args, &Ctx)`.
 
+pub mod completions;
 pub mod df;
 pub mod hosts;
 pub mod info;
@@ -43,6 +44,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<()> {
         Command::Logout(a) => logout::run(a, ctx),
         Command::Serve(a) => serve::run(a, ctx),
         Command::Hosts(a) => hosts::run(a, ctx),
+        Command::Docs(c) => completions::run(c),
     }
 }
 
