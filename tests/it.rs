@@ -15,6 +15,8 @@ mod support;
 mod architecture;
 #[path = "it/containerd.rs"]
 mod containerd;
+#[path = "it/cri.rs"]
+mod cri;
 #[path = "it/daemon.rs"]
 mod daemon;
 #[path = "it/docker.rs"]
