@@ -19,6 +19,8 @@ mod containerd;
 mod cri;
 #[path = "it/daemon.rs"]
 mod daemon;
+#[path = "it/deploy.rs"]
+mod deploy;
 #[path = "it/docker.rs"]
 mod docker;
 #[path = "it/hostile.rs"]
