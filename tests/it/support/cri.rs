@@ -281,6 +281,21 @@ impl CriNode {
         }
     }
 
+    /// ListImages: (ID, size) of every image, as kubelet's image GC sees them.
+    pub fn list_images(&mut self) -> Vec<(String, u64)> {
+        self.rt
+            .block_on(
+                self.images
+                    .list_images(cri::ListImagesRequest { filter: None }),
+            )
+            .unwrap_or_else(|e| panic!("{}: ListImages: {e}", self.ctx))
+            .into_inner()
+            .images
+            .into_iter()
+            .map(|i| (i.id, i.size))
+            .collect()
+    }
+
     /// RemoveImage (kubelet's image GC does this for unused images).
     pub fn remove_image(&mut self, image: &str) {
         self.rt
@@ -653,12 +668,20 @@ pub fn image_volume_case(node: &mut CriNode, pull: Pull, reference: &str, want: 
         }
     };
     assert!(image_ref.starts_with("sha256:"), "{ctx}: {image_ref}");
+    // kubelet's image GC counts it like any image: listed, with its size.
+    let listed = node.list_images();
+    assert!(
+        listed
+            .iter()
+            .any(|(id, size)| *id == image_ref && *size > 0),
+        "{ctx}: {image_ref} is not listed with a size: {listed:?}"
+    );
 
     let file = format!("{VOLUME}/{}", want.path.trim_start_matches('/'));
     let script = format!(
         "sha256sum {file}; \
-         if echo x > {VOLUME}/kitsnap-write 2>/dev/null; then echo WRITE-SUCCEEDED; else echo WRITE-REFUSED; fi; \
-         if echo x >> {file} 2>/dev/null; then echo APPEND-SUCCEEDED; else echo APPEND-REFUSED; fi"
+         if echo x > {VOLUME}/kitsnap-write; then echo WRITE-SUCCEEDED; else echo WRITE-REFUSED; fi; \
+         if echo x >> {file}; then echo APPEND-SUCCEEDED; else echo APPEND-REFUSED; fi"
     );
     let mut pods = Vec::new();
     for p in ["pod-a", "pod-b"] {
@@ -671,7 +694,9 @@ pub fn image_volume_case(node: &mut CriNode, pull: Pull, reference: &str, want: 
             want.sha256
         );
         assert!(
-            out.contains("WRITE-REFUSED") && out.contains("APPEND-REFUSED"),
+            out.contains("WRITE-REFUSED")
+                && out.contains("APPEND-REFUSED")
+                && out.contains("Read-only file system"),
             "{ctx}: {p} could write to the read-only volume:\n{out}"
         );
         pods.push(pod);
@@ -704,6 +729,10 @@ pub fn image_volume_case(node: &mut CriNode, pull: Pull, reference: &str, want: 
         node.image_id(reference),
         None,
         "{ctx}: the image is still known"
+    );
+    assert!(
+        !node.list_images().iter().any(|(id, _)| *id == image_ref),
+        "{ctx}: the image is still listed"
     );
     let start = Instant::now();
     loop {
