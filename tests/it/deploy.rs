@@ -1,5 +1,6 @@
 //! deploy/kubernetes: the manifests parse and say what the README says (host mounts and
-//! their propagation, the flags, the probe, the example pod's image volume); the installer
+//! their propagation, the flags, the probe, the example pod's image volume); kitsnap has
+//! the flags and commands the DaemonSet runs (or they are listed as pending); the installer
 //! script the init container runs is idempotent and leaves foreign files alone; and
 //! containerd 2.x accepts the config drop-in it installs.
 
@@ -143,6 +144,52 @@ fn the_daemonset_and_the_example_pod_say_what_the_readme_says() {
     let m = &pod["spec"]["containers"][0]["volumeMounts"][0];
     assert_eq!(m["name"], vol["name"]);
     assert_eq!(m["readOnly"].as_bool(), Some(true));
+}
+
+/// What the DaemonSet runs that kitsnap does not have yet (issue 11 section 2: the node
+/// mirror's flag, and the status command for the readiness probe). The test below fails
+/// once one of them exists, so that this list shrinks as they land.
+const PENDING: [&str; 2] = ["serve --mirror-addr", "status"];
+
+/// Whether `kitsnap ARGS --help` knows `flag` (a subcommand when `flag` is "").
+fn kitsnap_knows(args: &[&str], flag: &str) -> bool {
+    let o = Command::new(bin())
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    // Option lines of clap's help: "      --root <DIR>", "  -n, --namespace <NS>".
+    let names = |l: &str| -> bool {
+        l.trim_start()
+            .split(", ")
+            .any(|part| part == flag || part.starts_with(&format!("{flag} ")))
+    };
+    o.status.success() && (flag.is_empty() || String::from_utf8_lossy(&o.stdout).lines().any(names))
+}
+
+#[test]
+fn the_daemonset_runs_kitsnap_with_flags_it_has() {
+    let d = docs("kitsnap.yaml");
+    let pod = &of_kind(&d, "DaemonSet")["spec"]["template"]["spec"];
+    let serve = &pod["containers"][0];
+    let cmd = strs(&serve["command"]);
+    for arg in &cmd[2..] {
+        let flag = arg.split('=').next().unwrap();
+        let pending = PENDING.contains(&format!("serve {flag}").as_str());
+        assert_eq!(
+            kitsnap_knows(&["serve"], flag),
+            !pending,
+            "kitsnap serve {flag} (pending: {pending})"
+        );
+    }
+    let probe = strs(&serve["readinessProbe"]["exec"]["command"]);
+    let pending = PENDING.contains(&probe[1]);
+    assert_eq!(
+        kitsnap_knows(&[probe[1]], ""),
+        !pending,
+        "kitsnap {} (pending: {pending})",
+        probe[1]
+    );
 }
 
 /// Runs the installer as the init container does, against `host` (a fake host root).
