@@ -142,8 +142,8 @@ pub struct CriNode {
 }
 
 impl CriNode {
-    /// Starts kitsnap (with `serve_args`, and `--config` with `serve_config` when given),
-    /// containerd with the CRI on `snapshotter`, imports the busybox image as the sandbox
+    /// Starts kitsnap (with `serve_args`, and a `--config` naming the node's hosts directory,
+    /// plus `serve_config`), containerd with the CRI on `snapshotter`, imports the busybox image as the sandbox
     /// image and as `IMAGE`, and waits until the CRI answers and knows both.
     pub fn start(
         v: &Version,
@@ -155,12 +155,20 @@ impl CriNode {
         let dir = t.path().to_path_buf();
         let hosts_dir = dir.join("certs.d");
         std::fs::create_dir_all(&hosts_dir).unwrap();
+        // kitsnap reads the node's hosts directory, as containerd does (and as the
+        // DaemonSet mounts /etc/containerd for it).
         let cfg = dir.join("kitsnap.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "hosts_dir = \"{}\"\n{}",
+                hosts_dir.display(),
+                serve_config.unwrap_or_default()
+            ),
+        )
+        .unwrap();
         let mut args = serve_args.to_vec();
-        if let Some(c) = serve_config {
-            std::fs::write(&cfg, c).unwrap();
-            args.extend(["--config", cfg.to_str().unwrap()]);
-        }
+        args.extend(["--config", cfg.to_str().unwrap()]);
         let ks = Kitsnap::start_with_args(&dir, Path::new(""), &args);
         let ctd = Containerd::start_cri(
             v,
