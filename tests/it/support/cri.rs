@@ -142,9 +142,10 @@ pub struct CriNode {
 }
 
 impl CriNode {
-    /// Starts kitsnap (with `serve_args`, and a `--config` naming the node's hosts directory,
-    /// plus `serve_config`), containerd with the CRI on `snapshotter`, imports the busybox image as the sandbox
-    /// image and as `IMAGE`, and waits until the CRI answers and knows both.
+    /// Starts kitsnap (with `serve_args`, and a `--config` naming the node's hosts
+    /// directory, plus `serve_config`), containerd with the CRI on `snapshotter`, imports
+    /// the busybox image as the sandbox image and as `IMAGE`, and waits until the CRI
+    /// answers and knows both.
     pub fn start(
         v: &Version,
         snapshotter: Snapshotter,
@@ -195,8 +196,8 @@ impl CriNode {
             _t: t,
         };
         node.wait_ready();
-        // The sandbox must keep running: busybox with a long sleep as its command (the
-        // sandbox is killed, not asked to stop, so PID 1 ignoring SIGTERM is fine).
+        // The sandbox must keep running: busybox with a long sleep as its command
+        // (StopPodSandbox SIGKILLs it, so PID 1 ignoring SIGTERM is fine).
         let img = dir.join("sandbox.tar");
         busybox_image_as(&img, SANDBOX_IMAGE, &["sleep", "1000000"]);
         ctr_ok(
