@@ -192,21 +192,74 @@ fn the_daemonset_runs_kitsnap_with_flags_it_has() {
     );
 }
 
-/// Runs the installer as the init container does, against `host` (a fake host root).
-fn install(config: &Path, host: &Path, registries: &str) -> std::process::Output {
-    Command::new("sh")
-        .arg(config.join("install.sh"))
-        .env("HOST_ROOT", host)
-        .env("CONFIG_DIR", config)
-        .env("MIRRORED_REGISTRIES", registries)
-        .env("MIRROR_ADDR", "127.0.0.1:5050")
-        .env("RESTART_CONTAINERD", "false")
-        .output()
-        .unwrap()
+/// A shell to run the installer with: the host's `sh`, or busybox's with nothing but its
+/// own applets on PATH (as in the init container's busybox image).
+struct Shell {
+    program: PathBuf,
+    path: Option<PathBuf>,
+}
+
+impl Shell {
+    fn host() -> Shell {
+        Shell {
+            program: "sh".into(),
+            path: None,
+        }
+    }
+
+    /// `dir/bin` holds a link to busybox for every applet the installer may call.
+    fn busybox(dir: &Path) -> Shell {
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let applets = [
+            "sh", "cat", "cmp", "cp", "echo", "grep", "mkdir", "mv", "nsenter", "printf", "sed",
+        ];
+        for a in applets {
+            std::os::unix::fs::symlink(crate::support::containerd::BUSYBOX, bin.join(a)).unwrap();
+        }
+        Shell {
+            program: bin.join("sh"),
+            path: Some(bin),
+        }
+    }
+
+    /// Runs the installer as the init container does, against `host` (a fake host root).
+    fn install(&self, config: &Path, host: &Path, registries: &str) -> std::process::Output {
+        let mut c = Command::new(&self.program);
+        if let Some(p) = &self.path {
+            c.env("PATH", p);
+        }
+        c.arg(config.join("install.sh"))
+            .env("HOST_ROOT", host)
+            .env("CONFIG_DIR", config)
+            .env("MIRRORED_REGISTRIES", registries)
+            .env("MIRROR_ADDR", "127.0.0.1:5050")
+            .env("RESTART_CONTAINERD", "false")
+            .output()
+            .unwrap()
+    }
 }
 
 #[test]
 fn the_installer_is_idempotent_and_leaves_foreign_files_alone() {
+    installer_case(&Shell::host());
+}
+
+#[test]
+fn the_installer_runs_with_busybox_alone() {
+    require!(
+        Path::new(crate::support::containerd::BUSYBOX).exists(),
+        "{} (apt-get install busybox-static)",
+        crate::support::containerd::BUSYBOX
+    );
+    let t = tempfile::tempdir().unwrap();
+    installer_case(&Shell::busybox(t.path()));
+}
+
+/// Twice on a fake host: the drop-in installed, config.toml given one `imports` line,
+/// hosts.toml naming the mirror for each registry but a foreign one; then a config.toml
+/// with its own `imports` is reported and left as it is.
+fn installer_case(sh: &Shell) {
     let d = docs("kitsnap.yaml");
     let t = tempfile::tempdir().unwrap();
     let config = t.path().join("config");
@@ -224,7 +277,7 @@ fn the_installer_is_idempotent_and_leaves_foreign_files_alone() {
     std::fs::write(etc.join("certs.d/quay.io/hosts.toml"), foreign).unwrap();
 
     for round in 0..2 {
-        let o = install(&config, &host, "ghcr.io registry.example.com:5000 quay.io");
+        let o = sh.install(&config, &host, "ghcr.io registry.example.com:5000 quay.io");
         assert!(
             o.status.success(),
             "round {round}: {}",
@@ -280,7 +333,7 @@ fn the_installer_is_idempotent_and_leaves_foreign_files_alone() {
         "version = 3\nimports = [\"/x.toml\"]\n",
     )
     .unwrap();
-    let o = install(&config, &host, "ghcr.io");
+    let o = sh.install(&config, &host, "ghcr.io");
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("has its own 'imports'"));
     assert_eq!(
