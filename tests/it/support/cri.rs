@@ -80,7 +80,7 @@ pub fn cri_config(dir: &Path, hosts_dir: &Path, snapshotter: Snapshotter) -> Str
     let snap = snapshotter.name();
     format!(
         r#"[plugins."io.containerd.cri.v1.images"]
-  # PullImage unpacks here (the pod's runtime handler is not known at pull time).
+  # PullImage unpacks here (it reads the runtime handler only from an experimental annotation).
   snapshotter = "{snap}"
   [plugins."io.containerd.cri.v1.images".pinned_images]
     sandbox = "{SANDBOX_IMAGE}"
