@@ -24,6 +24,11 @@ pub const NS: &str = "k8s.io";
 /// The sandbox image the CRI is configured with (containerd 2.1's default name); a local
 /// busybox image is imported under it.
 pub const SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10";
+/// How long one step (the CRI answering, an image showing up, a container exiting, GC
+/// finishing) may take before a test calls it stuck: generous, as the machine that runs
+/// the tests may be loaded (a bound, never a timing assertion).
+const PATIENCE: Duration = Duration::from_secs(180);
+
 /// Where the image volume is mounted in the test containers.
 pub const VOLUME: &str = "/volume";
 
@@ -233,7 +238,7 @@ impl CriNode {
                     assert_eq!(v.runtime_name, "containerd", "{}", self.ctx);
                     return;
                 }
-                Err(e) if start.elapsed() > Duration::from_secs(30) => panic!(
+                Err(e) if start.elapsed() > PATIENCE => panic!(
                     "{}: the CRI does not answer: {e}\n--- containerd log tail:\n{}",
                     self.ctx,
                     self.ctd.log_tail()
@@ -251,7 +256,7 @@ impl CriNode {
                 return id;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(20),
+                start.elapsed() < PATIENCE,
                 "{}: the CRI does not know {image}",
                 self.ctx
             );
@@ -443,10 +448,11 @@ impl CriNode {
                 break st;
             }
             assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{}: container {name} still {} after 60 s",
+                start.elapsed() < PATIENCE,
+                "{}: container {name} still {} after {PATIENCE:?}\n--- containerd log tail:\n{}",
                 self.ctx,
-                st.state
+                st.state,
+                self.ctd.log_tail()
             );
             std::thread::sleep(Duration::from_millis(100));
         };
@@ -754,7 +760,7 @@ pub fn image_volume_case(node: &mut CriNode, pull: Pull, reference: &str, want: 
             break;
         }
         assert!(
-            start.elapsed() < Duration::from_secs(30),
+            start.elapsed() < PATIENCE,
             "{ctx}: after the pods and the image went, {copies:?} copies are left and the snapshots are\n{now:?}\nnot as before\n{before:?}"
         );
         node.gc();
