@@ -17,8 +17,12 @@ mod architecture;
 mod completions;
 #[path = "it/containerd.rs"]
 mod containerd;
+#[path = "it/cri.rs"]
+mod cri;
 #[path = "it/daemon.rs"]
 mod daemon;
+#[path = "it/deploy.rs"]
+mod deploy;
 #[path = "it/docker.rs"]
 mod docker;
 #[path = "it/hostile.rs"]

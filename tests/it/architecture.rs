@@ -1,6 +1,7 @@
 //! The workspace's layering, as the README states it: kitsnap-core <- kitsnap-registry <-
 //! kitsnap-node <- the kitsnap binary, imports only pointing down, and no async runtime or
-//! gRPC stack below the node. Checked on cargo's resolved dependency graph.
+//! gRPC stack below the node; the test-only CRI client used by nothing but tests. Checked on
+//! cargo's resolved dependency graph.
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::Command;
@@ -89,6 +90,15 @@ fn imports_point_down_and_the_core_has_no_runtime() {
         assert!(
             !c["kitsnap-core"].contains(heavy),
             "kitsnap-core must not depend on {heavy}"
+        );
+    }
+    // The CRI client is test tooling: it depends on none of ours, and nothing that ships
+    // depends on it (the root package has it as a dev-dependency only).
+    assert_eq!(ours("kitsnap-cri-client"), Vec::<String>::new());
+    for (pkg, deps) in &c {
+        assert!(
+            !deps.contains("kitsnap-cri-client"),
+            "{pkg} must not depend on kitsnap-cri-client (tests only)"
         );
     }
     for grpc in ["tonic", "prost", "containerd-client", "redb"] {

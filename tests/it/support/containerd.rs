@@ -245,13 +245,41 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start(version: &Version, dir: &Path, kitsnap_sock: &Path) -> Containerd {
+        Self::start_with(version, dir, kitsnap_sock, None)
+    }
+
+    /// Like `start`, with containerd's CRI plugin on (containerd 2.x only): the config is
+    /// version 3 and `cri_config` (the CRI plugins' tables, and anything else) is appended.
+    pub fn start_cri(
+        version: &Version,
+        dir: &Path,
+        kitsnap_sock: &Path,
+        cri_config: &str,
+    ) -> Containerd {
+        assert!(
+            version.name.starts_with('2'),
+            "the CRI tests need containerd 2.x, not {}",
+            version.name
+        );
+        Self::start_with(version, dir, kitsnap_sock, Some(cri_config))
+    }
+
+    fn start_with(
+        version: &Version,
+        dir: &Path,
+        kitsnap_sock: &Path,
+        cri_config: Option<&str>,
+    ) -> Containerd {
         std::fs::create_dir_all(dir).unwrap();
         let sock = dir.join("containerd.sock");
+        let head = match cri_config {
+            Some(_) => "version = 3",
+            None => "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]",
+        };
         let cfg = format!(
-            r#"version = 2
+            r#"{head}
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "{sock}"
 [ttrpc]
@@ -266,13 +294,14 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             ks = kitsnap_sock.display()
         );
         let mut cfg = cfg;
-        if version.name.starts_with('2') {
+        if version.name.starts_with('2') && cri_config.is_none() {
             // containerd 2's ctr imports through the transfer service, which unpacks only
-            // for the platform/snapshotter pairs configured here.
+            // for the platform/snapshotter pairs configured here (a CRI config sets its own).
             cfg.push_str(
                 "[plugins.\"io.containerd.transfer.v1.local\"]\n  unpack_config = [{ platform = \"linux/amd64\", snapshotter = \"kitsnap\" }]\n",
             );
         }
+        cfg.push_str(cri_config.unwrap_or_default());
         std::fs::write(dir.join("config.toml"), cfg).unwrap();
         let mut c = Containerd {
             version: version.clone(),
@@ -473,10 +502,15 @@ pub fn umount_under(dir: &Path) {
 
 /// An OCI image archive of a busybox-static rootfs (one layer), named `IMAGE`.
 pub fn busybox_image(out_tar: &Path) {
+    busybox_image_as(out_tar, IMAGE, &["/bin/sh"]);
+}
+
+/// The same image named `name`, running `cmd` (a CRI sandbox image must keep running).
+pub fn busybox_image_as(out_tar: &Path, name: &str, cmd: &[&str]) {
     let layer = busybox_layer();
     let dir = tempfile::tempdir().unwrap();
     let ld = blob(dir.path(), &layer);
-    busybox_oci(out_tar, dir, layer, ld);
+    busybox_oci(out_tar, dir, layer, ld, name, cmd);
 }
 
 /// The same rootfs as a `docker save` archive (Docker 20.10 loads no OCI archives).
@@ -506,7 +540,8 @@ pub fn busybox_docker_archive(out_tar: &Path, tag: &str) {
     t.into_inner().unwrap().flush().unwrap();
 }
 
-fn busybox_layer() -> Vec<u8> {
+/// The busybox-static rootfs layer (an uncompressed tar) every test image is built on.
+pub fn busybox_layer() -> Vec<u8> {
     assert!(
         Path::new(BUSYBOX).exists(),
         "busybox-static is required (apt-get install busybox-static)"
@@ -550,10 +585,17 @@ fn busybox_layer() -> Vec<u8> {
     layer.into_inner().unwrap()
 }
 
-fn busybox_oci(out_tar: &Path, dir: tempfile::TempDir, layer: Vec<u8>, ld: String) {
+fn busybox_oci(
+    out_tar: &Path,
+    dir: tempfile::TempDir,
+    layer: Vec<u8>,
+    ld: String,
+    name: &str,
+    cmd: &[&str],
+) {
     let cfg = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]},
+        "config": {"Cmd": cmd, "Env": ["PATH=/bin"]},
         "rootfs": {"type": "layers", "diff_ids": [ld]}
     })
     .to_string();
@@ -572,7 +614,7 @@ fn busybox_oci(out_tar: &Path, dir: tempfile::TempDir, layer: Vec<u8>, ld: Strin
     .unwrap();
     let idx = serde_json::json!({"schemaVersion": 2, "manifests": [{
         "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": man.len(),
-        "annotations": {"io.containerd.image.name": IMAGE, "org.opencontainers.image.ref.name": "test"}}]});
+        "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "test"}}]});
     std::fs::write(dir.path().join("index.json"), idx.to_string()).unwrap();
     let f = std::fs::File::create(out_tar).unwrap();
     let mut t = tar::Builder::new(f);

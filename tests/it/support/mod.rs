@@ -1,9 +1,11 @@
 //! Helpers shared by every suite: run the built binary against a private store, make
 //! test trees, take the `heavy()` lock. What a test needs from the machine (`require!`) is
 //! in [`prereq`]; the real peers (a registry and a fault-injecting proxy; containerd
-//! daemons and images) in [`registry`] and [`containerd`].
+//! daemons and images; containerd's CRI driven as kubelet does) in [`registry`],
+//! [`containerd`] and [`cri`].
 
 pub mod containerd;
+pub mod cri;
 pub mod prereq;
 pub mod registry;
 
