@@ -19,6 +19,7 @@ fn main() {
     // (`output::stdout`).
     if !matches!(cli.command, Command::Serve(_)) {
         init_diagnostics();
+        clean_up_on_interrupt();
     }
     let ctx = settings::Ctx::new(cli.store, cli.no_progress);
     if let Err(e) = commands::run(cli.command, &ctx) {
@@ -28,6 +29,24 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM: the temporary files being written (store ingests, files
+/// being unpacked) are removed, then the signal takes its default course, so the shell
+/// still sees the command killed by it. A daemon RPC in flight (`pull --containerd`) is
+/// cancelled by the daemon when this process's connection goes away.
+fn clean_up_on_interrupt() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            kitsnap_core::cleanup::remove_all_and_freeze();
+            let _ = signal_hook::low_level::emulate_default_handler(sig);
+            std::process::exit(128 + sig);
+        }
+    });
 }
 
 /// Diagnostics (retries, credential helpers, ...) go to stderr through `tracing`: quiet

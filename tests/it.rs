@@ -21,6 +21,8 @@ mod daemon;
 mod docker;
 #[path = "it/hostile.rs"]
 mod hostile;
+#[path = "it/interrupts.rs"]
+mod interrupts;
 #[path = "it/large.rs"]
 mod large;
 #[path = "it/modelkits.rs"]

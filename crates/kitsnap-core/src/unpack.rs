@@ -107,6 +107,23 @@ pub fn unpack(
         )
     });
 
+    // Every conflict in the target is found before the first byte is written: a run that
+    // would stop half-way on an existing file never starts. An empty target has none.
+    let target_empty = fs::read_dir(&dest).at(&dest)?.next().is_none();
+    if !opts.overwrite && !target_empty {
+        let mut found = Vec::new();
+        for l in &work {
+            for p in extract::conflicts(store.open_blob(&l.desc.digest)?, l, &dest)? {
+                if !found.contains(&p) {
+                    found.push(p);
+                }
+            }
+        }
+        if !found.is_empty() {
+            return Err(Error::Conflicts(found));
+        }
+    }
+
     let total = work.iter().map(|l| l.desc.size).sum();
     let bar = progress::bytes(total, "unpacking", opts.progress);
     for l in &work {
