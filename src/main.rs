@@ -26,9 +26,27 @@ fn main() {
         if output::is_stdout_closed(&e) {
             return;
         }
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each said once: a cause whose text the line
+/// already holds (an I/O error shown by the error that wraps it) is left out, so no
+/// message repeats its `(os error N)`.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 /// Ctrl-C (SIGINT) or SIGTERM: the temporary files being written (store ingests, files
@@ -63,6 +81,8 @@ fn init_diagnostics() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs and pipes get no control characters.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_target(false)
         .try_init();

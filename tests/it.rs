@@ -19,6 +19,8 @@ mod containerd;
 mod daemon;
 #[path = "it/docker.rs"]
 mod docker;
+#[path = "it/errors.rs"]
+mod errors;
 #[path = "it/hostile.rs"]
 mod hostile;
 #[path = "it/interrupts.rs"]
