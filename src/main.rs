@@ -19,15 +19,52 @@ fn main() {
     // (`output::stdout`).
     if !matches!(cli.command, Command::Serve(_)) {
         init_diagnostics();
+        clean_up_on_interrupt();
     }
     let ctx = settings::Ctx::new(cli.store, cli.no_progress);
     if let Err(e) = commands::run(cli.command, &ctx) {
         if output::is_stdout_closed(&e) {
             return;
         }
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// An error and its causes on one line, each said once: a cause whose text the line
+/// already holds (an I/O error shown by the error that wraps it) is left out, so no
+/// message repeats its `(os error N)`.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM: the temporary files being written (store ingests, files
+/// being unpacked) are removed, then the signal takes its default course, so the shell
+/// still sees the command killed by it. A daemon RPC in flight (`pull --containerd`) is
+/// cancelled by the daemon when this process's connection goes away.
+fn clean_up_on_interrupt() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            kitsnap_core::cleanup::remove_all_and_freeze();
+            let _ = signal_hook::low_level::emulate_default_handler(sig);
+            std::process::exit(128 + sig);
+        }
+    });
 }
 
 /// Diagnostics (retries, credential helpers, ...) go to stderr through `tracing`: quiet
@@ -44,6 +81,8 @@ fn init_diagnostics() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: logs and pipes get no control characters.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_target(false)
         .try_init();

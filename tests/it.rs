@@ -25,10 +25,14 @@ mod daemon;
 mod deploy;
 #[path = "it/docker.rs"]
 mod docker;
+#[path = "it/errors.rs"]
+mod errors;
 #[path = "it/hostile.rs"]
 mod hostile;
 #[path = "it/init.rs"]
 mod init;
+#[path = "it/interrupts.rs"]
+mod interrupts;
 #[path = "it/large.rs"]
 mod large;
 #[path = "it/mirror.rs"]

@@ -16,8 +16,8 @@ pub struct LoginArgs {
     /// Password (prefer --password-stdin: arguments show in `ps`).
     #[arg(short = 'p', long)]
     pub password: Option<String>,
-    /// Read the password from standard input.
-    #[arg(long)]
+    /// Read the password from standard input (needs --username).
+    #[arg(long, requires = "username")]
     pub password_stdin: bool,
     #[command(flatten)]
     pub registry_args: RegistryArgs,
@@ -55,9 +55,16 @@ pub fn run(a: LoginArgs, _ctx: &Ctx) -> Result<()> {
         .registry_args
         .registry(&a.registry)?
         .with_credentials(Some(creds.clone()));
-    runtime()?
-        .block_on(reg.ping())
-        .with_context(|| format!("logging in to {}", a.registry))?;
+    match runtime()?.block_on(reg.ping()) {
+        Ok(()) => {}
+        // Here "run kitsnap login" would be no help: these are the credentials.
+        Err(kitsnap_registry::Error::Unauthorized(host)) => bail!(
+            "logging in to {}: {host} refused the credentials of {:?} (wrong username or password?)",
+            a.registry,
+            creds.username
+        ),
+        Err(e) => return Err(e).with_context(|| format!("logging in to {}", a.registry)),
+    }
     let mut cfg = DockerConfig::load(credentials::default_path())?;
     cfg.store(&a.registry, &creds)?;
     eprintln!(

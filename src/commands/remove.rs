@@ -38,8 +38,16 @@ pub fn run(a: RemoveArgs, ctx: &Ctx) -> Result<()> {
         }
     }
     let st = store.gc()?;
+    let temps = if st.temp_files_removed > 0 {
+        format!(
+            " and {} unfinished temporary file(s)",
+            st.temp_files_removed
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "Removed {removed} entr{}; freed {} in {} blob(s)",
+        "Removed {removed} entr{}; freed {} in {} blob(s){temps}",
         if removed == 1 { "y" } else { "ies" },
         human_bytes(st.bytes_freed),
         st.blobs_removed

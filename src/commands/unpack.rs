@@ -75,7 +75,7 @@ pub fn run(a: UnpackArgs, ctx: &Ctx) -> Result<()> {
             progress: ctx.progress,
         },
     )
-    .with_context(|| format!("unpacking {} to {}", a.reference, a.dir.display()))?;
+    .with_context(|| format!("unpacking {}", a.reference))?;
     for (k, p) in &rep.layers {
         eprintln!("  unpacked {:<9} {p}", k.user_str());
     }

@@ -227,7 +227,6 @@ impl Setup {
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-
 }
 
 fn tail(s: &str) -> String {

@@ -176,6 +176,12 @@ fn basic_auth_over_tls_with_login_and_logout() {
         Some("wrong\n"),
     );
     assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("refused the credentials"), "{e}");
+    assert!(
+        !e.contains("run `kitsnap login"),
+        "no advice to do what was just done: {e}"
+    );
     let o = c.run_in(
         "s1",
         &[

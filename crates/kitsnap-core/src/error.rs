@@ -49,6 +49,11 @@ pub enum Error {
     #[error("{0} already exists (use --overwrite to replace it)")]
     Exists(PathBuf),
 
+    #[error("{} in the target: {}; nothing was written (use --overwrite to replace them)",
+        if .0.len() == 1 { "1 file already exists".to_string() } else { format!("{} files already exist", .0.len()) },
+        conflict_list(.0))]
+    Conflicts(Vec<PathBuf>),
+
     #[error("invalid JSON in {what}: {source}")]
     Json {
         what: String,
@@ -61,6 +66,21 @@ pub enum Error {
 
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The first few paths of a conflict, for one readable line.
+fn conflict_list(paths: &[PathBuf]) -> String {
+    const SHOWN: usize = 5;
+    let mut s = paths
+        .iter()
+        .take(SHOWN)
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if paths.len() > SHOWN {
+        s.push_str(&format!(", and {} more", paths.len() - SHOWN));
+    }
+    s
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

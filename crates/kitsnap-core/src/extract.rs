@@ -5,15 +5,23 @@
 //! absolute paths, `..`, links whose target leaves the directory, device nodes, fifos and
 //! duplicate entries are refused, and no entry is ever written through a symlink. When a
 //! layer fails (bad entry or bad digest), the files it created are removed again.
+//!
+//! Interrupt safety: every file is written as a hidden temporary sibling
+//! (`.NAME.<pid>-<n>.kitsnap-part`, registered with [`crate::cleanup`]) and renamed to its
+//! final name only once complete, so a killed unpack never leaves a truncated file under
+//! a final name.
 
 use std::collections::HashSet;
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use sha2::{Digest as _, Sha256};
 
+use crate::cleanup::TempPath;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::imageview::RawWrapper;
@@ -241,6 +249,35 @@ fn create_file(target: &Path, mode: u32) -> Result<std::fs::File> {
         .at(target)
 }
 
+/// Suffix of the temporary siblings files are written under until complete.
+pub const PART_SUFFIX: &str = ".kitsnap-part";
+
+static PART_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `target` through a hidden temporary sibling that `write` fills; renamed into
+/// place only when `write` succeeded, removed otherwise (and on SIGINT/SIGTERM).
+fn write_file_atomically(
+    target: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut std::fs::File) -> Result<()>,
+) -> Result<()> {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = TempPath::register(target.with_file_name(format!(
+        ".{name}.{}-{}{PART_SUFFIX}",
+        std::process::id(),
+        PART_SEQ.fetch_add(1, Ordering::Relaxed)
+    )));
+    let mut f = create_file(tmp.path(), mode)?;
+    write(&mut f)?;
+    drop(f);
+    fs::rename(tmp.path(), target).at(target)?;
+    tmp.keep();
+    Ok(())
+}
+
 /// Clears the way for a new file at `target`: refuses an existing one unless overwriting.
 fn make_room(target: &Path, overwrite: bool) -> Result<()> {
     match fs::symlink_metadata(target) {
@@ -325,17 +362,18 @@ fn extract_tar<R: Read>(
                     )));
                 }
                 make_room(&target, overwrite)?;
-                let mut f = create_file(&target, mode)?;
-                created.push(target.clone());
-                loop {
-                    let n = entry
-                        .read(&mut buf)
-                        .map_err(|e| unsafe_err(format!("truncated entry {raw:?}: {e}")))?;
-                    if n == 0 {
-                        break;
+                write_file_atomically(&target, mode, |f| {
+                    loop {
+                        let n = entry
+                            .read(&mut buf)
+                            .map_err(|e| unsafe_err(format!("truncated entry {raw:?}: {e}")))?;
+                        if n == 0 {
+                            return Ok(());
+                        }
+                        f.write_all(&buf[..n]).at(&target)?;
                     }
-                    f.write_all(&buf[..n]).at(&target)?;
-                }
+                })?;
+                created.push(target.clone());
                 files.insert(parts.clone());
             }
             tar::EntryType::Symlink => {
@@ -423,21 +461,107 @@ pub fn extract_raw<R: Read>(
         });
     }
     let mut created = Vec::new();
-    let mut checked = HashSet::new();
+    let target = match ensure_parents(dest, &parts, &mut HashSet::new(), &mut created, what)
+        .and_then(|t| make_room(&t, overwrite).map(|()| t))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            Rollback(created).undo();
+            return Err(e);
+        }
+    };
+    // The digest is checked before the rename: a raw file never becomes final unverified.
     let mut hr = HashingReader::new(reader);
-    let res = (|| -> Result<()> {
-        let target = ensure_parents(dest, &parts, &mut checked, &mut created, what)?;
-        make_room(&target, overwrite)?;
-        let mut f = create_file(&target, 0o644)?;
-        created.push(target.clone());
-        std::io::copy(&mut hr, &mut f).at(&target)?;
-        Ok(())
-    })();
-    let checked = res.and_then(|()| verify(hr, desc));
-    if checked.is_err() {
+    let res = write_file_atomically(&target, 0o644, |f| {
+        std::io::copy(&mut hr, f).at(&target)?;
+        verify(hr, desc)
+    });
+    if res.is_err() {
         Rollback(created).undo();
     }
-    checked
+    res
+}
+
+/// Paths under `dest` that extracting layer `l` (its blob opened as `blob`) would collide
+/// with: an existing file where the layer has any entry, or a non-directory where it
+/// needs a directory. Reads only the tar headers of an uncompressed layer (seeking over
+/// the content); a compressed one is decompressed once without writing anything.
+pub fn conflicts(blob: File, l: &LayerPlan, dest: &Path) -> Result<Vec<PathBuf>> {
+    let what = format!("{} layer {}", l.kind.user_str(), l.path);
+    let mut entries: Vec<(Vec<String>, bool)> = Vec::new();
+    if l.raw {
+        entries.push((safe_components(&l.path, &what)?, false));
+    } else {
+        let corrupt = |e: std::io::Error| Error::UnsafeLayer {
+            layer: what.clone(),
+            msg: format!("corrupt tar: {e}"),
+        };
+        let mut collect = |it: &mut dyn Iterator<Item = std::io::Result<(Vec<u8>, bool)>>| {
+            for e in it {
+                let (raw, is_dir) = e.map_err(corrupt)?;
+                let raw = String::from_utf8_lossy(&raw).into_owned();
+                // Unsafe names are refused by the extraction itself, with its message.
+                if let Some(parts) = safe_components(&raw, &what).ok().filter(|p| !p.is_empty()) {
+                    entries.push((parts, is_dir));
+                }
+            }
+            Ok::<(), Error>(())
+        };
+        fn names<R: Read>(
+            a: &mut tar::Archive<R>,
+        ) -> std::io::Result<impl Iterator<Item = std::io::Result<(Vec<u8>, bool)>> + '_> {
+            Ok(a.entries()?.map(|e| {
+                e.map(|e| {
+                    let t = e.header().entry_type();
+                    (e.path_bytes().into_owned(), t.is_dir())
+                })
+            }))
+        }
+        let buffered = std::io::BufReader::with_capacity(IO_BUF, blob);
+        match l.compression {
+            Compression::None => {
+                let mut a = tar::Archive::new(buffered);
+                let mut it = a.entries_with_seek().map_err(corrupt)?.map(|e| {
+                    e.map(|e| {
+                        (
+                            e.path_bytes().into_owned(),
+                            e.header().entry_type().is_dir(),
+                        )
+                    })
+                });
+                collect(&mut it)?;
+            }
+            Compression::Gzip | Compression::GzipFastest => {
+                let mut a = tar::Archive::new(flate2::read::GzDecoder::new(buffered));
+                collect(&mut names(&mut a).map_err(corrupt)?)?;
+            }
+            Compression::Zstd => {
+                let mut a = tar::Archive::new(zstd::stream::read::Decoder::new(buffered)?);
+                collect(&mut names(&mut a).map_err(corrupt)?)?;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for (parts, is_dir) in entries {
+        let mut cur = dest.to_path_buf();
+        for (i, p) in parts.iter().enumerate() {
+            cur.push(p);
+            let last = i + 1 == parts.len();
+            let needs_dir = !last || is_dir;
+            match fs::symlink_metadata(&cur) {
+                Err(_) => break,
+                Ok(m) if m.is_dir() && needs_dir => {}
+                Ok(_) => {
+                    if seen.insert(cur.clone()) {
+                        out.push(cur.clone());
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -177,6 +177,41 @@ pub struct LayerEntry {
     pub path: String,
 }
 
+/// The YAML parser's message, with what to do about the common mistakes: a tab (YAML
+/// allows only spaces for indentation) and a misspelt field (the nearest name is offered).
+fn explain_yaml_error(text: &str, e: &serde_yaml_ng::Error) -> String {
+    let msg = e.to_string();
+    if let Some(loc) = e.location() {
+        let line = text.lines().nth(loc.line().saturating_sub(1)).unwrap_or("");
+        let indent = &line[..line.len() - line.trim_start().len()];
+        if text.as_bytes().get(loc.index()) == Some(&b'\t') || indent.contains('\t') {
+            return format!(
+                "line {} column {}: tabs are not allowed in YAML; indent with spaces",
+                loc.line(),
+                loc.column()
+            );
+        }
+    }
+    // serde: "unknown field `modle`, expected one of `a`, `b` at line 4 column 1"
+    const UNKNOWN: &str = "unknown field `";
+    if let Some(i) = msg.find(UNKNOWN) {
+        let (before, rest) = (&msg[..i], &msg[i + UNKNOWN.len()..]);
+        let names: Vec<&str> = rest.split('`').step_by(2).collect();
+        if let Some((field, known)) = names.split_first() {
+            let best = known
+                .iter()
+                .map(|k| (strsim::jaro_winkler(field, k), *k))
+                .filter(|(score, _)| *score > 0.8)
+                .max_by(|a, b| a.0.total_cmp(&b.0));
+            if let Some((_, k)) = best {
+                let at = msg.rfind(" at line ").map(|i| &msg[i..]).unwrap_or("");
+                return format!("{before}unknown field `{field}` (did you mean `{k}`?){at}");
+            }
+        }
+    }
+    msg
+}
+
 impl Kitfile {
     /// Parses a Kitfile written by a person. `file` names it in error messages.
     pub fn from_yaml(text: &str, file: &str) -> Result<Kitfile> {
@@ -188,7 +223,7 @@ impl Kitfile {
             return Err(err("file is empty".into()));
         }
         let kf: Kitfile = serde_yaml_ng::from_str(text).map_err(|e| {
-            let msg = e.to_string();
+            let msg = explain_yaml_error(text, &e);
             // The YAML parser reports a location for most errors; make it lead the message.
             match e.location() {
                 Some(loc) if !msg.contains("line") => err(format!(
@@ -498,5 +533,36 @@ prompts:
         assert!(kf.layer_entries().is_empty());
         assert!(!is_modelkit_reference("models/a.bin"));
         assert!(!is_modelkit_reference("model:v1"));
+    }
+
+    #[test]
+    fn mistakes_are_explained() {
+        let e = Kitfile::from_yaml("manifestVersion: 1.0.0\npackage:\n\tname: x\n", "Kitfile")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tabs are not allowed"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        let e = Kitfile::from_yaml("manifestVersion: 1.0.0\nmodle:\n  path: m\n", "Kitfile")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field `modle` (did you mean `model`?)"),
+            "{e}"
+        );
+        let e = Kitfile::from_yaml(
+            "manifestVersion: 1.0.0\npackage:\n  licence: MIT\n",
+            "Kitfile",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("package: unknown field `licence` (did you mean `license`?)"),
+            "{e}"
+        );
+        // Nothing near: the parser's list of fields stays.
+        let e = Kitfile::from_yaml("manifestVersion: 1.0.0\nzzz: 1\n", "Kitfile")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expected one of"), "{e}");
     }
 }

@@ -6,6 +6,7 @@
 //! [`pack`], [`unpack`], [`init`]. The local OCI image-layout [`store`]. Registries and
 //! containerd live in the crates above this one.
 
+pub mod cleanup;
 pub mod digest;
 pub mod error;
 pub mod extract;

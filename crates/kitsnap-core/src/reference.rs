@@ -111,6 +111,19 @@ impl FromStr for Reference {
         {
             return Err(invalid(s, "invalid registry host"));
         }
+        // `name:v/1` would otherwise be the repository `1` on a host `name` at port `v`.
+        if let Some((_, port)) = registry
+            .rsplit_once(':')
+            .filter(|_| !registry.ends_with(']'))
+            && !port.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(invalid(
+                s,
+                &format!(
+                    "{registry:?} is not a registry host (its port is not a number), and a tag cannot contain '/'"
+                ),
+            ));
+        }
         if repository.is_empty() {
             return Err(invalid(s, "missing repository name"));
         }
@@ -176,6 +189,8 @@ mod tests {
             "-a",
             "a@sha256:12",
             "a/b:t@x",
+            "name:v/1",
+            "host:port/a:b",
         ] {
             assert!(bad.parse::<Reference>().is_err(), "{bad} accepted");
         }

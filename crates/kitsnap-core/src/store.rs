@@ -13,6 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::cleanup::TempPath;
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::oci::{self, ANNOTATION_REF_NAME, Descriptor, Index, MEDIA_TYPE_MANIFEST, Manifest};
@@ -55,11 +56,12 @@ impl Drop for LockGuard {
     }
 }
 
-/// A blob being written. Dropped without `commit`, its temporary file is removed.
+/// A blob being written. Dropped without `commit` (or interrupted by SIGINT/SIGTERM in
+/// the CLI, see [`crate::cleanup`]), its temporary file is removed.
 pub struct Ingest {
     path: PathBuf,
     file: Option<File>,
-    committed: bool,
+    tmp: Option<TempPath>,
 }
 
 impl Ingest {
@@ -74,17 +76,10 @@ impl Ingest {
     }
 }
 
-impl Drop for Ingest {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct GcStats {
     pub blobs_removed: usize,
+    /// Bytes of the removed blobs and temporary files together.
     pub bytes_freed: u64,
     pub temp_files_removed: usize,
 }
@@ -231,6 +226,7 @@ impl Store {
             INGEST_SEQ.fetch_add(1, Ordering::Relaxed)
         );
         let path = self.root.join("ingest").join(name);
+        let tmp = TempPath::register(path.clone());
         let file = OpenOptions::new()
             .create_new(true)
             .write(true)
@@ -240,7 +236,7 @@ impl Store {
         Ok(Ingest {
             path,
             file: Some(file),
-            committed: false,
+            tmp: Some(tmp),
         })
     }
 
@@ -271,7 +267,9 @@ impl Store {
             return Ok(());
         }
         fs::rename(&ingest.path, &dest).at(&dest)?;
-        ingest.committed = true;
+        if let Some(t) = ingest.tmp.take() {
+            t.keep();
+        }
         sync_dir(dest.parent().unwrap_or(&self.root));
         Ok(())
     }
@@ -524,6 +522,7 @@ impl Store {
         let ingest = self.root.join("ingest");
         for e in fs::read_dir(&ingest).at(&ingest)? {
             let e = e?;
+            stats.bytes_freed += e.metadata().map(|m| m.len()).unwrap_or(0);
             fs::remove_file(e.path()).at(e.path())?;
             stats.temp_files_removed += 1;
         }
@@ -573,6 +572,11 @@ mod tests {
         let st = s.gc().unwrap();
         assert_eq!(st.blobs_removed, 1);
         assert_eq!(st.temp_files_removed, 1);
+        assert_eq!(
+            st.bytes_freed,
+            (b"unreferenced".len() + b"partial".len()) as u64,
+            "the stale ingest's bytes count as freed"
+        );
         assert!(!s.has_blob(&junk.digest));
         assert!(s.has_blob(&a.digest));
         s.untag(&r1).unwrap();

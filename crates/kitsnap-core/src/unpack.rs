@@ -38,6 +38,17 @@ pub fn unpack(
     manifest_desc: &Descriptor,
     opts: &UnpackOptions,
 ) -> Result<UnpackReport> {
+    // A file where the target (or one of its parents) should be is said plainly, once.
+    if let Some(file) = opts
+        .dest
+        .ancestors()
+        .find(|a| fs::metadata(a).is_ok_and(|m| !m.is_dir()))
+    {
+        return Err(Error::Invalid(format!(
+            "{} is a file, not a directory (-d names the directory to unpack into)",
+            file.display()
+        )));
+    }
     fs::create_dir_all(&opts.dest).at(&opts.dest)?;
     let dest = fs::canonicalize(&opts.dest).at(&opts.dest)?;
     let mut report = UnpackReport::default();
@@ -98,6 +109,7 @@ pub fn unpack(
         );
     }
     work.extend(layers::plan_layers(&manifest, kf.as_ref())?);
+    let all = work.clone();
     work.retain(|l| {
         layers::selected(
             &opts.filters,
@@ -106,6 +118,41 @@ pub fn unpack(
             &l.path,
         )
     });
+
+    if !opts.filters.is_empty() && work.is_empty() && kitfile.is_none() {
+        let held = all
+            .iter()
+            .map(|l| {
+                if l.name.is_empty() || l.name == l.path {
+                    format!("{} {}", l.kind.user_str(), l.path)
+                } else {
+                    format!("{} {} ({})", l.kind.user_str(), l.path, l.name)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Error::Invalid(format!(
+            "no layer matches the filter; the ModelKit holds: {}",
+            if held.is_empty() { "no layers" } else { &held }
+        )));
+    }
+
+    // Every conflict in the target is found before the first byte is written: a run that
+    // would stop half-way on an existing file never starts. An empty target has none.
+    let target_empty = fs::read_dir(&dest).at(&dest)?.next().is_none();
+    if !opts.overwrite && !target_empty {
+        let mut found = Vec::new();
+        for l in &work {
+            for p in extract::conflicts(store.open_blob(&l.desc.digest)?, l, &dest)? {
+                if !found.contains(&p) {
+                    found.push(p);
+                }
+            }
+        }
+        if !found.is_empty() {
+            return Err(Error::Conflicts(found));
+        }
+    }
 
     let total = work.iter().map(|l| l.desc.size).sum();
     let bar = progress::bytes(total, "unpacking", opts.progress);

@@ -78,6 +78,15 @@ impl Default for ClientOptions {
 struct Endpoint {
     cfg: HostEndpoint,
     client: Client,
+    /// A loopback `https://` endpoint found to speak plain HTTP: used as `http://`.
+    plain_fallback: std::sync::atomic::AtomicBool,
+}
+
+impl Endpoint {
+    fn fell_back(&self) -> bool {
+        self.plain_fallback
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// How an upload ended.
@@ -100,9 +109,46 @@ pub struct Registry {
 }
 
 fn http_err(url: &str, source: reqwest::Error) -> Error {
+    // The URL is said once, by this error; reqwest's own copy would repeat it.
     Error::Http {
         url: url.to_string(),
-        source,
+        source: source.without_url(),
+    }
+}
+
+/// Whether the TLS handshake was answered by something that is not TLS: a registry that
+/// speaks plain HTTP on that port.
+fn speaks_plain_http(e: &reqwest::Error) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) =
+            err.downcast_ref::<rustls::Error>()
+        {
+            return true;
+        }
+        // rustls' error travels inside (nested) io::Errors, whose `source` skips it.
+        next = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
+    }
+    false
+}
+
+/// Whether `api` (an endpoint URL) is on this machine: like Docker, such a registry
+/// that does not speak TLS is used over plain HTTP without being told.
+fn is_loopback(api: &str) -> bool {
+    match Url::parse(api)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -273,7 +319,11 @@ impl Registry {
         let mut endpoints = Vec::new();
         for cfg in eps {
             let client = http_client(&opts, &cfg)?;
-            endpoints.push(Endpoint { cfg, client });
+            endpoints.push(Endpoint {
+                cfg,
+                client,
+                plain_fallback: false.into(),
+            });
         }
         let cfg_path = opts
             .docker_config
@@ -299,6 +349,9 @@ impl Registry {
     fn url(&self, ep: usize, path: &str) -> String {
         let e = &self.endpoints[ep].cfg;
         let mut u = format!("{}/{}", e.api, path.trim_start_matches('/'));
+        if self.endpoints[ep].fell_back() {
+            u = u.replacen("https://", "http://", 1);
+        }
         // containerd tells mirrors which registry a request is for.
         if e.mirror {
             u.push(if u.contains('?') { '&' } else { '?' });
@@ -423,8 +476,21 @@ impl Registry {
         let client = &self.endpoints[ep].client;
         let mut backoff = self.backoff();
         let mut auth_tries = 0;
+        // Retry notices name the request once; the following ones only say what failed.
+        let mut named: Option<String> = None;
+        let mut name_once = |method: &str, url: &str| {
+            if named.as_deref() == Some(url) {
+                String::new()
+            } else {
+                named = Some(url.to_string());
+                format!("{method} {url}: ")
+            }
+        };
         loop {
-            let rb = self.authorize(ep, scope, make(client)?).await;
+            let mut rb = self.authorize(ep, scope, make(client)?).await;
+            if self.endpoints[ep].fell_back() {
+                rb = to_plain_http(rb)?;
+            }
             let (method, url) = match rb.try_clone().and_then(|r| r.build().ok()) {
                 Some(r) => (r.method().to_string(), r.url().to_string()),
                 None => (String::new(), String::new()),
@@ -438,15 +504,39 @@ impl Registry {
                     self.answer_challenge(ep, scope, &resp).await?;
                 }
                 Ok(resp) if retry && retryable_status(resp.status().as_u16()) => {
-                    let why = format!("{method} {url}: HTTP {}", resp.status());
+                    let why = format!("{}HTTP {}", name_once(&method, &url), resp.status());
                     if !backoff.wait(why).await {
                         return Ok(resp);
                     }
                 }
                 Ok(resp) => return Ok(resp),
+                Err(e) if speaks_plain_http(&e) => {
+                    let endpoint = &self.endpoints[ep];
+                    // Concurrent requests may all meet it; the next try goes over HTTP.
+                    // After the switch every request goes over HTTP, so this cannot loop.
+                    if is_loopback(&endpoint.cfg.api) && endpoint.cfg.api.starts_with("https://") {
+                        if !endpoint
+                            .plain_fallback
+                            .swap(true, std::sync::atomic::Ordering::Relaxed)
+                        {
+                            tracing::info!(
+                                "{} does not speak TLS; using plain HTTP as for any local registry",
+                                endpoint.cfg.api
+                            );
+                        }
+                        continue;
+                    }
+                    return Err(Error::PlainHttp(self.host.clone()));
+                }
                 Err(e) if retry && retryable_transport(&e) => {
                     let err = http_err(&url, e);
-                    if !backoff.wait(error_chain(&err)).await {
+                    let why = match &err {
+                        Error::Http { source, .. } => {
+                            format!("{}{}", name_once(&method, &url), error_chain(source))
+                        }
+                        other => error_chain(other),
+                    };
+                    if !backoff.wait(why).await {
                         return Err(err);
                     }
                 }
@@ -995,6 +1085,17 @@ impl Registry {
             msg: format!("no endpoint (hosts.toml) can {what}"),
         }
     }
+}
+
+/// `rb` sent to the same place over `http://` (a local registry without TLS).
+fn to_plain_http(rb: RequestBuilder) -> Result<RequestBuilder> {
+    let (client, req) = rb.build_split();
+    let mut req = req.map_err(|e| http_err("", e))?;
+    if req.url().scheme() == "https" {
+        // Only fails for URLs without a host, which a request cannot have.
+        let _ = req.url_mut().set_scheme("http");
+    }
+    Ok(RequestBuilder::from_parts(client, req))
 }
 
 /// An error and its sources on one line, for log lines and retry notices.

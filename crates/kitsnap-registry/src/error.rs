@@ -49,6 +49,10 @@ pub enum Error {
         source: reqwest::Error,
     },
 
+    /// TLS was tried on a port where the registry speaks plain HTTP.
+    #[error("{0}: the registry speaks plain HTTP: use --plain-http")]
+    PlainHttp(String),
+
     /// The registry answered, but not as the protocol says it must.
     #[error("{url}: {msg}")]
     Protocol { url: String, msg: String },

@@ -40,7 +40,8 @@ impl Backoff {
     pub async fn wait(&mut self, why: impl std::fmt::Display) -> bool {
         match self.next_delay() {
             Some(d) => {
-                tracing::info!(
+                // Shown by the CLI by default: a registry that is down is not 6 silent seconds.
+                tracing::warn!(
                     "retrying ({}/{}) in {:.1} s: {why}",
                     self.attempt,
                     self.retries,

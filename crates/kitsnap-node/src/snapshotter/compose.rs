@@ -69,7 +69,21 @@ pub fn kit_key(namespace: &str, reference: &str) -> String {
 pub fn parse_modelkit_label(v: &str) -> Result<(String, String)> {
     let (r, dest) = match v.rsplit_once(":/") {
         Some((r, d)) => (r.to_string(), format!("/{d}")),
-        None => (v.to_string(), DEFAULT_DEST.to_string()),
+        None => {
+            // `REF:models` is a relative directory after a reference, not a reference.
+            use kitsnap_core::reference::Reference;
+            if let Some((r, d)) = v.rsplit_once(':')
+                && v.parse::<Reference>().is_err()
+                && r.parse::<Reference>().is_ok()
+                && !d.is_empty()
+            {
+                return Err(SnapError::InvalidArgument(format!(
+                    "{}={v:?}: the directory {d:?} must be absolute: {r}:/{d}",
+                    label::MODELKIT
+                )));
+            }
+            (v.to_string(), DEFAULT_DEST.to_string())
+        }
     };
     let rel = dest.trim_start_matches('/');
     if r.is_empty()
@@ -210,6 +224,13 @@ mod tests {
         for bad in ["r:/", "r:/../x", ":/models", "r:/a//b"] {
             assert!(parse_modelkit_label(bad).is_err(), "{bad}");
         }
+        let e = parse_modelkit_label("localhost:5000/m:v1:models")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("must be absolute") && e.contains("localhost:5000/m:v1:/models"),
+            "{e}"
+        );
         assert_eq!(parse_layers_label("0, 2").unwrap(), vec![0, 2]);
         assert!(parse_layers_label("x").is_err());
     }

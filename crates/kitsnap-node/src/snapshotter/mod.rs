@@ -1419,8 +1419,10 @@ mod tests {
                 path: "weights.bin".into(),
                 size: 1,
                 chain: "sha256:l0".into(),
+                diff_id: "sha256:d".into(),
             }],
             pulled: 0,
+            view: Vec::new(),
         })
         .unwrap();
         let want = l(label::MODELKIT, &format!("{reference}:/models"));
