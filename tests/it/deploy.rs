@@ -146,10 +146,10 @@ fn the_daemonset_and_the_example_pod_say_what_the_readme_says() {
     assert_eq!(m["readOnly"].as_bool(), Some(true));
 }
 
-/// What the DaemonSet runs that kitsnap does not have yet (issue 11 section 2: the node
-/// mirror's flag, and the status command for the readiness probe). The test below fails
-/// once one of them exists, so that this list shrinks as they land.
-const PENDING: [&str; 2] = ["serve --mirror-addr", "status"];
+/// What the DaemonSet runs that kitsnap does not have yet (the status command for the
+/// readiness probe). The test below fails once one of them exists, so that this list
+/// shrinks as they land.
+const PENDING: [&str; 1] = ["status"];
 
 /// Whether `kitsnap ARGS --help` knows `flag` (a subcommand when `flag` is "").
 fn kitsnap_knows(args: &[&str], flag: &str) -> bool {

@@ -15,6 +15,7 @@
 //!   ModelKit's manifest, annotations = the config's labels;
 //! - the index lists that one manifest once per platform in [`PLATFORMS`], so every node's
 //!   platform matcher picks it, and carries the same annotations.
+//!
 //! Every document is written as Go's `json.Marshal` writes it (fixed field order, maps sorted,
 //! empty fields left out), so the view's digest is a pure function of the kit's manifest, its
 //! config and the diff IDs, themselves a function of the kit's blobs: the same kit has the same

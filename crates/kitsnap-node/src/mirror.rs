@@ -122,7 +122,7 @@ fn fail(status: StatusCode, code: &'static str, message: impl Into<String>) -> F
 /// An upstream answer passed to the client (error statuses, auth challenges).
 enum Reply {
     Failure(Failure),
-    Upstream(reqwest::Response),
+    Upstream(Box<reqwest::Response>),
 }
 
 impl From<Failure> for Reply {
@@ -191,7 +191,7 @@ impl Mirror {
         let resp = match self.route(&req).await {
             Ok(r) => r,
             Err(Reply::Failure(f)) => error_response(&f, req.method() == Method::HEAD),
-            Err(Reply::Upstream(r)) => passthrough(r, req.method() == Method::HEAD),
+            Err(Reply::Upstream(r)) => passthrough(*r, req.method() == Method::HEAD),
         };
         tracing::debug!(%method, %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "mirror");
         resp
@@ -294,7 +294,7 @@ impl Mirror {
             )
             .await?;
         if !resp.status().is_success() {
-            return Err(Reply::Upstream(resp));
+            return Err(Reply::Upstream(Box::new(resp)));
         }
         let media_type = header_str(resp.headers(), header::CONTENT_TYPE);
         let upstream_digest = header_str(
@@ -394,7 +394,7 @@ impl Mirror {
             )
             .await?;
         if !resp.status().is_success() {
-            return Err(Reply::Upstream(resp));
+            return Err(Reply::Upstream(Box::new(resp)));
         }
         let prefix = Bytes::from(wrapper.prefix().to_vec());
         let suffix = Bytes::from(wrapper.suffix());
@@ -438,7 +438,7 @@ impl Mirror {
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(Reply::Upstream(resp))
+            Err(Reply::Upstream(Box::new(resp)))
         }
     }
 
@@ -475,7 +475,7 @@ impl Mirror {
             )
             .await?;
         if !resp.status().is_success() {
-            return Err(Reply::Upstream(resp));
+            return Err(Reply::Upstream(Box::new(resp)));
         }
         let config = read_limited(resp, MAX_DOC).await?;
         if Digest::of(&config) != cfg.digest {
@@ -558,7 +558,7 @@ impl Mirror {
             )
             .await?;
         if !resp.status().is_success() {
-            return Err(Reply::Upstream(resp));
+            return Err(Reply::Upstream(Box::new(resp)));
         }
         let (tx, reader) = ChannelReader::pipe(16);
         let plan = l.clone();

@@ -345,33 +345,6 @@ pub async fn push(
     Ok(report)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn foreign_manifests_are_described() {
-        let d = format!("sha256:{}", "a".repeat(64));
-        let idx = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
-            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}},
-            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"arm64"}}}}]}}"#
-        );
-        assert_eq!(
-            describe_index(idx.as_bytes()),
-            "an image index for linux/amd64, linux/arm64"
-        );
-        let img = format!(
-            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
-            "config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":1}},
-            "layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":1}}]}}"#
-        );
-        let what = describe_image(img.as_bytes()).unwrap();
-        assert!(what.contains("container image (1 layer(s))"), "{what}");
-        assert_eq!(describe_index(b"junk"), "an image index");
-    }
-}
-
 /// Bytes from an async download to a blocking consumer (extraction, hashing) on another
 /// thread; `None` from the channel is the end of the blob.
 pub struct ChannelReader {
@@ -475,4 +448,31 @@ pub async fn diff_ids(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn foreign_manifests_are_described() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let idx = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}},
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"arm64"}}}}]}}"#
+        );
+        assert_eq!(
+            describe_index(idx.as_bytes()),
+            "an image index for linux/amd64, linux/arm64"
+        );
+        let img = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{d}","size":1}},
+            "layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"{d}","size":1}}]}}"#
+        );
+        let what = describe_image(img.as_bytes()).unwrap();
+        assert!(what.contains("container image (1 layer(s))"), "{what}");
+        assert_eq!(describe_index(b"junk"), "an image index");
+    }
 }
