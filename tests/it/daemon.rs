@@ -33,6 +33,8 @@ fn notifies_systemd_and_stops_cleanly() {
             "--containerd-address",
             t.path().join("no-containerd.sock").to_str().unwrap(),
             "--no-docker-plugin",
+            "--mirror-addr",
+            "off",
         ])
         .env("NOTIFY_SOCKET", &notify)
         .stderr(Stdio::null())

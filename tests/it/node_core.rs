@@ -743,7 +743,14 @@ fn pulls_into_several_namespaces_and_concurrent_pulls_unpack_each_layer_once() {
                 "--plain-http",
             ];
             let (digest, err) = n.ok("ns-a", &pull);
-            assert_eq!(pull_counts(&err), (3, 0), "{ctx}: {err}");
+            // The gzip kit holds the same tars as the plain one: its layers have the same
+            // diff IDs, so the same chain IDs, and the node keeps one copy.
+            let want = if std::ptr::eq(kit, &gz) {
+                (0, 3)
+            } else {
+                (3, 0)
+            };
+            assert_eq!(pull_counts(&err), want, "{ctx}: {err}");
             let (digest_b, err) = n.ok("ns-b", &pull);
             assert_eq!(digest_b, digest, "{ctx}");
             assert_eq!(
@@ -1383,6 +1390,8 @@ fn a_second_daemon_on_a_live_socket_is_refused() {
         "--containerd-address",
         dir.join("no-containerd.sock").to_str().unwrap(),
         "--no-docker-plugin",
+        "--mirror-addr",
+        "off",
     ]);
     let o = Proc::spawn(cmd, "the second kitsnap serve").wait(LIMIT);
     let err = text(&o.stderr);

@@ -99,6 +99,7 @@ impl Daemon {
             .arg("--address")
             .arg(&self.sock)
             .arg("--no-docker-plugin")
+            .args(["--mirror-addr", "off"])
             .arg("--containerd-address")
             .arg(self.dir.path().join("no-containerd.sock"))
             .arg("--mount-root")

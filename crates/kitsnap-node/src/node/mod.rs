@@ -222,6 +222,7 @@ impl Node {
             owner: snap.root().display().to_string(),
             instance: pull::nonce(),
             active: Default::default(),
+            diff_ids: Default::default(),
         });
         Ok(Node {
             snap,

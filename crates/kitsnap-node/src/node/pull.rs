@@ -111,6 +111,9 @@ pub struct Puller {
     /// stale: its pull died with an earlier process, or could not delete it because
     /// containerd was down; the reaper deletes those.
     pub active: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Diff IDs this daemon computed while unpacking, by blob digest: a pull that waited on
+    /// a layer's lock finds it held by chain ID, in any namespace.
+    pub diff_ids: std::sync::Mutex<HashMap<Digest, Digest>>,
 }
 
 /// Keeps a lease id in [`Puller::active`] while its pull runs.
@@ -683,23 +686,27 @@ impl Leased<'_> {
         let l = &plans[i];
         let progress = Progress::new(events, i, l);
         let parent_name = parent.map(|p| p.to_string()).unwrap_or_default();
-        let target = known[i].as_ref().map(|d| imageview::chain_id(parent, d));
+        // One download and unpack per layer blob on the node: concurrent pulls of the same
+        // layer wait here, then find it held (the Prepare below answers AlreadyExists).
+        let _layer = puller.layers.lock(l.desc.digest.as_str()).await;
+        let known_i = known[i].clone().or_else(|| {
+            let m = puller.diff_ids.lock().ok()?;
+            m.get(&l.desc.digest).cloned()
+        });
+        let target = known_i.as_ref().map(|d| imageview::chain_id(parent, d));
         let mut labels =
             HashMap::from([(label::LAYER_DIGEST.to_string(), l.desc.digest.to_string())]);
         if let Some(t) = &target {
             labels.insert(label::TARGET_REF.to_string(), t.to_string());
         }
         let key = format!("kitsnap-extract-{}-{}", nonce(), l.desc.digest);
-        // One download and unpack per layer blob on the node: concurrent pulls of the same
-        // layer wait here, then find it held (the Prepare below answers AlreadyExists).
-        let _layer = puller.layers.lock(l.desc.digest.as_str()).await;
         // Held already (this namespace, or the node via the remote-snapshot protocol): no
         // download, no unpack. Only possible when the chain ID is known in advance.
         let mounts = match ctr.prepare(&key, &parent_name, labels.clone()).await {
             Err(e) if e.is_already_exists() => {
                 let mut progress = progress;
                 progress.state("reused").await;
-                if let (Some(d), Some(t)) = (known[i].clone(), target) {
+                if let (Some(d), Some(t)) = (known_i.clone(), target) {
                     return Ok((d, t, false));
                 }
                 return Err(Error::Internal(format!(
@@ -721,7 +728,10 @@ impl Leased<'_> {
                 r = fill => r?,
                 e = containerd_gone(ctr, &key) => return Err(e),
             };
-            if let Some(k) = &known[i]
+            if let Ok(mut m) = puller.diff_ids.lock() {
+                m.insert(l.desc.digest.clone(), diff.clone());
+            }
+            if let Some(k) = &known_i
                 && *k != diff
             {
                 return Err(Error::invalid(format!(
