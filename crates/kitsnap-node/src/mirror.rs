@@ -383,19 +383,7 @@ impl Mirror {
         if head {
             return Ok(with_body(r, Bytes::new(), true));
         }
-        let mut plain = client.clone();
-        plain.remove(header::RANGE);
-        let resp = self
-            .upstream(
-                ns,
-                Method::GET,
-                &format!("{name}/blobs/{}", raw.blob.digest),
-                &plain,
-            )
-            .await?;
-        if !resp.status().is_success() {
-            return Err(Reply::Upstream(Box::new(resp)));
-        }
+        let resp = self.whole_blob(ns, name, &raw.blob.digest, client).await?;
         let prefix = Bytes::from(wrapper.prefix().to_vec());
         let suffix = Bytes::from(wrapper.suffix());
         let stream = futures_util::stream::once(async move { Ok(prefix) })
@@ -405,6 +393,26 @@ impl Mirror {
             r,
             BodyExt::boxed(StreamBody::new(stream.map_ok(Frame::data))),
         )
+    }
+
+    /// A whole blob from upstream (no Range: the mirror reads it from its start), or the
+    /// upstream's refusal passed on.
+    async fn whole_blob(
+        &self,
+        ns: &str,
+        name: &str,
+        digest: &Digest,
+        client: &HeaderMap,
+    ) -> Result<reqwest::Response, Reply> {
+        let mut plain = client.clone();
+        plain.remove(header::RANGE);
+        let resp = self
+            .upstream(ns, Method::GET, &format!("{name}/blobs/{digest}"), &plain)
+            .await?;
+        if !resp.status().is_success() {
+            return Err(Reply::Upstream(Box::new(resp)));
+        }
+        Ok(resp)
     }
 
     /// Asks the upstream, with the client's credentials, for the kit a document was made
@@ -547,19 +555,7 @@ impl Mirror {
         l: &kitsnap_core::layers::LayerPlan,
         client: &HeaderMap,
     ) -> Result<Digest, Reply> {
-        let mut plain = client.clone();
-        plain.remove(header::RANGE);
-        let resp = self
-            .upstream(
-                ns,
-                Method::GET,
-                &format!("{name}/blobs/{}", l.desc.digest),
-                &plain,
-            )
-            .await?;
-        if !resp.status().is_success() {
-            return Err(Reply::Upstream(Box::new(resp)));
-        }
+        let resp = self.whole_blob(ns, name, &l.desc.digest, client).await?;
         let (tx, reader) = ChannelReader::pipe(16);
         let plan = l.clone();
         let worker = tokio::task::spawn_blocking(move || imageview::diff_id_of(reader, &plan));
