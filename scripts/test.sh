@@ -9,4 +9,13 @@ bash scripts/install-deps.sh
 bash scripts/fetch-containerd.sh || echo "test.sh: WARNING: could not fetch containerd 1.7/2.x" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace --quiet 2>&1
+# /dev/null must still be the null device after the tests (a test that replaced it with a
+# file, as zsh's compdump once did, poisons every later command on the machine).
+check_dev_null() {
+  [ -c /dev/null ] || { echo "test.sh: /dev/null is not a character device ($1): a test replaced it" >&2; exit 1; }
+}
+check_dev_null "before the tests"
+status=0
+cargo test --workspace --quiet 2>&1 || status=$?
+check_dev_null "after the tests"
+exit "$status"

@@ -19,10 +19,15 @@ fn parses(shell: &str, script: &str) {
     );
 }
 
-/// Runs `shell -c program` with `script` on stdin; returns stdout.
+/// Runs `shell -c program` with `script` on stdin; returns stdout. The shell gets a
+/// private HOME so that nothing it caches (fish's history, zsh's dump) lands in root's.
 fn run_shell(shell: &str, program: &str, script: &str) -> String {
+    let home = tempfile::tempdir().unwrap();
     let mut c = Command::new(shell)
         .args(["-c", program])
+        .env("HOME", home.path())
+        .env_remove("XDG_DATA_HOME")
+        .env_remove("XDG_CONFIG_HOME")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -88,7 +93,9 @@ fn zsh_completion_parses_and_registers() {
     parses("zsh", &zsh);
     let registered = run_shell(
         "zsh",
-        "autoload -Uz compinit && compinit -u -d /dev/null && source /dev/stdin && print -r -- ${_comps[kitsnap]}",
+        // -D: no dump file. (`-d /dev/null` made compdump `mv -f` its dump over
+        // /dev/null as root, turning it into a regular file for the whole machine.)
+        "autoload -Uz compinit && compinit -u -D && source /dev/stdin && print -r -- ${_comps[kitsnap]}",
         &zsh,
     );
     assert_eq!(registered.trim(), "_kitsnap");
