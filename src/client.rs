@@ -36,6 +36,7 @@ pub struct PullArgs {
     pub namespace: String,
     pub store: Option<PathBuf>,
     pub registry: pb::RegistryOptions,
+    pub keep_blobs: bool,
     pub progress: bool,
 }
 
@@ -51,6 +52,7 @@ pub async fn pull(address: &Path, a: PullArgs) -> Result<pb::PullResult> {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             registry: Some(a.registry),
+            keep_blobs: a.keep_blobs,
         })
         .await
         .map_err(status)?

@@ -7,6 +7,11 @@ use std::path::Path;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     println!("cargo:rerun-if-changed={}", root.display());
+    // A directory's entry alone missed edits to our own proto file: name it as well.
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("kitsnap/v1/node.proto").display()
+    );
     let includes = [root.join("vendor"), root.clone()];
 
     let snapshots = protox::compile(

@@ -21,6 +21,11 @@ pub struct PullArgs {
     /// one kitsnap snapshot per layer. A REF in the local store is taken from there.
     #[arg(long)]
     pub containerd: bool,
+    /// With --containerd: also keep every layer blob in containerd's content store, so
+    /// that a snapshotter other than kitsnap (e.g. the CRI's overlayfs) can unpack the
+    /// image view. Costs one more copy of each uncompressed layer.
+    #[arg(long, requires = "containerd")]
+    pub keep_blobs: bool,
     #[command(flatten)]
     pub daemon: DaemonArgs,
     #[command(flatten)]
@@ -69,6 +74,7 @@ fn into_containerd(a: PullArgs, ctx: &Ctx) -> Result<()> {
                 namespace: a.daemon.namespace.clone(),
                 store: ctx.existing_store(),
                 registry: a.registry.node_options(),
+                keep_blobs: a.keep_blobs,
                 progress: ctx.progress,
             },
         ))

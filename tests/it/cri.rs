@@ -213,7 +213,6 @@ fn modelkit_through_the_mirror(v: &Version, snapshotter: Snapshotter) {
 }
 
 #[test]
-#[ignore = "needs the image view (issue 11 section 1)"]
 fn modelkit_pulled_by_kitsnap_as_an_image_volume_on_overlayfs() {
     let v = require_cri!();
     let _heavy = heavy();
@@ -221,7 +220,6 @@ fn modelkit_pulled_by_kitsnap_as_an_image_volume_on_overlayfs() {
 }
 
 #[test]
-#[ignore = "needs the image view (issue 11 section 1)"]
 fn modelkit_pulled_by_kitsnap_as_an_image_volume_on_the_kitsnap_snapshotter() {
     let v = require_cri!();
     let _heavy = heavy();
@@ -229,7 +227,6 @@ fn modelkit_pulled_by_kitsnap_as_an_image_volume_on_the_kitsnap_snapshotter() {
 }
 
 #[test]
-#[ignore = "needs the image view (issue 11 section 1) and the mirror (section 2)"]
 fn modelkit_pulled_through_the_mirror_as_an_image_volume_on_overlayfs() {
     let v = require_cri!();
     let _heavy = heavy();
@@ -237,7 +234,6 @@ fn modelkit_pulled_through_the_mirror_as_an_image_volume_on_overlayfs() {
 }
 
 #[test]
-#[ignore = "needs the image view (issue 11 section 1) and the mirror (section 2)"]
 fn modelkit_pulled_through_the_mirror_as_an_image_volume_on_the_kitsnap_snapshotter() {
     let v = require_cri!();
     let _heavy = heavy();

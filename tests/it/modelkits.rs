@@ -164,6 +164,7 @@ fn pull_events(sock: &Path, reference: &str) -> (usize, pb::PullResult) {
                         plain_http: true,
                         ..Default::default()
                     }),
+                    keep_blobs: false,
                 })
                 .await
                 .unwrap()

@@ -401,6 +401,7 @@ impl Node {
                     namespace: req.namespace.clone(),
                     store: req.store.clone(),
                     registry: req.registry.clone(),
+                    keep_blobs: false,
                 };
                 self.pull(&spec, events).await?;
                 pulled = true;

@@ -153,6 +153,8 @@ pub struct PullSpec {
     /// A local store to take the ModelKit from, if it holds the reference.
     pub store: Option<PathBuf>,
     pub registry: ClientOptions,
+    /// Every layer blob also into the content store (see `PullRequest.keep_blobs`).
+    pub keep_blobs: bool,
 }
 
 /// Where blobs come from.
@@ -367,8 +369,10 @@ async fn containerd_gone(ctr: &Containerd, key: &str) -> Error {
     }
 }
 
-/// Streams one layer into `dir` (and a compressed blob into the content store); returns
-/// the bytes unpacked and the layer's diff ID (computed from the bytes unpacked).
+/// Streams one layer into `dir` (and a compressed blob, or with `keep_all` any blob, into
+/// the content store); returns the bytes unpacked and the layer's diff ID (computed from
+/// the bytes unpacked).
+#[allow(clippy::too_many_arguments)]
 async fn fill_layer(
     ctr: &Containerd,
     src: &Source,
@@ -376,6 +380,7 @@ async fn fill_layer(
     dir: PathBuf,
     mut progress: Progress,
     max_bytes: u64,
+    keep_all: bool,
     cancel: &CancellationToken,
 ) -> Result<(u64, Digest)> {
     let opts = extract::ExtractOptions {
@@ -383,7 +388,7 @@ async fn fill_layer(
         max_bytes: Some(max_bytes),
     };
     let (written, diff);
-    let keep_blob = l.compression != Compression::None
+    let keep_blob = (keep_all || l.compression != Compression::None)
         && ctr.content_info(l.desc.digest.as_str()).await?.is_none();
     match src {
         Source::Registry(reg, repo) => {
@@ -451,6 +456,69 @@ async fn fill_layer(
         }
     }
     Ok((written, diff))
+}
+
+/// A blob into the content store alone (a layer the node already holds, pulled with
+/// `keep_blobs`): containerd checks the digest when the write is committed.
+async fn blob_to_content(
+    ctr: &Containerd,
+    src: &Source,
+    d: &Descriptor,
+    diff: &Digest,
+) -> Result<()> {
+    let (reg, repo) = match src {
+        Source::Store(store) => return copy_to_content(ctr, store, d, diff).await,
+        Source::Registry(reg, repo) => (reg, repo),
+    };
+    let Some(w) = ctr.write_stream(d.digest.as_str(), d.size as i64).await? else {
+        return Ok(()); // containerd has it already
+    };
+    let mut sink = ContentSink {
+        writer: Some(w),
+        started: false,
+    };
+    reg.fetch_blob_into(repo, d, &mut sink, &indicatif::ProgressBar::hidden())
+        .await?;
+    if let Some(w) = sink.writer.take() {
+        w.commit(HashMap::from([(
+            label::UNCOMPRESSED.to_string(),
+            diff.to_string(),
+        )]))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Download side of [`blob_to_content`].
+struct ContentSink {
+    writer: Option<ContentWriter>,
+    started: bool,
+}
+
+impl BlobSink for ContentSink {
+    async fn reset(&mut self) -> kitsnap_registry::Result<()> {
+        if self.started {
+            return Err(RegistryError::Aborted(
+                "the registry restarted a download from byte 0 that containerd's content store cannot take back; retry the pull".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, data: Bytes) -> kitsnap_registry::Result<()> {
+        self.started = true;
+        match self.writer.as_mut() {
+            Some(w) => w
+                .send(data)
+                .await
+                .map_err(|e| RegistryError::Sink(Box::new(e))),
+            None => Err(RegistryError::Aborted("content write closed".into())),
+        }
+    }
+
+    fn verifies(&self) -> bool {
+        true
+    }
 }
 
 async fn copy_to_content(
@@ -629,6 +697,9 @@ impl Leased<'_> {
         let mut chain: Vec<Digest> = Vec::with_capacity(plans.len());
         for (i, l) in plans.iter().enumerate() {
             let (diff, name, unpacked) = self.layer(i, chain.last(), &mut budget).await?;
+            if spec.keep_blobs && !unpacked {
+                blob_to_content(ctr, self.src, &l.desc, &diff).await?;
+            }
             kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
             if unpacked {
                 result.layers_unpacked += 1;
@@ -723,7 +794,8 @@ impl Leased<'_> {
                 ))
             })?;
             let max_bytes = layer_budget(l, *budget, puller.limits.max_expansion);
-            let fill = fill_layer(ctr, src, l, dir, progress, max_bytes, cancel);
+            let keep_all = self.spec.keep_blobs;
+            let fill = fill_layer(ctr, src, l, dir, progress, max_bytes, keep_all, cancel);
             let (written, diff) = tokio::select! {
                 r = fill => r?,
                 e = containerd_gone(ctr, &key) => return Err(e),

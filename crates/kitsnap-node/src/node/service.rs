@@ -129,6 +129,7 @@ impl node_server::Node for Service {
             namespace: namespace(r.namespace),
             store: opt_path(r.store),
             registry: registry_options(&self.node.registry, r.registry),
+            keep_blobs: r.keep_blobs,
         };
         let (etx, mut erx) = tokio::sync::mpsc::channel::<pb::PullEvent>(64);
         let (otx, orx) = tokio::sync::mpsc::channel::<Result<pb::PullEvent, Status>>(64);
