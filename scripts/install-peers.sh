@@ -85,7 +85,7 @@ build_nerdctl() {
     -replace "github.com/containerd/nerdctl/mod/tigron@v0.0.0=github.com/containerd/nerdctl/mod/tigron@$TIGRON_VERSION"
   "$bin/nerdctl" --version
   # Say so when the pinned nerdctl lacks the one feature we pin it for.
-  "$bin/nerdctl" run --help | grep -q 'type=image' ||
+  grep -q 'type=image' <<<"$("$bin/nerdctl" run --help)" ||
     echo "install-peers: note: nerdctl $NERDCTL_VERSION has no --mount type=image (PR 4990)" >&3
 }
 

@@ -89,8 +89,18 @@ fn print_view(out: &mut impl Write, v: &ImageView) -> Result<()> {
         "mediaType": v.index.desc.media_type,
         "size": v.index.desc.size,
         "index": json(&v.index.bytes)?,
-        "manifest": json(&v.manifest.bytes)?,
-        "config": json(&v.config.bytes)?,
+        "images": v
+            .images
+            .iter()
+            .map(|i| {
+                Ok(serde_json::json!({
+                    "platform": i.platform,
+                    "manifestDigest": i.manifest.desc.digest,
+                    "manifest": json(&i.manifest.bytes)?,
+                    "config": json(&i.config.bytes)?,
+                }))
+            })
+            .collect::<Result<Vec<_>, serde_json::Error>>()?,
         "chainIds": v.chain_ids(),
     });
     serde_json::to_writer_pretty(out, &doc)?;

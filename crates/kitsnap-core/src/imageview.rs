@@ -8,13 +8,18 @@
 //!   (`application/vnd.oci.image.layer.v1.tar`, `+gzip`, `+zstd`), its annotations kept; a
 //!   `.raw` layer (one file's bytes) becomes a generated uncompressed tar holding that file at
 //!   its `org.cncf.model.filepath` (mode 0644, uid/gid 0, mtime 0), see [`RawWrapper`];
-//! - the config is an OCI image config: `architecture: ""` (the same config serves every
-//!   platform), `os: linux`, `config.Labels` naming the kit (see [`label`]), `rootfs.diff_ids`
-//!   (the digest of each layer's uncompressed tar);
-//! - the manifest is an OCI image manifest over that config and those layers, `subject` = the
-//!   ModelKit's manifest, annotations = the config's labels;
-//! - the index lists that one manifest once per platform in [`PLATFORMS`], so every node's
-//!   platform matcher picks it, and carries the same annotations.
+//! - for each platform in [`PLATFORMS`], an OCI image config naming it (`architecture`,
+//!   `variant`, `os: linux`), with `config.Labels` naming the kit (see [`label`]) and
+//!   `rootfs.diff_ids` (the digest of each layer's uncompressed tar), and an OCI image
+//!   manifest over that config and those layers, `subject` = the ModelKit's manifest,
+//!   annotations = the config's labels;
+//! - the index lists those manifests, one per platform, so every node's platform matcher
+//!   picks one, and carries the same annotations.
+//!
+//! The configs differ only in the platform, so every platform's image has the same diff IDs
+//! and chain IDs: a node unpacks the same snapshots whichever it picks. (One manifest listed
+//! for every platform is not enough: containerd 2.x's transfer service then fetches no layer
+//! at all, and a config without an architecture matches no unpack platform.)
 //!
 //! Every document is written as Go's `json.Marshal` writes it (fixed field order, maps sorted,
 //! empty fields left out), so the view's digest is a pure function of the kit's manifest, its
@@ -238,9 +243,17 @@ pub struct ViewLayer {
 #[derive(Clone, Debug)]
 pub struct ImageView {
     pub index: Doc,
+    /// One per platform, in [`PLATFORMS`] order.
+    pub images: Vec<PlatformImage>,
+    pub layers: Vec<ViewLayer>,
+}
+
+/// One platform's image in a view: the view's layers under a config naming the platform.
+#[derive(Clone, Debug)]
+pub struct PlatformImage {
+    pub platform: Platform,
     pub manifest: Doc,
     pub config: Doc,
-    pub layers: Vec<ViewLayer>,
 }
 
 impl ImageView {
@@ -253,9 +266,13 @@ impl ImageView {
     /// The view's own documents by digest (what a registry serving the view must add to
     /// the kit's blobs).
     pub fn doc(&self, digest: &Digest) -> Option<&Doc> {
-        [&self.index, &self.manifest, &self.config]
-            .into_iter()
-            .find(|d| &d.desc.digest == digest)
+        self.docs().find(|d| &d.desc.digest == digest)
+    }
+
+    /// Every document of the view: the index, then each platform's manifest and config.
+    pub fn docs(&self) -> impl Iterator<Item = &Doc> {
+        std::iter::once(&self.index)
+            .chain(self.images.iter().flat_map(|i| [&i.manifest, &i.config]))
     }
 
     /// The view's layer listed under `digest`.
@@ -285,6 +302,8 @@ pub fn chain_id(parent: Option<&Digest>, diff: &Digest) -> Digest {
 #[derive(Serialize)]
 struct ImageConfig<'a> {
     architecture: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<&'a str>,
     os: &'a str,
     config: ExecConfig<'a>,
     rootfs: RootFs<'a>,
@@ -362,48 +381,58 @@ pub fn synthesize(
             raw,
         });
     }
-    let config = Doc::of(
-        MEDIA_TYPE_IMAGE_CONFIG,
-        &ImageConfig {
-            architecture: "",
-            os: "linux",
-            config: ExecConfig { labels: &labels },
-            rootfs: RootFs {
-                fs_type: "layers",
-                diff_ids,
-            },
-        },
-    )?;
     let mut subject = kit.desc.clone();
     subject.media_type = MEDIA_TYPE_MANIFEST.into();
     subject.annotations.clear();
     subject.platform = None;
-    let manifest = Doc::of(
-        MEDIA_TYPE_MANIFEST,
-        &Manifest {
-            schema_version: 2,
-            media_type: Some(MEDIA_TYPE_MANIFEST.into()),
-            artifact_type: None,
-            config: config.desc.clone(),
-            layers: view_layers.iter().map(|l| l.desc.clone()).collect(),
-            subject: Some(subject),
-            annotations: labels.clone(),
-        },
-    )?;
+    let mut images = Vec::with_capacity(PLATFORMS.len());
+    for (arch, variant) in PLATFORMS {
+        let config = Doc::of(
+            MEDIA_TYPE_IMAGE_CONFIG,
+            &ImageConfig {
+                architecture: arch,
+                variant,
+                os: "linux",
+                config: ExecConfig { labels: &labels },
+                rootfs: RootFs {
+                    fs_type: "layers",
+                    diff_ids,
+                },
+            },
+        )?;
+        let manifest = Doc::of(
+            MEDIA_TYPE_MANIFEST,
+            &Manifest {
+                schema_version: 2,
+                media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+                artifact_type: None,
+                config: config.desc.clone(),
+                layers: view_layers.iter().map(|l| l.desc.clone()).collect(),
+                subject: Some(subject.clone()),
+                annotations: labels.clone(),
+            },
+        )?;
+        let platform = Platform {
+            architecture: arch.into(),
+            os: "linux".into(),
+            variant: variant.map(str::to_string),
+        };
+        images.push(PlatformImage {
+            platform,
+            manifest,
+            config,
+        });
+    }
     let index = Doc::of(
         MEDIA_TYPE_INDEX,
         &Index {
             schema_version: 2,
             media_type: Some(MEDIA_TYPE_INDEX.into()),
-            manifests: PLATFORMS
+            manifests: images
                 .iter()
-                .map(|(arch, variant)| Descriptor {
-                    platform: Some(Platform {
-                        architecture: (*arch).into(),
-                        os: "linux".into(),
-                        variant: variant.map(str::to_string),
-                    }),
-                    ..manifest.desc.clone()
+                .map(|i| Descriptor {
+                    platform: Some(i.platform.clone()),
+                    ..i.manifest.desc.clone()
                 })
                 .collect(),
             annotations: labels,
@@ -411,8 +440,7 @@ pub fn synthesize(
     )?;
     Ok(ImageView {
         index,
-        manifest,
-        config,
+        images,
         layers: view_layers,
     })
 }
@@ -592,21 +620,39 @@ mod tests {
         let diffs: Vec<Digest> = layers.iter().map(|l| k.known_diff_id(l).unwrap()).collect();
         assert_eq!(diffs[0], Digest::of(&blob));
         let v = synthesize(&k, &layers, &diffs, "").unwrap();
-        let m: Manifest = serde_json::from_slice(&v.manifest.bytes).unwrap();
-        assert_eq!(m.layers[0].digest, Digest::of(&blob));
-        assert_eq!(m.layers[0].media_type, MEDIA_TYPE_LAYER_TAR);
-        assert_eq!(m.subject.as_ref().unwrap().digest, k.desc.digest);
-        let cfg: serde_json::Value = serde_json::from_slice(&v.config.bytes).unwrap();
-        assert_eq!(cfg["rootfs"]["diff_ids"][0], Digest::of(&blob).to_string());
-        assert_eq!(cfg["config"]["Labels"][label::NAME], "demo");
-        assert_eq!(cfg["config"]["Labels"][label::PACKAGE_VERSION], "1.2.3");
         let idx: Index = serde_json::from_slice(&v.index.bytes).unwrap();
         assert_eq!(idx.manifests.len(), PLATFORMS.len());
-        assert!(
-            idx.manifests
-                .iter()
-                .all(|d| d.digest == v.manifest.desc.digest)
-        );
+        assert_eq!(v.images.len(), PLATFORMS.len());
+        for (entry, img) in idx.manifests.iter().zip(&v.images) {
+            // Each platform has its own manifest and config, naming that platform...
+            assert_eq!(entry.digest, img.manifest.desc.digest);
+            assert_eq!(entry.platform.as_ref(), Some(&img.platform));
+            let m: Manifest = serde_json::from_slice(&img.manifest.bytes).unwrap();
+            assert_eq!(m.config.digest, img.config.desc.digest);
+            assert_eq!(m.layers[0].digest, Digest::of(&blob));
+            assert_eq!(m.layers[0].media_type, MEDIA_TYPE_LAYER_TAR);
+            assert_eq!(m.subject.as_ref().unwrap().digest, k.desc.digest);
+            let cfg: serde_json::Value = serde_json::from_slice(&img.config.bytes).unwrap();
+            assert_eq!(cfg["architecture"], img.platform.architecture.as_str());
+            assert_eq!(cfg["os"], "linux");
+            assert_eq!(
+                cfg["variant"].as_str(),
+                img.platform.variant.as_deref(),
+                "{cfg}"
+            );
+            // ...over the same layers and diff IDs, so every platform unpacks the same
+            // snapshots.
+            assert_eq!(cfg["rootfs"]["diff_ids"][0], Digest::of(&blob).to_string());
+            assert_eq!(cfg["config"]["Labels"][label::NAME], "demo");
+            assert_eq!(cfg["config"]["Labels"][label::PACKAGE_VERSION], "1.2.3");
+        }
+        // No two entries share a manifest (containerd 2.x's transfer service fetches no
+        // layer of a manifest listed twice).
+        let mut digests: Vec<_> = idx.manifests.iter().map(|d| &d.digest).collect();
+        digests.sort();
+        digests.dedup();
+        assert_eq!(digests.len(), PLATFORMS.len());
+        assert_eq!(v.docs().count(), 1 + 2 * PLATFORMS.len());
         // Deterministic: the same kit gives the same bytes.
         let again = synthesize(&k, &layers, &diffs, "").unwrap();
         assert_eq!(again.index.bytes, v.index.bytes);

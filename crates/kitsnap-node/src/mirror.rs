@@ -520,11 +520,10 @@ impl Mirror {
             diffs.push(d);
         }
         let view = imageview::synthesize(&kit, &layers, &diffs, "").map_err(bad_kit)?;
-        let mut docs = vec![
-            (&view.index.desc, view.index.bytes.clone(), None),
-            (&view.manifest.desc, view.manifest.bytes.clone(), None),
-            (&view.config.desc, view.config.bytes.clone(), None),
-        ];
+        let mut docs: Vec<_> = view
+            .docs()
+            .map(|d| (&d.desc, d.bytes.clone(), None))
+            .collect();
         for l in &view.layers {
             if l.raw.is_some() {
                 let raw = RawSource {

@@ -5,8 +5,8 @@
 //! volume scenario every case runs (`image_volume_case`): pull, two pods mounting the image
 //! read-only, the file's sha256 read inside, one copy on disk, and nothing left after GC.
 
+use crate::support::copies_under;
 use std::collections::BTreeSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -622,34 +622,6 @@ pub fn cri_log_text(log: &str) -> String {
         }
     }
     out
-}
-
-fn copies_under(root: &Path, name: &str, sha256: &str) -> usize {
-    let Ok(dev) = std::fs::symlink_metadata(root).map(|m| m.dev()) else {
-        return 0;
-    };
-    let mut n = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            if m.dev() != dev {
-                continue;
-            }
-            if m.is_dir() {
-                stack.push(e.path());
-            } else if m.is_file()
-                && e.file_name() == name
-                && std::fs::read(e.path()).is_ok_and(|b| super::sha256_hex(&b) == sha256)
-            {
-                n += 1;
-            }
-        }
-    }
-    n
 }
 
 /// What an image volume holds for the test: the file at `path` (relative to the volume's

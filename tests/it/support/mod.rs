@@ -14,6 +14,7 @@ pub(crate) use prereq::{
 };
 
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -235,4 +236,34 @@ pub fn ok_with_peak_rss(store: &Path, args: &[&str]) -> (String, i64) {
     );
     assert!(peak > 0, "no memory sample of kitsnap {args:?}");
     (String::from_utf8_lossy(&out.0).into_owned(), peak)
+}
+
+/// How many regular files named `name` with this sha256 lie under `root` (on its own
+/// filesystem: mounted views are not counted).
+pub fn copies_under(root: &Path, name: &str, sha256: &str) -> usize {
+    let Ok(dev) = std::fs::symlink_metadata(root).map(|m| m.dev()) else {
+        return 0;
+    };
+    let mut n = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != dev {
+                continue;
+            }
+            if m.is_dir() {
+                stack.push(e.path());
+            } else if m.is_file()
+                && e.file_name() == name
+                && std::fs::read(e.path()).is_ok_and(|b| sha256_hex(&b) == sha256)
+            {
+                n += 1;
+            }
+        }
+    }
+    n
 }

@@ -729,10 +729,7 @@ impl Leased<'_> {
                 diff_id: d.to_string(),
             })
             .collect();
-        let docs = [&view.index, &view.manifest, &view.config]
-            .iter()
-            .map(|d| d.desc.digest.to_string())
-            .collect();
+        let docs = view.docs().map(|d| d.desc.digest.to_string()).collect();
         Ok((result, layers, docs))
     }
 
@@ -886,32 +883,34 @@ impl Leased<'_> {
             kit.manifest.config.digest.to_string(),
         );
         docs.push((&kit.desc, mbytes.to_vec(), with_source(mlabels)));
-        docs.push((
-            &view.config.desc,
-            view.config.bytes.clone(),
-            HashMap::from([(
-                format!("{}.{}", label::GC_SNAPSHOT, containerd::SNAPSHOTTER),
-                top.to_string(),
-            )]),
-        ));
-        let mut vlabels = layer_refs;
-        vlabels.insert(
-            label::GC_CONTENT_CONFIG.to_string(),
-            view.config.desc.digest.to_string(),
-        );
-        vlabels.insert(
-            label::GC_CONTENT_SUBJECT.to_string(),
-            kit.desc.digest.to_string(),
-        );
-        docs.push((&view.manifest.desc, view.manifest.bytes.clone(), vlabels));
-        docs.push((
-            &view.index.desc,
-            view.index.bytes.clone(),
-            HashMap::from([(
-                format!("{}.0", label::GC_CONTENT_MANIFEST),
-                view.manifest.desc.digest.to_string(),
-            )]),
-        ));
+        // Every platform's image: the configs all name the same top snapshot (same diff
+        // IDs), as containerd's unpacker would label the one it unpacked.
+        let mut index_refs = HashMap::new();
+        for (i, img) in view.images.iter().enumerate() {
+            docs.push((
+                &img.config.desc,
+                img.config.bytes.clone(),
+                HashMap::from([(
+                    format!("{}.{}", label::GC_SNAPSHOT, containerd::SNAPSHOTTER),
+                    top.to_string(),
+                )]),
+            ));
+            let mut vlabels = layer_refs.clone();
+            vlabels.insert(
+                label::GC_CONTENT_CONFIG.to_string(),
+                img.config.desc.digest.to_string(),
+            );
+            vlabels.insert(
+                label::GC_CONTENT_SUBJECT.to_string(),
+                kit.desc.digest.to_string(),
+            );
+            docs.push((&img.manifest.desc, img.manifest.bytes.clone(), vlabels));
+            index_refs.insert(
+                format!("{}.{i}", label::GC_CONTENT_MANIFEST),
+                img.manifest.desc.digest.to_string(),
+            );
+        }
+        docs.push((&view.index.desc, view.index.bytes.clone(), index_refs));
         for (d, bytes, labels) in docs {
             // One writer per blob on the node (8 pulls of one kit would otherwise race on
             // containerd's ingest of the same blob).
