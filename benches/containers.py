@@ -8,6 +8,10 @@ Cold: from an empty node to the first byte of the model read inside a container.
             then `ctr run IMAGE head -c1`
   Both read from one local registry (Debian's docker-registry); the page cache is dropped
   before every round. Target: kitsnap/baseline <= 0.6.
+Native (issue 11): the same cold measure with no kitsnap command: `ctr images pull` through
+  kitsnap serve's registry mirror (named in hosts.toml by `kitsnap hosts install`) onto the
+  kitsnap snapshotter, `ctr images mount` of the image view, `ctr run` with it bound.
+Mirror pass-through: `ctr images pull` of the baked image through the mirror vs directly.
 Warm: a container with the model mounted vs the same container without: extra <= 50 ms.
 Disk: `kitsnap df` node total after the pull over the model size: <= 1.1.
 
@@ -26,6 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from registry import Registry  # noqa: E402
+from registry import free_port  # noqa: E402
 from snapshotter import layer, oci_layout, wait_sock  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,10 +95,18 @@ def main():
         ks_sock = os.path.join(work, "kitsnap.sock")
         ctd_sock = os.path.join(work, "containerd.sock")
         mounts = os.path.join(work, "mounts")
-        procs.append(subprocess.Popen([a.bin, "serve", "--root", os.path.join(work, "ks"), "--address", ks_sock,
+        hosts = os.path.join(work, "certs.d")
+        mirror = f"127.0.0.1:{free_port()}"
+        with open(os.path.join(work, "kitsnap.toml"), "w") as f:
+            f.write(f'plain_http = ["{addr}"]\nhosts_dir = "{hosts}"\n')
+        procs.append(subprocess.Popen([a.bin, "serve", "--config", os.path.join(work, "kitsnap.toml"),
+                                       "--root", os.path.join(work, "ks"), "--address", ks_sock,
                                        "--containerd-address", ctd_sock, "--mount-root", mounts,
-                                       "--no-docker-plugin", "--log-level", "warn"], stderr=subprocess.DEVNULL))
+                                       "--mirror-addr", mirror, "--no-docker-plugin", "--log-level", "warn"],
+                                      stderr=subprocess.DEVNULL))
         wait_sock(ks_sock)
+        subprocess.run([a.bin, "hosts", "install", addr, "--hosts-dir", hosts, "--mirror", f"http://{mirror}",
+                        "--plain-http"], check=True, capture_output=True)
         with open(os.path.join(work, "config.toml"), "w") as f:
             f.write(f'version = 2\nroot = "{work}/root"\nstate = "{work}/state"\n'
                     f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{ctd_sock}"\n'
@@ -142,14 +155,44 @@ def main():
             sh(ctr + ["images", "rm", "--sync", img_ref])
             return t
 
-        ks, base, df = [], [], ""
+        def cold_native(i):
+            drop_caches()
+            mnt = os.path.join(work, f"native-{i}")
+            os.makedirs(mnt)
+            t0 = time.perf_counter()
+            sh(ctr + ["images", "pull", "--hosts-dir", hosts, "--snapshotter", "kitsnap", kit_ref])
+            sh(ctr + ["images", "mount", "--snapshotter", "kitsnap", kit_ref, mnt])
+            sh(ctr + ["run", "--rm", "--snapshotter", "kitsnap", "--mount",
+                      f"type=bind,src={mnt},dst=/models,options=rbind:ro", APP, f"n{i}", "head", "-c1",
+                      "/models/model.bin"])
+            t = time.perf_counter() - t0
+            sh(ctr + ["images", "unmount", mnt])
+            sh(ctr + ["images", "rm", "--sync", kit_ref])
+            return t
+
+        def pull_only(i, through_mirror):
+            drop_caches()
+            t0 = time.perf_counter()
+            if through_mirror:
+                sh(ctr + ["images", "pull", "--hosts-dir", hosts, img_ref])
+            else:
+                sh(ctr + ["images", "pull", "--plain-http", img_ref])
+            t = time.perf_counter() - t0
+            sh(ctr + ["images", "rm", "--sync", img_ref])
+            return t
+
+        ks, base, native, via, direct, df = [], [], [], [], [], ""
         for i in range(a.rounds):
             base.append(cold_baseline(i))
+            native.append(cold_native(i))
+            direct.append(pull_only(i, False))
+            via.append(pull_only(i, True))
             t, df = cold_kitsnap(i)
             ks.append(t)
             if i + 1 < a.rounds:
                 cleanup_kitsnap()
-        k, b = statistics.median(ks), statistics.median(base)
+        k, b, n = statistics.median(ks), statistics.median(base), statistics.median(native)
+        pv, pd = statistics.median(via), statistics.median(direct)
 
         # Warm: the model is on the node and mounted; start containers with and without it.
         path = os.path.join(mounts, "bench")
@@ -176,11 +219,18 @@ def main():
         print("|---|---|---|---|")
         print(f"| cold: registry to first byte read in a container | `ctr pull` + run (overlayfs) {b:.2f} s | "
               f"pull --containerd + mount + run {k:.2f} s | **{k / b:.2f}** (target <= 0.6) |")
+        print(f"| cold, native (no kitsnap command): `ctr pull` through the mirror + `ctr images mount` + run "
+              f"| pull --containerd + mount + run {k:.2f} s | native {n:.2f} s | **{n / k:.2f}** (target <= 1.1) |")
+        print(f"| cold, native vs the baked image | `ctr pull` + run (overlayfs) {b:.2f} s | native {n:.2f} s | "
+              f"**{n / b:.2f}** (target <= 0.3) |")
+        print(f"| `ctr pull` of the {a.size_mib} MiB baked image | directly {pd:.2f} s | through the mirror "
+              f"{pv:.2f} s | **{pv / pd:.2f}** (target <= 1.1) |")
         print(f"| warm: start a container | no mount {w0 * 1000:.0f} ms | model mounted {w1 * 1000:.0f} ms | "
               f"**{(w1 - w0) * 1000:+.0f} ms** (target <= 50 ms) |")
         print(f"| disk after pull (`kitsnap df` node total) | model {model_bytes / (1 << 30):.2f} GiB | "
               f"{disk / (1 << 30):.2f} GiB | **{disk / model_bytes:.3f}x** (target <= 1.1) |")
-        print(f"| kitsnap serve peak RSS over every pull above | | {hwm / 1024:.0f} MiB | |")
+        print(f"| kitsnap serve peak RSS over every pull above (mirror included) | | {hwm / 1024:.0f} MiB | "
+              f"(target < 64 MiB) |")
         sh([a.bin, "umount", "bench"])
     finally:
         for p in reversed(procs):

@@ -317,6 +317,20 @@ fn native_pulls(v: &Version) {
     };
     assert_eq!(digest("native"), digest("side-door"), "{ctx}");
     assert!(digest("native").starts_with("sha256:"), "{ctx}");
+    // Both label the view with where it came from, under the same key (the host without
+    // its port), so that Spegel serves it to other nodes whichever way it was pulled.
+    for ns in ["native", "side-door"] {
+        let o = s.ctd.ctr_ns(ns, &["content", "ls"]);
+        let ls = String::from_utf8_lossy(&o.stdout).into_owned();
+        let index = ls
+            .lines()
+            .find(|l| l.starts_with(&digest(ns)))
+            .unwrap_or_default();
+        assert!(
+            index.contains("containerd.io/distribution.source.127.0.0.1=kits/plain"),
+            "{ctx}: {ns}: {ls}"
+        );
+    }
     // containerd 2.x (transfer service) unpacks with the remote-snapshot label, so the
     // native pull finds the layers `kitsnap pull --containerd` unpacked in another
     // namespace, and the earlier native pulls on kitsnap, plain and gzip alike (same diff

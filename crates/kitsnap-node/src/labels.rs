@@ -23,6 +23,20 @@ pub const GC_CONTENT_SUBJECT: &str = "containerd.io/gc.ref.content.subject";
 pub const GC_CONTENT_MANIFEST: &str = "containerd.io/gc.ref.content.m";
 pub const DISTRIBUTION_SOURCE: &str = "containerd.io/distribution.source";
 
+/// The [`DISTRIBUTION_SOURCE`] key for a registry: `<prefix>.<host>`, the port dropped, as
+/// containerd's `AppendDistributionSourceLabel` writes it (Spegel matches on that).
+pub fn distribution_source(registry: &str) -> String {
+    let host = match registry.rsplit_once(':') {
+        // `[::1]:5000` and `host:5000`; a bare IPv6 address has no port to drop.
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => registry,
+    };
+    format!(
+        "{DISTRIBUTION_SOURCE}.{}",
+        host.trim_start_matches('[').trim_end_matches(']')
+    )
+}
+
 /// Set by containerd on Prepare when a snapshotter may provide the layer itself
 /// (the remote-snapshot protocol): the chain ID the committed snapshot must carry.
 pub const TARGET_REF: &str = "containerd.io/snapshot.ref";
@@ -41,3 +55,17 @@ pub const LEASE_OWNER: &str = "dev.kitsnap.lease.owner";
 
 /// On the image record of a ModelKit pulled by kitsnap.
 pub const IMAGE_KIND: &str = "dev.kitsnap.modelkit";
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn distribution_source_drops_the_port_as_containerd_does() {
+        use super::distribution_source as d;
+        assert_eq!(d("ghcr.io"), "containerd.io/distribution.source.ghcr.io");
+        assert_eq!(
+            d("127.0.0.1:5000"),
+            "containerd.io/distribution.source.127.0.0.1"
+        );
+        assert_eq!(d("[::1]:5000"), "containerd.io/distribution.source.::1");
+    }
+}

@@ -852,9 +852,10 @@ impl Leased<'_> {
         } = *self;
         let mut source = HashMap::new();
         if let Source::Registry(_, repo) = src {
-            // Lets a peer-to-peer mirror (Spegel) serve these blobs to other nodes.
+            // Lets a peer-to-peer mirror (Spegel) serve these blobs to other nodes. The key
+            // names the host without its port, as containerd's own pulls write it.
             source.insert(
-                format!("{}.{}", label::DISTRIBUTION_SOURCE, spec.reference.registry),
+                label::distribution_source(&spec.reference.registry),
                 repo.clone(),
             );
         }
@@ -869,6 +870,10 @@ impl Leased<'_> {
                     format!("{}.{i}", label::GC_CONTENT_LAYER),
                     l.desc.digest.to_string(),
                 );
+                if !source.is_empty() {
+                    ctr.content_label(l.desc.digest.as_str(), source.clone())
+                        .await?;
+                }
             }
         }
         let mut docs: Vec<(&Descriptor, Vec<u8>, HashMap<String, String>)> = Vec::new();
@@ -890,10 +895,10 @@ impl Leased<'_> {
             docs.push((
                 &img.config.desc,
                 img.config.bytes.clone(),
-                HashMap::from([(
+                with_source(HashMap::from([(
                     format!("{}.{}", label::GC_SNAPSHOT, containerd::SNAPSHOTTER),
                     top.to_string(),
-                )]),
+                )])),
             ));
             let mut vlabels = layer_refs.clone();
             vlabels.insert(
@@ -904,13 +909,21 @@ impl Leased<'_> {
                 label::GC_CONTENT_SUBJECT.to_string(),
                 kit.desc.digest.to_string(),
             );
-            docs.push((&img.manifest.desc, img.manifest.bytes.clone(), vlabels));
+            docs.push((
+                &img.manifest.desc,
+                img.manifest.bytes.clone(),
+                with_source(vlabels),
+            ));
             index_refs.insert(
                 format!("{}.{i}", label::GC_CONTENT_MANIFEST),
                 img.manifest.desc.digest.to_string(),
             );
         }
-        docs.push((&view.index.desc, view.index.bytes.clone(), index_refs));
+        docs.push((
+            &view.index.desc,
+            view.index.bytes.clone(),
+            with_source(index_refs),
+        ));
         for (d, bytes, labels) in docs {
             // One writer per blob on the node (8 pulls of one kit would otherwise race on
             // containerd's ingest of the same blob).
