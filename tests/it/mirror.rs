@@ -548,3 +548,197 @@ fn mirror_passes_credentials_through() {
     let (ok, out) = s.ctr_pull("nocreds", "kitsnap", &s.plain, &[]);
     assert!(!ok, "pulled a private kit without credentials: {out}");
 }
+
+/// Uploads `data` as a blob of `repo` (monolithic upload, as any registry client may).
+fn put_blob(reg: &str, repo: &str, data: &[u8]) -> String {
+    let c = reqwest::blocking::Client::new();
+    let digest = format!("sha256:{}", sha256_hex(data));
+    let r = c
+        .post(format!("http://{reg}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{:?}", r.text());
+    let loc = r.headers()["location"].to_str().unwrap().to_string();
+    let url = if loc.starts_with("http") {
+        loc
+    } else {
+        format!("http://{reg}{loc}")
+    };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let r = c
+        .put(format!("{url}{sep}digest={digest}"))
+        .body(data.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text());
+    digest
+}
+
+/// Bad input the mirror and `kitsnap pull --containerd` meet: an artifact that is neither
+/// an image nor a kit passes through the mirror unchanged; a gzip ModelPack whose config
+/// lies about a layer's diff ID is refused by containerd's unpack (through the mirror) and
+/// by kitsnap's pull, which leaves nothing behind; the same lie about an uncompressed layer
+/// is harmless (its diff ID is its blob digest, never taken from the config); the mirror
+/// goes on serving.
+#[test]
+fn mirror_and_pull_meet_artifacts_and_lying_kits() {
+    require_containers!();
+    require_registry!();
+    let _heavy = heavy();
+    let v = versions(test_name!())
+        .into_iter()
+        .next()
+        .expect("a containerd");
+    let s = setup(&v, None);
+    let reg = s.reg.addr();
+    let ns = format!("ns={reg}");
+
+    // Neither image nor kit: an OCI artifact with its own config type.
+    let cfg = br#"{"hello":"world"}"#;
+    let blob = b"some artifact payload";
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "artifactType": "application/vnd.example.thing.v1",
+        "config": {"mediaType": "application/vnd.example.thing.config.v1+json",
+                   "digest": put_blob(&reg, "other/thing", cfg), "size": cfg.len()},
+        "layers": [{"mediaType": "application/vnd.example.thing.layer.v1",
+                    "digest": put_blob(&reg, "other/thing", blob), "size": blob.len()}]
+    })
+    .to_string();
+    let r = reqwest::blocking::Client::new()
+        .put(format!("http://{reg}/v2/other/thing/manifests/v1"))
+        .header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.clone())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{:?}", r.text());
+    let via = get(
+        &format!("{}/v2/other/thing/manifests/v1?{ns}", s.mirror),
+        None,
+    );
+    assert_eq!(via.status().as_u16(), 200);
+    assert_eq!(
+        via.text().unwrap(),
+        manifest,
+        "an artifact must pass through unchanged"
+    );
+
+    let tree = s.dir.join("tree");
+    for (compression, lie_counts) in [("gzip", true), ("none", false)] {
+        let ctx = format!("{compression} ModelPack with a lying config");
+        let liar = format!("{reg}/kits/liar-{compression}:v1");
+        push_lying_modelpack(&s.dir.join("store"), &tree, &liar, compression);
+        let ns_native = format!("liar-native-{compression}");
+        let ns_pull = format!("liar-{compression}");
+
+        // Natively, through the mirror: containerd's unpack checks the diff ID (at pull
+        // time, or at mount time where the pull does not unpack).
+        let (pulled, out) = s.ctr_pull(&ns_native, "overlayfs", &liar, &[]);
+        let mnt = s.dir.join(format!("liar-mnt-{compression}"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mounted = pulled && {
+            let o = s.ctd.ctr_ns(
+                &ns_native,
+                &["images", "mount", liar.as_str(), mnt.to_str().unwrap()],
+            );
+            if o.status.success() {
+                assert_eq!(std::fs::read(mnt.join("model.bin")).unwrap(), s.model);
+                s.ctd
+                    .ctr_ns(&ns_native, &["images", "unmount", mnt.to_str().unwrap()]);
+            } else {
+                let e = String::from_utf8_lossy(&o.stderr);
+                assert!(e.contains("diff id"), "{ctx}: {e}");
+            }
+            o.status.success()
+        };
+        if !pulled {
+            assert!(out.contains("diff id"), "{ctx}: {out}");
+        }
+        assert_eq!(mounted, !lie_counts, "{ctx}: native pull and mount");
+
+        // kitsnap's own pull: an error that names the fault, and nothing left behind.
+        let o = Command::new(support::bin())
+            .env("KITSNAP_ADDRESS", &s.ks.sock)
+            .env("KITSNAP_STORE", s.dir.join("empty"))
+            .args([
+                "pull",
+                "--containerd",
+                "-n",
+                &ns_pull,
+                &liar,
+                "--plain-http",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.success(), !lie_counts, "{ctx}: {err}");
+        if lie_counts {
+            assert!(
+                err.contains("the ModelKit's config is wrong"),
+                "{ctx}: {err}"
+            );
+            for what in ["images", "leases"] {
+                let o = s.ctd.ctr_ns(&ns_pull, &[what, "ls", "-q"]);
+                let left = String::from_utf8_lossy(&o.stdout);
+                assert_eq!(left.trim(), "", "{ctx}: {what} left");
+            }
+        }
+    }
+
+    // The mirror goes on serving.
+    let view = get(
+        &format!("{}/v2/kits/plain/manifests/v1?{ns}", s.mirror),
+        None,
+    );
+    assert_eq!(view.status().as_u16(), 200);
+}
+
+/// Packs `tree` as a ModelPack (`compression`), rewrites its config in the store so that
+/// `modelfs.diffIds[0]` names the wrong digest, and pushes it as `reference`.
+fn push_lying_modelpack(store: &Path, tree: &Path, reference: &str, compression: &str) {
+    let t = tree.to_str().unwrap();
+    let args = [
+        "pack",
+        t,
+        "-t",
+        reference,
+        "--use-model-pack",
+        "--compression",
+        compression,
+    ];
+    support::ok(store, &args);
+    let index_path = store.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let blob_path = |d: &str| {
+        store
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let read_json = |d: &serde_json::Value| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(blob_path(d.as_str().unwrap())).unwrap()).unwrap()
+    };
+    let write_blob = |data: &[u8]| {
+        let d = format!("sha256:{}", sha256_hex(data));
+        std::fs::write(blob_path(&d), data).unwrap();
+        d
+    };
+    let entry = index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == reference)
+        .expect("the packed ModelPack in index.json");
+    let mut m = read_json(&entry["digest"]);
+    let mut c = read_json(&m["config"]["digest"]);
+    c["modelfs"]["diffIds"][0] = format!("sha256:{}", sha256_hex(b"not the layer")).into();
+    let cbytes = serde_json::to_vec(&c).unwrap();
+    m["config"]["digest"] = write_blob(&cbytes).into();
+    m["config"]["size"] = cbytes.len().into();
+    let mbytes = serde_json::to_vec(&m).unwrap();
+    entry["digest"] = write_blob(&mbytes).into();
+    entry["size"] = mbytes.len().into();
+    std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    support::ok(store, &["push", reference, "--plain-http"]);
+}
