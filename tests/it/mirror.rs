@@ -234,6 +234,26 @@ fn tail(s: &str) -> String {
     lines[lines.len().saturating_sub(25)..].join("\n")
 }
 
+/// The layer digests of the ModelKit `reference` (`REGISTRY/REPO:TAG`), as the registry has it.
+fn kit_layers(s: &Setup, reference: &str) -> Vec<String> {
+    let (repo, tag) = reference
+        .strip_prefix(&format!("{}/", s.reg.addr()))
+        .and_then(|r| r.rsplit_once(':'))
+        .expect("a reference in the test registry");
+    let m: serde_json::Value = get(
+        &format!("http://{}/v2/{repo}/manifests/{tag}", s.reg.addr()),
+        None,
+    )
+    .json()
+    .unwrap();
+    m["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A request to the mirror as containerd makes it.
 fn get(url: &str, auth: Option<&str>) -> reqwest::blocking::Response {
     let c = reqwest::blocking::Client::new();
@@ -271,6 +291,22 @@ fn native_pulls(v: &Version) {
                 .any(|l| l.starts_with(reference.as_str()) && l.contains("image.index")),
             "{ctx}: {ls}"
         );
+        if first == "kitsnap" {
+            // containerd 2.x prepares each layer with the remote-snapshot label and the
+            // view's layer annotation: kitsnap fills the layer itself from the registry,
+            // and containerd never downloads the blob into its content store.
+            assert!(
+                s.ks.log().contains("fill: layer unpacked for containerd"),
+                "{ctx}: {}",
+                tail(&s.ks.log())
+            );
+            let content =
+                String::from_utf8_lossy(&s.ctd.ctr_ns(ns, &["content", "ls", "-q"]).stdout)
+                    .into_owned();
+            for layer in kit_layers(&s, reference) {
+                assert!(!content.contains(&layer), "{ctx}: {layer} was downloaded");
+            }
+        }
         let out = s.run_with_model(ns, first, reference);
         assert!(out.contains(&model_sha), "{ctx}: {out}");
         assert!(

@@ -5,7 +5,8 @@
 //! Format, version 1 (`org.kitsnap.image-view.version: "1"`). Given a ModelKit or ModelPack
 //! manifest, its config and the layers selected by a filter (all by default), in manifest order:
 //! - each layer is the kit's blob relabelled with the OCI layer media type of its compression
-//!   (`application/vnd.oci.image.layer.v1.tar`, `+gzip`, `+zstd`), its annotations kept; a
+//!   (`application/vnd.oci.image.layer.v1.tar`, `+gzip`, `+zstd`), its annotations kept and
+//!   [`label::SNAPSHOT_LAYER`] added (the kit's blob digest); a
 //!   `.raw` layer (one file's bytes) becomes a generated uncompressed tar holding that file at
 //!   its `org.cncf.model.filepath` (mode 0644, uid/gid 0, mtime 0), see [`RawWrapper`];
 //! - for each platform in [`PLATFORMS`], an OCI image config naming it (`architecture`,
@@ -65,6 +66,11 @@ pub mod label {
     pub const FILTER: &str = "org.kitsnap.modelkit.filter";
     /// On a generated raw-file tar layer: the digest of the kit's raw blob it wraps.
     pub const RAW_SOURCE: &str = "org.kitsnap.layer.raw-source";
+    /// On every layer: the kit's blob behind it. containerd hands a layer's annotations
+    /// under `containerd.io/snapshot/` to the snapshotter as labels when it unpacks, so
+    /// kitsnap's snapshotter learns which blob a Prepare is for and can fill the layer
+    /// itself.
+    pub const SNAPSHOT_LAYER: &str = "containerd.io/snapshot/kitsnap.layer";
 }
 
 /// Every platform a view is listed for: (architecture, variant), all `os: linux`.
@@ -347,6 +353,7 @@ pub fn synthesize(
     let mut view_layers = Vec::with_capacity(layers.len());
     for (l, diff) in layers.iter().zip(diff_ids) {
         let mut annotations = l.desc.annotations.clone();
+        annotations.insert(label::SNAPSHOT_LAYER.into(), l.desc.digest.to_string());
         let (desc, raw) = if l.raw {
             let w = RawWrapper::new(&l.path, l.desc.size)?;
             annotations.insert(label::RAW_SOURCE.into(), l.desc.digest.to_string());

@@ -42,7 +42,8 @@ pub fn distribution_source(registry: &str) -> String {
 pub const TARGET_REF: &str = "containerd.io/snapshot.ref";
 
 /// On each layer snapshot kitsnap commits: the layer blob it holds.
-pub const LAYER_DIGEST: &str = "containerd.io/snapshot/kitsnap.layer";
+/// Also on every image-view layer, so that containerd's Prepare names the blob it wants.
+pub const LAYER_DIGEST: &str = kitsnap_core::imageview::label::SNAPSHOT_LAYER;
 /// On an active snapshot: compose ModelKit `REF:/DIR` into the rootfs.
 pub const MODELKIT: &str = "containerd.io/snapshot/kitsnap.modelkit";
 /// With [`MODELKIT`]: which of its layers (the `--filter` syntax).

@@ -102,6 +102,8 @@ pub struct Mirror {
     /// Diff IDs computed by reading blobs (compressed, raw), by blob digest.
     diffs: Mutex<HashMap<Digest, Digest>>,
     clients: Mutex<HashMap<String, reqwest::Client>>,
+    /// Told where the layers of every view served live, to fill them when containerd asks.
+    filler: Option<Arc<crate::node::fill::Filler>>,
 }
 
 /// A failed request, as the distribution spec's error envelope.
@@ -137,6 +139,7 @@ impl Mirror {
         root: &std::path::Path,
         registry: ClientOptions,
         plain_http: Vec<String>,
+        filler: Option<Arc<crate::node::fill::Filler>>,
     ) -> Mirror {
         Mirror {
             addr,
@@ -146,6 +149,7 @@ impl Mirror {
             served: Mutex::new(HashMap::new()),
             diffs: Mutex::new(HashMap::new()),
             clients: Mutex::new(HashMap::new()),
+            filler,
         }
     }
 
@@ -520,6 +524,9 @@ impl Mirror {
             diffs.push(d);
         }
         let view = imageview::synthesize(&kit, &layers, &diffs, "").map_err(bad_kit)?;
+        if let Some(f) = &self.filler {
+            f.record(ns, name, &layers);
+        }
         let mut docs: Vec<_> = view
             .docs()
             .map(|d| (&d.desc, d.bytes.clone(), None))

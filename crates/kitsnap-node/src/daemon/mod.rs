@@ -120,6 +120,15 @@ pub async fn serve(settings: Settings) -> Result<()> {
         }
     };
     let activated = bound.is_none();
+    // Layers of the views the mirror serves, filled by kitsnap when containerd prepares them.
+    let filler = Arc::new(crate::node::fill::Filler::new(
+        snap.clone(),
+        settings.registry.clone(),
+        settings.plain_http.clone(),
+        settings.limits,
+    ));
+    let provider: Option<Arc<dyn crate::snapshotter::service::Provider>> =
+        settings.mirror_addr.map(|_| filler.clone() as _);
     // The registry mirror: bound before readiness, so containerd's first pull finds it.
     let stop_mirror = tokio_util::sync::CancellationToken::new();
     let mirror = match settings.mirror_addr {
@@ -134,6 +143,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
                 &root,
                 settings.registry.clone(),
                 settings.plain_http.clone(),
+                Some(filler.clone()),
             ));
             tracing::info!(%addr, "serving the registry mirror (OCI distribution, pull only)");
             Some(tokio::spawn(m.serve(listener, stop_mirror.clone())))
@@ -172,7 +182,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
         drain_node.drain(SHUTDOWN_GRACE).await;
     };
     tonic::transport::Server::builder()
-        .add_service(SnapshotsServer::new(Service { snap }))
+        .add_service(SnapshotsServer::new(Service { snap, provider }))
         .add_service(NodeServer::new(node::service::Service { node }))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),

@@ -3,6 +3,7 @@
 //! The daemon owns this state; the CLI, the gRPC `kitsnap.v1.Node` service
 //! ([`service`]) and the Docker volume plugin are its clients.
 
+pub mod fill;
 pub mod locks;
 pub mod pull;
 pub mod service;

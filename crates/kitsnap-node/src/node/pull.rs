@@ -224,14 +224,14 @@ pub(crate) fn nonce() -> String {
 }
 
 #[derive(Clone)]
-struct Progress {
+pub(crate) struct Progress {
     events: Events,
     layer: pb::LayerProgress,
     last: Instant,
 }
 
 impl Progress {
-    fn new(events: &Events, index: usize, l: &LayerPlan) -> Progress {
+    pub(crate) fn new(events: &Events, index: usize, l: &LayerPlan) -> Progress {
         Progress {
             events: events.clone(),
             layer: pb::LayerProgress {
@@ -343,7 +343,7 @@ impl<R: Read> Read for CountingReader<R> {
 
 /// How many bytes layer `l` may unpack to: what is left of the ModelKit's budget, and for
 /// a compressed layer no more than `expansion` times its size (decompression bombs).
-fn layer_budget(l: &LayerPlan, kit_left: u64, expansion: u64) -> u64 {
+pub(crate) fn layer_budget(l: &LayerPlan, kit_left: u64, expansion: u64) -> u64 {
     if l.compression == Compression::None {
         kit_left
     } else {
@@ -392,47 +392,13 @@ async fn fill_layer(
         && ctr.content_info(l.desc.digest.as_str()).await?.is_none();
     match src {
         Source::Registry(reg, repo) => {
-            // Bounded: at most this many chunks in flight whatever the layer size.
-            let (tx, reader) = transfer::ChannelReader::pipe(16);
-            let plan = l.clone();
-            let worker = tokio::task::spawn_blocking(move || {
-                extract::extract_with_diff_id(reader, &plan, &dir, opts)
-            });
             let content = if keep_blob {
                 ctr.write_stream(l.desc.digest.as_str(), l.desc.size as i64)
                     .await?
             } else {
                 None
             };
-            let mut sink = ExtractSink {
-                tx: Some(tx),
-                content,
-                progress,
-                started: false,
-                extractor_gone: false,
-            };
-            let fetched = reg
-                .fetch_blob_into(repo, &l.desc, &mut sink, &indicatif::ProgressBar::hidden())
-                .await;
-            sink.tx = None;
-            let extracted = worker
-                .await
-                .map_err(|e| Error::Internal(format!("extraction task: {e}")))?;
-            (written, diff) = match (fetched, extracted) {
-                (Ok(()), Ok(r)) => r,
-                // The extractor's error says what was wrong with the bytes.
-                (Ok(()), Err(e)) => return Err(e.into()),
-                (Err(_), Err(e)) if sink.extractor_gone => return Err(e.into()),
-                (Err(e), _) => return Err(e.into()),
-            };
-            if let Some(c) = sink.content.take() {
-                c.commit(HashMap::from([(
-                    label::UNCOMPRESSED.to_string(),
-                    diff.to_string(),
-                )]))
-                .await?;
-            }
-            sink.progress.state("unpacked").await;
+            (written, diff) = stream_layer(reg, repo, l, dir, opts, progress, content).await?;
         }
         Source::Store(store) => {
             let file = store.open_blob(&l.desc.digest)?;
@@ -519,6 +485,56 @@ impl BlobSink for ContentSink {
     fn verifies(&self) -> bool {
         true
     }
+}
+
+/// Streams layer `l` from the registry into `dir`, extracting on a blocking thread while it
+/// downloads (and into `content`, committed once the diff ID is known); returns the bytes
+/// unpacked and the diff ID.
+pub(crate) async fn stream_layer(
+    reg: &Registry,
+    repo: &str,
+    l: &LayerPlan,
+    dir: PathBuf,
+    opts: extract::ExtractOptions,
+    progress: Progress,
+    content: Option<ContentWriter>,
+) -> Result<(u64, Digest)> {
+    // Bounded: at most this many chunks in flight whatever the layer size.
+    let (tx, reader) = transfer::ChannelReader::pipe(16);
+    let plan = l.clone();
+    let worker = tokio::task::spawn_blocking(move || {
+        extract::extract_with_diff_id(reader, &plan, &dir, opts)
+    });
+    let mut sink = ExtractSink {
+        tx: Some(tx),
+        content,
+        progress,
+        started: false,
+        extractor_gone: false,
+    };
+    let fetched = reg
+        .fetch_blob_into(repo, &l.desc, &mut sink, &indicatif::ProgressBar::hidden())
+        .await;
+    sink.tx = None;
+    let extracted = worker
+        .await
+        .map_err(|e| Error::Internal(format!("extraction task: {e}")))?;
+    let (written, diff) = match (fetched, extracted) {
+        (Ok(()), Ok(r)) => r,
+        // The extractor's error says what was wrong with the bytes.
+        (Ok(()), Err(e)) => return Err(e.into()),
+        (Err(_), Err(e)) if sink.extractor_gone => return Err(e.into()),
+        (Err(e), _) => return Err(e.into()),
+    };
+    if let Some(c) = sink.content.take() {
+        c.commit(HashMap::from([(
+            label::UNCOMPRESSED.to_string(),
+            diff.to_string(),
+        )]))
+        .await?;
+    }
+    sink.progress.state("unpacked").await;
+    Ok((written, diff))
 }
 
 async fn copy_to_content(

@@ -539,6 +539,13 @@ impl Snapshotter {
         Ok(vec![m])
     }
 
+    /// Whether a committed snapshot on `parent` carries the remote-snapshot `target` label
+    /// (the layer is held: containerd may adopt it instead of unpacking).
+    pub fn holds(&self, parent: &str, target: &str) -> Result<bool> {
+        let t = self.read()?;
+        Ok(index::held_target(&t.snaps, &t.targets, parent, target)?.is_some())
+    }
+
     pub fn mounts(&self, key: &str) -> Result<Vec<Mount>> {
         let t = self.read()?;
         let r = index::get(&t.snaps, key)?.ok_or_else(|| SnapError::NotFound(key.to_string()))?;

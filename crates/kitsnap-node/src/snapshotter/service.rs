@@ -52,7 +52,7 @@ fn info(name: String, r: Record) -> pb::Info {
     }
 }
 
-fn mounts(m: Vec<Mount>) -> Vec<crate::api::types::Mount> {
+pub(crate) fn to_api_mounts(m: Vec<Mount>) -> Vec<crate::api::types::Mount> {
     m.into_iter()
         .map(|m| crate::api::types::Mount {
             r#type: m.kind,
@@ -67,9 +67,23 @@ fn labels(l: std::collections::HashMap<String, String>) -> BTreeMap<String, Stri
     l.into_iter().collect()
 }
 
+/// Provides a layer itself when containerd prepares it with the remote-snapshot label
+/// (`containerd.io/snapshot.ref`): true once a committed snapshot carrying that target
+/// exists on `parent`, so that Prepare answers ALREADY_EXISTS and containerd adopts it.
+/// False leaves the Prepare to go on as usual (containerd unpacks the layer itself).
+#[tonic::async_trait]
+pub trait Provider: Send + Sync {
+    async fn provide(
+        &self,
+        parent: &str,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> bool;
+}
+
 #[derive(Clone)]
 pub struct Service {
     pub snap: Arc<Snapshotter>,
+    pub provider: Option<Arc<dyn Provider>>,
 }
 
 impl Service {
@@ -101,13 +115,20 @@ impl Snapshots for Service {
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = r.into_inner();
         tracing::debug!(key = %r.key, parent = %r.parent, labels = ?r.labels, "prepare");
+        if let (Some(p), Some(target)) = (&self.provider, r.labels.get(crate::labels::TARGET_REF))
+            && p.provide(&r.parent, &r.labels).await
+        {
+            return Err(Status::already_exists(format!(
+                "target {target} (held by this snapshotter)"
+            )));
+        }
         let m = self
             .blocking("prepare", move |s| {
                 s.create(Kind::Active, &r.key, &r.parent, labels(r.labels))
             })
             .await?;
         Ok(Response::new(pb::PrepareSnapshotResponse {
-            mounts: mounts(m),
+            mounts: to_api_mounts(m),
         }))
     }
 
@@ -123,7 +144,7 @@ impl Snapshots for Service {
             })
             .await?;
         Ok(Response::new(pb::ViewSnapshotResponse {
-            mounts: mounts(m),
+            mounts: to_api_mounts(m),
         }))
     }
 
@@ -133,7 +154,9 @@ impl Snapshots for Service {
     ) -> Result<Response<pb::MountsResponse>, Status> {
         let key = r.into_inner().key;
         let m = self.blocking("mounts", move |s| s.mounts(&key)).await?;
-        Ok(Response::new(pb::MountsResponse { mounts: mounts(m) }))
+        Ok(Response::new(pb::MountsResponse {
+            mounts: to_api_mounts(m),
+        }))
     }
 
     async fn commit(&self, r: Request<pb::CommitSnapshotRequest>) -> Result<Response<()>, Status> {
