@@ -107,10 +107,15 @@ def main():
         wait_sock(ks_sock)
         subprocess.run([a.bin, "hosts", "install", addr, "--hosts-dir", hosts, "--mirror", f"http://{mirror}",
                         "--plain-http"], check=True, capture_output=True)
+        # containerd 2.x pulls through its transfer service, which unpacks only for the
+        # platform/snapshotter pairs named here (1.x ignores the section).
         with open(os.path.join(work, "config.toml"), "w") as f:
             f.write(f'version = 2\nroot = "{work}/root"\nstate = "{work}/state"\n'
                     f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{ctd_sock}"\n'
-                    f'[proxy_plugins.kitsnap]\n  type = "snapshot"\n  address = "{ks_sock}"\n')
+                    f'[proxy_plugins.kitsnap]\n  type = "snapshot"\n  address = "{ks_sock}"\n'
+                    f'[plugins."io.containerd.transfer.v1.local"]\n  unpack_config = ['
+                    f'{{ platform = "linux/amd64", snapshotter = "overlayfs" }}, '
+                    f'{{ platform = "linux/amd64", snapshotter = "kitsnap" }}]\n')
         env = dict(os.environ, PATH=f"{a.containerd_bin}:{os.environ['PATH']}", KITSNAP_ADDRESS=ks_sock,
                    CONTAINERD_NAMESPACE="bench", KITSNAP_STORE=os.path.join(work, "empty-store"))
         procs.append(subprocess.Popen([os.path.join(a.containerd_bin, "containerd"), "--config",
@@ -167,6 +172,9 @@ def main():
                       "/models/model.bin"])
             t = time.perf_counter() - t0
             sh(ctr + ["images", "unmount", mnt])
+            # ctr 1.7+ keeps the mount's lease (and so the layers): drop it, cold again.
+            for lease in sh(ctr + ["leases", "ls", "-q"]).stdout.split():
+                sh(ctr + ["leases", "rm", lease])
             sh(ctr + ["images", "rm", "--sync", kit_ref])
             return t
 

@@ -210,6 +210,16 @@ impl Setup {
         out
     }
 
+    /// `kitsnap pull --containerd -n NS REFERENCE` (plain HTTP, no local store).
+    fn kitsnap_pull(&self, ns: &str, reference: &str) -> std::process::Output {
+        Command::new(support::bin())
+            .env("KITSNAP_ADDRESS", &self.ks.sock)
+            .env("KITSNAP_STORE", self.dir.join("empty"))
+            .args(["pull", "--containerd", "-n", ns, reference, "--plain-http"])
+            .output()
+            .unwrap()
+    }
+
     fn import_busybox(&self, ns: &str) {
         let img = self.dir.join("busybox.tar");
         if !img.exists() {
@@ -317,19 +327,7 @@ fn native_pulls(v: &Version) {
 
     // The kitsnap snapshotter: `kitsnap pull --containerd` in one namespace, a native pull
     // in another; both register the same image view.
-    let o = Command::new(support::bin())
-        .env("KITSNAP_ADDRESS", &s.ks.sock)
-        .env("KITSNAP_STORE", s.dir.join("empty"))
-        .args([
-            "pull",
-            "--containerd",
-            "-n",
-            "side-door",
-            &s.plain,
-            "--plain-http",
-        ])
-        .output()
-        .unwrap();
+    let o = s.kitsnap_pull("side-door", &s.plain);
     assert!(
         o.status.success(),
         "{ctx}: {}",
@@ -378,6 +376,36 @@ fn native_pulls(v: &Version) {
         support::copies_under(&s.ks.root, "model.bin", &model_sha),
         want,
         "{ctx}: copies of the model under kitsnap's root"
+    );
+    // Removing the images (and the leases `ctr images mount` left: 1.7's and 2.x's
+    // `ctr images unmount` keep them) lets containerd's GC remove every layer, filled
+    // ones included.
+    for (ns, reference) in [
+        ("plain-ns", &s.plain),
+        ("gz-ns", &s.gz),
+        ("side-door", &s.plain),
+        ("native", &s.plain),
+    ] {
+        let leases = s.ctd.ctr_ns(ns, &["leases", "ls", "-q"]);
+        for id in String::from_utf8_lossy(&leases.stdout).split_whitespace() {
+            let o = s.ctd.ctr_ns(ns, &["leases", "rm", id]);
+            assert!(
+                o.status.success(),
+                "{ctx}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let o = s.ctd.ctr_ns(ns, &["images", "rm", "--sync", reference]);
+        assert!(
+            o.status.success(),
+            "{ctx}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert_eq!(
+        support::copies_under(&s.ks.root, "model.bin", &model_sha),
+        0,
+        "{ctx}: copies left under kitsnap's root after every image went"
     );
 }
 
@@ -716,19 +744,7 @@ fn mirror_and_pull_meet_artifacts_and_lying_kits() {
         }
 
         // kitsnap's own pull: an error that names the fault, and nothing left behind.
-        let o = Command::new(support::bin())
-            .env("KITSNAP_ADDRESS", &s.ks.sock)
-            .env("KITSNAP_STORE", s.dir.join("empty"))
-            .args([
-                "pull",
-                "--containerd",
-                "-n",
-                &ns_pull,
-                &liar,
-                "--plain-http",
-            ])
-            .output()
-            .unwrap();
+        let o = s.kitsnap_pull(&ns_pull, &liar);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.success(), !lie_counts, "{ctx}: {err}");
         if lie_counts {
