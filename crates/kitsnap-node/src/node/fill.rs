@@ -175,7 +175,7 @@ impl Filler {
             let dir = crate::mount::writable_dir(&crate::snapshotter::service::to_api_mounts(mounts))
                 .ok_or_else(|| Error::Internal("fill: the new snapshot has no directory".into()))?;
             let mut opts = self.registry.clone();
-            opts.plain_http |= self.plain_http.iter().any(|h| *h == src.registry);
+            opts.plain_http |= self.plain_http.contains(&src.registry);
             let host = src.registry.clone();
             // Credentials may come from a helper process: off the async workers.
             let reg = blocking(move || Ok(Registry::new(&host, opts)?)).await?;
