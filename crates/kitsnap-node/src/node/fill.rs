@@ -135,30 +135,27 @@ impl Filler {
         src: LayerSource,
     ) -> Result<bool> {
         let _guard = self.locks.lock(target).await;
-        let snap = self.snap.clone();
-        let (p, t) = (parent.to_string(), target.to_string());
+        let (snap, p, t) = (self.snap.clone(), parent.to_string(), target.to_string());
+        if blocking(move || Ok(snap.holds(&p, &t)?)).await? {
+            return Ok(true);
+        }
         // The chain the parent stands for: the target must be that chain plus this layer.
-        let parent_chain = blocking(move || {
-            if snap.holds(&p, &t)? {
-                return Ok(Err(()));
-            }
-            if p.is_empty() {
-                return Ok(Ok(None));
-            }
-            Ok(Ok(snap.get(&p)?.labels.get(label::TARGET_REF).cloned()))
-        })
-        .await?;
-        let parent_chain = match parent_chain {
-            Err(()) => return Ok(true),
-            Ok(None) if !parent.is_empty() => {
-                return Err(Error::invalid(format!(
-                    "parent {parent} has no chain ID label to check the layer against"
-                )));
-            }
-            Ok(c) => c
-                .map(|c| c.parse::<Digest>())
-                .transpose()
-                .map_err(|e| Error::invalid(format!("parent {parent}: chain ID label: {e}")))?,
+        let parent_chain = if parent.is_empty() {
+            None
+        } else {
+            let (snap, p) = (self.snap.clone(), parent.to_string());
+            let chain = blocking(move || Ok(snap.get(&p)?.labels.get(label::TARGET_REF).cloned()))
+                .await?
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "parent {parent} has no chain ID label to check the layer against"
+                    ))
+                })?;
+            Some(
+                chain
+                    .parse::<Digest>()
+                    .map_err(|e| Error::invalid(format!("parent {parent}: chain ID label: {e}")))?,
+            )
         };
 
         let started = std::time::Instant::now();
