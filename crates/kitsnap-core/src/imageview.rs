@@ -638,6 +638,11 @@ mod tests {
             assert_eq!(m.config.digest, img.config.desc.digest);
             assert_eq!(m.layers[0].digest, Digest::of(&blob));
             assert_eq!(m.layers[0].media_type, MEDIA_TYPE_LAYER_TAR);
+            // containerd hands this annotation to the snapshotter, which fills the layer.
+            assert_eq!(
+                m.layers[0].annotations.get(label::SNAPSHOT_LAYER),
+                Some(&Digest::of(&blob).to_string())
+            );
             assert_eq!(m.subject.as_ref().unwrap().digest, k.desc.digest);
             let cfg: serde_json::Value = serde_json::from_slice(&img.config.bytes).unwrap();
             assert_eq!(cfg["architecture"], img.platform.architecture.as_str());
