@@ -571,10 +571,24 @@ fn mirror_passes_credentials_through() {
     require_containers!();
     require_registry!();
     let _heavy = heavy();
-    let Some(v) = versions(test_name!()).into_iter().next() else {
-        panic!("no containerd at all");
-    };
-    let s = setup(&v, Some(("alice", "s3cret")));
+    let versions = versions(test_name!());
+    assert!(!versions.is_empty(), "no containerd at all");
+    // The oldest and the newest: on 2.x kitsnap tries to fill the layers itself, and
+    // (the node has no credentials) must leave them to containerd.
+    let mut picked = vec![versions[0].clone()];
+    picked.extend(
+        versions
+            .last()
+            .filter(|l| l.name != versions[0].name)
+            .cloned(),
+    );
+    for v in &picked {
+        credentials_through_the_mirror(v);
+    }
+}
+
+fn credentials_through_the_mirror(v: &Version) {
+    let s = setup(v, Some(("alice", "s3cret")));
     let ns = format!("ns={}", s.reg.addr());
     let r = get(
         &format!("{}/v2/kits/plain/manifests/v1?{ns}", s.mirror),
@@ -609,6 +623,15 @@ fn mirror_passes_credentials_through() {
     s.import_busybox("private");
     let (ok, out) = s.ctr_pull("private", "kitsnap", &s.gz, &["--user", "alice:s3cret"]);
     assert!(ok, "{out}");
+    if v.name.starts_with('2') {
+        let log = s.ks.log();
+        assert!(
+            log.contains("fill: left to containerd")
+                && !log.contains("fill: layer unpacked for containerd"),
+            "{}",
+            tail(&log)
+        );
+    }
     let (ok, out) = s.ctr_pull("nocreds", "kitsnap", &s.plain, &[]);
     assert!(!ok, "pulled a private kit without credentials: {out}");
 }
@@ -815,4 +838,116 @@ fn push_lying_modelpack(store: &Path, tree: &Path, reference: &str, compression:
     entry["size"] = mbytes.len().into();
     std::fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
     support::ok(store, &["push", reference, "--plain-http"]);
+}
+
+/// The real nerdctl (v2.3.5, built by scripts/install-peers.sh) on containerd 2.x: `nerdctl
+/// pull` of a ModelKit through the mirror onto the kitsnap snapshotter (kitsnap fills the
+/// layers), `nerdctl images` lists it, a container started by `nerdctl run` reads the
+/// model from a read-only bind of `kitsnap mount` and cannot write to it, `nerdctl rmi`
+/// removes it.
+#[test]
+fn nerdctl_pulls_runs_and_removes_a_modelkit_through_the_mirror() {
+    require_containers!();
+    require_registry!();
+    let Some(nerdctl) = support::peer("nerdctl") else {
+        require!(false, "nerdctl (run scripts/install-peers.sh nerdctl)");
+        return;
+    };
+    let _heavy = heavy();
+    let Some(v) = versions(test_name!())
+        .into_iter()
+        .find(|v| v.name.starts_with('2'))
+    else {
+        require!(
+            false,
+            "containerd 2.x (nerdctl v2 needs 1.7 or 2.x; run scripts/fetch-containerd.sh)"
+        );
+        return;
+    };
+    let s = setup(&v, None);
+    const NS: &str = "nerd";
+    s.import_busybox(NS);
+    let model_sha = sha256_hex(&s.model);
+    let nerd = |args: &[&str]| {
+        let o = Command::new(&nerdctl)
+            .env("PATH", s.ctd.path_env())
+            .args(["--address", s.ctd.sock.to_str().unwrap(), "--namespace", NS])
+            .args([
+                "--snapshotter",
+                "kitsnap",
+                "--hosts-dir",
+                s.hosts.to_str().unwrap(),
+            ])
+            .args(["--data-root", s.dir.join("nerdctl").to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        let out = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.status.success(),
+            "nerdctl {args:?}: {out}\n--- kitsnap log:\n{}",
+            tail(&s.ks.log())
+        );
+        out
+    };
+
+    nerd(&["pull", &s.plain]);
+    assert!(
+        s.ks.log().contains("fill: layer unpacked for containerd"),
+        "{}",
+        tail(&s.ks.log())
+    );
+    let images = nerd(&["images"]);
+    assert!(images.contains("kits/plain"), "{images}");
+
+    let path = Command::new(support::bin())
+        .env("KITSNAP_ADDRESS", &s.ks.sock)
+        .env("KITSNAP_STORE", s.dir.join("empty"))
+        .args([
+            "mount",
+            "-n",
+            NS,
+            &s.plain,
+            "--name",
+            "nerd-model",
+            "--plain-http",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        path.status.success(),
+        "{}",
+        String::from_utf8_lossy(&path.stderr)
+    );
+    let path = String::from_utf8_lossy(&path.stdout).trim().to_string();
+    let out = nerd(&[
+        "run",
+        "--rm",
+        "--net",
+        "host",
+        "-v",
+        &format!("{path}:/models:ro"),
+        IMAGE,
+        "sh",
+        "-c",
+        "sha256sum /models/model.bin; touch /models/x 2>/dev/null && echo WRITABLE || echo READONLY",
+    ]);
+    assert!(
+        out.contains(&model_sha) && out.contains("READONLY"),
+        "{out}"
+    );
+    let o = Command::new(support::bin())
+        .env("KITSNAP_ADDRESS", &s.ks.sock)
+        .args(["umount", "nerd-model"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    nerd(&["rmi", &s.plain]);
+    let images = nerd(&["images"]);
+    assert!(!images.contains("kits/plain"), "{images}");
 }

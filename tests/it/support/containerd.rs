@@ -313,7 +313,7 @@ state = "{state}"
         c
     }
 
-    fn path_env(&self) -> String {
+    pub fn path_env(&self) -> String {
         format!(
             "{}:{}",
             self.version.bin_dir.display(),

@@ -267,3 +267,11 @@ pub fn copies_under(root: &Path, name: &str, sha256: &str) -> usize {
     }
     n
 }
+
+/// A Go peer tool built by `scripts/install-peers.sh` (under `.cache/peers/bin`), if built.
+pub fn peer(name: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/peers/bin")
+        .join(name);
+    p.is_file().then_some(p)
+}
