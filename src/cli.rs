@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    df, hosts, info, init, inspect, login, logout, mount, pack, pull, push, remove, serve, tag,
-    umount, unpack,
+    df, front, hosts, info, init, inspect, login, logout, mount, pack, pull, push, remove, serve,
+    tag, umount, unpack,
 };
 
 #[derive(Parser, Debug)]
@@ -171,6 +171,22 @@ reports readiness once the socket and the mirror listen."
     /// Name the kitsnap node mirror in containerd's hosts.toml for registries (so ctr,
     /// nerdctl, Docker and kubelet pull ModelKits as images), or take it out again.
     Hosts(hosts::HostsArgs),
+    /// `nerdctl run --mount type=modelkit,src=REF,dst=DIR[,filter=F]`: install (or remove)
+    /// kitsnap as a `nerdctl` front earlier in PATH.
+    #[command(
+        long_about = "nerdctl cannot be taught new mount types, so kitsnap can stand in front of it: \
+`kitsnap front install` puts a `nerdctl` symlink to kitsnap in --dir (default /usr/local/sbin, \
+which must come before the real nerdctl in PATH). Invoked as nerdctl, kitsnap turns each \
+`--mount type=modelkit,src=REF,dst=DIR[,filter=F]...` into a read-only bind of a `kitsnap mount` \
+of REF (through kitsnap serve, in nerdctl's namespace) and execs the real nerdctl with every other \
+argument unchanged; a command line without type=modelkit is passed on untouched. The mount's \
+holder is released when nerdctl exits (the files stay while the container uses them). \
+`kitsnap front remove` takes it out again.\n\nExamples:\n  sudo kitsnap front install\n  \
+sudo nerdctl run --rm --mount type=modelkit,src=ghcr.io/org/llm:v1,dst=/models busybox ls /models\n  \
+sudo nerdctl run --rm --mount type=modelkit,src=ghcr.io/org/llm:v1,dst=/models,filter=model IMAGE\n  \
+sudo kitsnap front remove"
+    )]
+    Front(front::FrontArgs),
     /// Forget the credentials for a registry.
     Logout(logout::LogoutArgs),
     /// `completion` and `man`, generated from this definition.

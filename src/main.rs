@@ -5,6 +5,7 @@
 mod cli;
 mod client;
 mod commands;
+mod front;
 mod output;
 mod settings;
 
@@ -13,6 +14,12 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 
 fn main() {
+    // Installed as `nerdctl` (`kitsnap front install`): the nerdctl front.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new(front::NAME)) {
+        init_diagnostics();
+        front::main(std::env::args_os().collect());
+    }
     let cli = Cli::parse();
     // SIGPIPE stays ignored (Rust's default): a daemon closing its socket must be an
     // error, not a silent death. A closed stdout ends the command quietly instead

@@ -2,6 +2,7 @@
 
 pub mod completions;
 pub mod df;
+pub mod front;
 pub mod hosts;
 pub mod info;
 pub mod init;
@@ -44,6 +45,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<()> {
         Command::Logout(a) => logout::run(a, ctx),
         Command::Serve(a) => serve::run(a, ctx),
         Command::Hosts(a) => hosts::run(a, ctx),
+        Command::Front(a) => front::run(a, ctx),
         Command::Docs(c) => completions::run(c),
     }
 }

@@ -3,7 +3,7 @@
 //! own resolver, fetcher and unpacker), runc and busybox containers, skopeo.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use crate::support::containerd::*;
 use crate::support::registry::{RegistryProc, free_port};
@@ -849,7 +849,7 @@ fn push_lying_modelpack(store: &Path, tree: &Path, reference: &str, compression:
 fn nerdctl_pulls_runs_and_removes_a_modelkit_through_the_mirror() {
     require_containers!();
     require_registry!();
-    let Some(nerdctl) = support::peer("nerdctl") else {
+    let Some(real) = support::peer("nerdctl") else {
         require!(false, "nerdctl (run scripts/install-peers.sh nerdctl)");
         return;
     };
@@ -869,19 +869,7 @@ fn nerdctl_pulls_runs_and_removes_a_modelkit_through_the_mirror() {
     s.import_busybox(NS);
     let model_sha = sha256_hex(&s.model);
     let nerd = |args: &[&str]| {
-        let o = Command::new(&nerdctl)
-            .env("PATH", s.ctd.path_env())
-            .args(["--address", s.ctd.sock.to_str().unwrap(), "--namespace", NS])
-            .args([
-                "--snapshotter",
-                "kitsnap",
-                "--hosts-dir",
-                s.hosts.to_str().unwrap(),
-            ])
-            .args(["--data-root", s.dir.join("nerdctl").to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
+        let o = nerdctl(&s, &real, &s.ctd.path_env(), NS, args);
         let out = format!(
             "{}{}",
             String::from_utf8_lossy(&o.stdout),
@@ -950,4 +938,195 @@ fn nerdctl_pulls_runs_and_removes_a_modelkit_through_the_mirror() {
     nerd(&["rmi", &s.plain]);
     let images = nerd(&["images"]);
     assert!(!images.contains("kits/plain"), "{images}");
+}
+
+/// Runs `program` (nerdctl, or kitsnap's front for it) against the test's containerd in
+/// namespace `ns`, on the kitsnap snapshotter, with the test's hosts directory.
+fn nerdctl(s: &Setup, program: &Path, path: &str, ns: &str, args: &[&str]) -> Output {
+    Command::new(program)
+        .env("PATH", path)
+        .env("KITSNAP_ADDRESS", &s.ks.sock)
+        .args(["--address", s.ctd.sock.to_str().unwrap(), "--namespace", ns])
+        .args([
+            "--snapshotter",
+            "kitsnap",
+            "--hosts-dir",
+            s.hosts.to_str().unwrap(),
+        ])
+        .args(["--data-root", s.dir.join("nerdctl").to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Waits (bounded) until `kitsnap mount --list` shows no mount; returns the listing.
+fn no_mounts_left(s: &Setup) -> String {
+    let list = || {
+        Command::new(support::bin())
+            .env("KITSNAP_ADDRESS", &s.ks.sock)
+            .args(["mount", "--list"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let start = std::time::Instant::now();
+    while list().lines().count() > 1 && start.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    list()
+}
+
+/// `nerdctl run --mount type=modelkit,...` exactly as typed, through kitsnap's nerdctl
+/// front (`kitsnap front install`) in front of the real nerdctl v2.3.5: the container reads
+/// the model read-only, a filter selects layers, exit codes and output are nerdctl's, the
+/// mount's holder goes when nerdctl exits; bad input is a one-line error with no container
+/// created and nothing left mounted; `kitsnap front remove` takes the front out.
+#[test]
+fn nerdctl_front_mounts_modelkits_as_typed() {
+    require_containers!();
+    require_registry!();
+    let Some(real) = support::peer("nerdctl") else {
+        require!(false, "nerdctl (run scripts/install-peers.sh nerdctl)");
+        return;
+    };
+    let _heavy = heavy();
+    let Some(v) = versions(test_name!())
+        .into_iter()
+        .find(|v| v.name.starts_with('2'))
+    else {
+        require!(false, "containerd 2.x (run scripts/fetch-containerd.sh)");
+        return;
+    };
+    let s = setup(&v, None);
+    const NS: &str = "front";
+    s.import_busybox(NS);
+    let model_sha = sha256_hex(&s.model);
+    let front_dir = s.dir.join("sbin");
+    let front = front_dir.join("nerdctl");
+    let store = s.dir.join("store");
+    support::ok(
+        &store,
+        &["front", "install", "--dir", front_dir.to_str().unwrap()],
+    );
+    assert!(std::fs::read_link(&front).is_ok(), "no front installed");
+    let path = format!(
+        "{}:{}:{}",
+        front_dir.display(),
+        real.parent().unwrap().display(),
+        s.ctd.path_env()
+    );
+    let run = |args: &[&str]| nerdctl(&s, &front, &path, NS, args);
+    let text = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    // Untouched without type=modelkit: the real nerdctl's own answer.
+    let plain = Command::new(&real).arg("--version").output().unwrap();
+    let via = Command::new(&front)
+        .env("PATH", &path)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert_eq!(via.stdout, plain.stdout);
+    assert_eq!(via.status.code(), plain.status.code());
+
+    // As typed; the container's exit code comes back.
+    let mount = format!("type=modelkit,src={},dst=/models", s.plain);
+    let o = run(&[
+        "run",
+        "--rm",
+        "--net",
+        "host",
+        "--mount",
+        &mount,
+        IMAGE,
+        "sh",
+        "-c",
+        "sha256sum /models/model.bin; cat /models/README.md; touch /models/x 2>/dev/null && echo WRITABLE || echo READONLY; exit 7",
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(7), "{out}");
+    assert!(
+        out.contains(&model_sha) && out.contains("# the docs") && out.contains("READONLY"),
+        "{out}"
+    );
+    // The front's holder goes once nerdctl has exited.
+    let left = no_mounts_left(&s);
+    assert_eq!(left.lines().count(), 1, "left mounted:\n{left}");
+
+    // A filter: only the docs.
+    let o = run(&[
+        "run",
+        "--rm",
+        "--net",
+        "host",
+        &format!("--mount={mount},filter=docs"),
+        IMAGE,
+        "ls",
+        "/models",
+    ]);
+    let out = text(&o);
+    assert!(o.status.success(), "{out}");
+    assert!(
+        out.contains("README.md") && !out.contains("model.bin"),
+        "{out}"
+    );
+    no_mounts_left(&s);
+
+    // Bad input: one line naming the fix, exit code 1, no container, nothing mounted.
+    let reg = s.reg.addr();
+    let cases: Vec<(String, &str)> = vec![
+        ("type=modelkit,dst=/models".into(), "needs src=REF"),
+        (format!("{mount},filter=nosuchtype"), "nosuchtype"),
+        (
+            format!("type=modelkit,src={reg}/kits/absent:v1,dst=/models"),
+            "absent",
+        ),
+    ];
+    for (bad, says) in &cases {
+        let o = run(&[
+            "run", "--rm", "--net", "host", "--mount", bad, IMAGE, "true",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{bad}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{bad}: {err}");
+        assert!(
+            err.contains("kitsnap front") && err.contains(says),
+            "{bad}: {err}"
+        );
+        let ps = text(&run(&["ps", "-a", "-q"]));
+        assert_eq!(ps.trim(), "", "{bad}: a container was created");
+        let left = no_mounts_left(&s);
+        assert_eq!(left.lines().count(), 1, "{bad}: left mounted:\n{left}");
+    }
+    // The daemon down.
+    let o = Command::new(&front)
+        .env("PATH", &path)
+        .env("KITSNAP_ADDRESS", s.dir.join("no-such.sock"))
+        .args(["--address", s.ctd.sock.to_str().unwrap(), "-n", NS])
+        .args(["run", "--rm", "--mount", &mount, IMAGE, "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("kitsnap serve"), "{err}");
+
+    // Removed: plain nerdctl again, which refuses the mount type.
+    support::ok(
+        &store,
+        &["front", "remove", "--dir", front_dir.to_str().unwrap()],
+    );
+    assert!(front.symlink_metadata().is_err());
+    let o = nerdctl(
+        &s,
+        &real,
+        &s.ctd.path_env(),
+        NS,
+        &["run", "--rm", "--mount", &mount, IMAGE, "true"],
+    );
+    assert!(!o.status.success());
 }
