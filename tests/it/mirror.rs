@@ -889,6 +889,14 @@ fn nerdctl_pulls_runs_and_removes_a_modelkit_through_the_mirror() {
         "{}",
         tail(&s.ks.log())
     );
+    let content =
+        String::from_utf8_lossy(&s.ctd.ctr_ns(NS, &["content", "ls", "-q"]).stdout).into_owned();
+    for layer in kit_layers(&s, &s.plain) {
+        assert!(
+            !content.contains(&layer),
+            "{layer} was downloaded by containerd"
+        );
+    }
     let images = nerd(&["images"]);
     assert!(images.contains("kits/plain"), "{images}");
 
