@@ -840,6 +840,27 @@ fn push_lying_modelpack(store: &Path, tree: &Path, reference: &str, compression:
     support::ok(store, &["push", reference, "--plain-http"]);
 }
 
+/// The real nerdctl and a containerd 2.x to run it against (nerdctl v2 needs 1.7 or 2.x),
+/// or a loud skip (a failure under CI).
+macro_rules! require_nerdctl {
+    () => {{
+        require_containers!();
+        require_registry!();
+        let Some(real) = support::peer("nerdctl") else {
+            require!(false, "nerdctl (run scripts/install-peers.sh nerdctl)");
+            return;
+        };
+        let Some(v) = versions(test_name!())
+            .into_iter()
+            .find(|v| v.name.starts_with('2'))
+        else {
+            require!(false, "containerd 2.x (run scripts/fetch-containerd.sh)");
+            return;
+        };
+        (real, v)
+    }};
+}
+
 /// The real nerdctl (v2.3.5, built by scripts/install-peers.sh) on containerd 2.x: `nerdctl
 /// pull` of a ModelKit through the mirror onto the kitsnap snapshotter (kitsnap fills the
 /// layers), `nerdctl images` lists it, a container started by `nerdctl run` reads the
@@ -847,23 +868,8 @@ fn push_lying_modelpack(store: &Path, tree: &Path, reference: &str, compression:
 /// removes it.
 #[test]
 fn nerdctl_pulls_runs_and_removes_a_modelkit_through_the_mirror() {
-    require_containers!();
-    require_registry!();
-    let Some(real) = support::peer("nerdctl") else {
-        require!(false, "nerdctl (run scripts/install-peers.sh nerdctl)");
-        return;
-    };
+    let (real, v) = require_nerdctl!();
     let _heavy = heavy();
-    let Some(v) = versions(test_name!())
-        .into_iter()
-        .find(|v| v.name.starts_with('2'))
-    else {
-        require!(
-            false,
-            "containerd 2.x (nerdctl v2 needs 1.7 or 2.x; run scripts/fetch-containerd.sh)"
-        );
-        return;
-    };
     let s = setup(&v, None);
     const NS: &str = "nerd";
     s.import_busybox(NS);
@@ -991,20 +997,8 @@ fn no_mounts_left(s: &Setup) -> String {
 /// created and nothing left mounted; `kitsnap front remove` takes the front out.
 #[test]
 fn nerdctl_front_mounts_modelkits_as_typed() {
-    require_containers!();
-    require_registry!();
-    let Some(real) = support::peer("nerdctl") else {
-        require!(false, "nerdctl (run scripts/install-peers.sh nerdctl)");
-        return;
-    };
+    let (real, v) = require_nerdctl!();
     let _heavy = heavy();
-    let Some(v) = versions(test_name!())
-        .into_iter()
-        .find(|v| v.name.starts_with('2'))
-    else {
-        require!(false, "containerd 2.x (run scripts/fetch-containerd.sh)");
-        return;
-    };
     let s = setup(&v, None);
     const NS: &str = "front";
     s.import_busybox(NS);
