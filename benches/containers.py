@@ -12,6 +12,9 @@ Native (issue 11): the same cold measure with no kitsnap command: `ctr images pu
   kitsnap serve's registry mirror (named in hosts.toml by `kitsnap hosts install`) onto the
   kitsnap snapshotter, `ctr images mount` of the image view, `ctr run` with it bound.
 Mirror pass-through: `ctr images pull` of the baked image through the mirror vs directly.
+nerdctl (containerd 2.x, with .cache/peers/bin/nerdctl from scripts/install-peers.sh):
+  `nerdctl run --mount type=modelkit` through kitsnap's front vs `nerdctl run` of the baked
+  image, cold and warm.
 Warm: a container with the model mounted vs the same container without: extra <= 50 ms.
 Disk: `kitsnap df` node total after the pull over the model size: <= 1.1.
 
@@ -48,6 +51,68 @@ def drop_caches():
     subprocess.run(["sync"], check=True)
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
+
+
+def nerdctl_rows(a, work, env, ctr, ctd_sock, hosts, kit_ref, img_ref, nerdctl):
+    """`nerdctl run --mount type=modelkit` through kitsnap's front (real nerdctl behind it)
+    against `nerdctl run` of the baked image, cold and warm (issue 12's benchmarks)."""
+    sbin = os.path.join(work, "sbin")
+    no_hosts = os.path.join(work, "no-hosts")
+    os.makedirs(no_hosts)
+    nenv = dict(env, PATH=f"{sbin}:{os.path.dirname(nerdctl)}:{env['PATH']}")
+
+    def sh(cmd):
+        r = subprocess.run(cmd, env=nenv, capture_output=True, text=True, errors="replace")
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}\n{r.stdout}{r.stderr}")
+        return r
+
+    sh([a.bin, "front", "install", "--dir", sbin])
+
+    def nerd(args, hosts_dir=hosts):
+        return sh([os.path.join(sbin, "nerdctl"), "--address", ctd_sock, "--namespace", "bench",
+                   "--snapshotter", "kitsnap", "--hosts-dir", hosts_dir,
+                   "--data-root", os.path.join(work, "nerdctl")] + args)
+
+    def released():
+        for _ in range(100):
+            if len(sh([a.bin, "mount", "--list"]).stdout.strip().splitlines()) <= 1:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the front's mount was not released")
+
+    mount = f"type=modelkit,src={kit_ref},dst=/models"
+    front, baked = [], []
+    for i in range(a.rounds):
+        drop_caches()
+        t0 = time.perf_counter()
+        nerd(["run", "--rm", "--net", "host", "--insecure-registry", img_ref, "head", "-c1",
+              "/models/model.bin"], hosts_dir=no_hosts)
+        baked.append(time.perf_counter() - t0)
+        sh(ctr + ["images", "rm", "--sync", img_ref])
+        drop_caches()
+        t0 = time.perf_counter()
+        nerd(["run", "--rm", "--net", "host", "--mount", mount, APP, "head", "-c1", "/models/model.bin"])
+        front.append(time.perf_counter() - t0)
+        released()
+        if i + 1 < a.rounds:
+            sh(ctr + ["images", "rm", "--sync", kit_ref])
+    # Warm: the kit is on the node; each run mounts (and releases) its view.
+    with_m, without = [], []
+    for _ in range(7):
+        t0 = time.perf_counter()
+        nerd(["run", "--rm", "--net", "host", APP, "true"])
+        without.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        nerd(["run", "--rm", "--net", "host", "--mount", mount, APP, "true"])
+        with_m.append(time.perf_counter() - t0)
+        released()
+    f, b = statistics.median(front), statistics.median(baked)
+    w0, w1 = statistics.median(without), statistics.median(with_m)
+    print(f"| nerdctl, cold: run reading the first byte | `nerdctl run` of the baked image {b:.2f} s | "
+          f"`nerdctl run --mount type=modelkit` (front) {f:.2f} s | **{f / b:.2f}** (target <= 0.3) |")
+    print(f"| nerdctl, warm: start a container | no mount {w0 * 1000:.0f} ms | "
+          f"`--mount type=modelkit` {w1 * 1000:.0f} ms | **{(w1 - w0) * 1000:+.0f} ms** (target <= 50 ms) |")
 
 
 def main():
@@ -240,6 +305,10 @@ def main():
         print(f"| kitsnap serve peak RSS over every pull above (mirror included) | | {hwm / 1024:.0f} MiB | "
               f"(target < 64 MiB) |")
         sh([a.bin, "umount", "bench"])
+        nerdctl = os.path.join(ROOT, ".cache/peers/bin/nerdctl")
+        if version.startswith("2") and os.access(nerdctl, os.X_OK):
+            sh(ctr + ["images", "rm", "--sync", kit_ref])
+            nerdctl_rows(a, work, env, ctr, ctd_sock, hosts, kit_ref, img_ref, nerdctl)
     finally:
         for p in reversed(procs):
             p.kill()
