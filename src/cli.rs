@@ -74,9 +74,11 @@ kitsnap pack . -t my-model:mp --use-model-pack"
     Tag(tag::TagArgs),
     /// Remove ModelKits from the local store and free the space they used.
     #[command(
-        long_about = "Removes the named tags (or, for NAME@DIGEST, every tag of that \
-manifest), then deletes blobs nothing references any more. With --prune, untagged ModelKits \
-(whose tag moved to a newer pack) go too; with --all, everything."
+        long_about = "Removes the named tags (or, for NAME@DIGEST or with --force, every tag of \
+that manifest), then deletes blobs nothing references any more. As with kit: --all removes \
+untagged ModelKits (whose tag moved to a newer pack) and --all --force removes every ModelKit.\n\n\
+Examples:\n  kitsnap remove my-model:v1\n  kitsnap remove my-model:v1,v2,v3\n  \
+kitsnap remove my-model@sha256:<digest>\n  kitsnap remove --all\n  kitsnap remove --all --force"
     )]
     Remove(remove::RemoveArgs),
     /// Unpack a ModelKit's files into a directory.

@@ -33,6 +33,8 @@ mod hostile;
 mod init;
 #[path = "it/interrupts.rs"]
 mod interrupts;
+#[path = "it/kit_conformance.rs"]
+mod kit_conformance;
 #[path = "it/large.rs"]
 mod large;
 #[path = "it/mirror.rs"]

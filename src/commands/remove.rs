@@ -1,39 +1,83 @@
-//! `kitsnap remove`: untags ModelKits and collects the blobs nothing references.
+//! `kitsnap remove`: untags ModelKits and collects the blobs nothing references, with
+//! kit's semantics: `--all` removes untagged ModelKits only, `--all --force` everything.
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kitsnap_core::human_bytes;
+use kitsnap_core::reference::Reference;
 
 use crate::commands::parse_ref;
 use crate::settings::Ctx;
 
 #[derive(Args, Debug)]
 pub struct RemoveArgs {
-    /// ModelKits to remove.
+    /// ModelKits to remove: NAME[:TAG[,TAG...]] or NAME@DIGEST (every tag of it).
     pub references: Vec<String>,
-    /// Remove every ModelKit in the store.
+    /// Remove every untagged ModelKit; with --force, every ModelKit in the store.
     #[arg(long, short = 'a')]
     pub all: bool,
-    /// Also remove untagged ModelKits.
+    /// With a tag: remove the ModelKit and every other tag that refers to it.
+    /// With --all: remove tagged ModelKits too.
+    #[arg(long, short = 'f')]
+    pub force: bool,
+    /// Also remove untagged ModelKits (as --all does without --force).
     #[arg(long)]
     pub prune: bool,
 }
 
+/// Splits kit's `repo:tag1,tag2` into one reference per tag.
+fn expand(r: &str) -> Result<Vec<Reference>> {
+    let (base, tags) = match r.rfind(':') {
+        Some(i) if !r[i + 1..].contains('/') && !r.contains('@') && r[i + 1..].contains(',') => {
+            (&r[..i], r[i + 1..].split(',').collect::<Vec<_>>())
+        }
+        _ => return Ok(vec![parse_ref(r)?]),
+    };
+    tags.iter()
+        .map(|t| {
+            if t.is_empty() {
+                bail!("{r}: empty tag in the list; write NAME:TAG1,TAG2");
+            }
+            parse_ref(&format!("{base}:{t}"))
+        })
+        .collect()
+}
+
 pub fn run(a: RemoveArgs, ctx: &Ctx) -> Result<()> {
-    let store = ctx.open_store()?;
     if a.references.is_empty() && !a.all && !a.prune {
-        bail!("name the ModelKits to remove, or use --all or --prune");
+        bail!(
+            "name the ModelKits to remove, or use --all (untagged ModelKits) or --all --force (every ModelKit)"
+        );
     }
+    if a.all && !a.references.is_empty() {
+        bail!("--all removes by itself: drop the names, or drop --all");
+    }
+    let refs = a
+        .references
+        .iter()
+        .map(|r| expand(r))
+        .collect::<Result<Vec<_>>>()?;
+    let store = ctx.open_store()?;
     let mut removed = 0;
-    if a.all {
+    if a.all && a.force {
         removed += store.untag_all()?;
     } else {
-        for r in &a.references {
+        for r in refs.iter().flatten() {
+            let target = if a.force && r.digest.is_none() {
+                // Every tag of the same manifest goes with it.
+                let desc = store.resolve(r).with_context(|| format!("removing {r}"))?;
+                let mut by_digest = r.clone();
+                by_digest.tag = None;
+                by_digest.digest = Some(desc.digest);
+                by_digest
+            } else {
+                r.clone()
+            };
             removed += store
-                .untag(&parse_ref(r)?)
+                .untag(&target)
                 .with_context(|| format!("removing {r}"))?;
         }
-        if a.prune {
+        if a.prune || a.all {
             removed += store.prune_untagged()?;
         }
     }
@@ -53,4 +97,22 @@ pub fn run(a: RemoveArgs, ctx: &Ctx) -> Result<()> {
         st.blobs_removed
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comma_tags() {
+        let v = expand("reg.io:5000/org/m:a,b").expect("parse");
+        let tags: Vec<_> = v
+            .iter()
+            .map(|r| r.tag.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(tags, ["a", "b"]);
+        assert!(v.iter().all(|r| r.registry == "reg.io:5000"));
+        assert_eq!(expand("m:v1").expect("parse").len(), 1);
+        assert!(expand("m:a,").is_err());
+    }
 }

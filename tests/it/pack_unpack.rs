@@ -43,7 +43,8 @@ fn round_trip_every_format_and_compression() {
             for l in &m.layers {
                 let lt = LayerType::parse(&l.media_type).expect("known media type");
                 assert_eq!(lt.format == ModelFormat::ModelPack, mp);
-                assert!(l.annotations.contains_key("org.cncf.model.filepath"));
+                // ModelPack names each layer's path; kit writes no layer annotations.
+                assert_eq!(l.annotations.contains_key("org.cncf.model.filepath"), mp);
             }
             let out = t.path().join(format!("out-{comp}-{mp}"));
             ok(&store, &["unpack", &tag, "-d", out.to_str().unwrap()]);
@@ -76,13 +77,17 @@ fn kit_manifest_matches_kitops_format() {
         ],
     );
     let m = manifest(&store, "demo:v1");
-    assert_eq!(
-        m.media_type.as_deref(),
-        Some("application/vnd.oci.image.manifest.v1+json")
-    );
-    assert_eq!(
-        m.artifact_type.as_deref(),
-        Some("application/vnd.kitops.modelkit.manifest.v1+json")
+    // As kit marshals it: neither field is written; the config media type says "ModelKit".
+    assert_eq!(m.media_type, None);
+    assert_eq!(m.artifact_type, None);
+    // No layer annotations but the prompt subtype (kit v1.7 has no prompts layer).
+    assert!(
+        m.layers.iter().all(|l| l
+            .annotations
+            .keys()
+            .all(|k| k == "ml.kitops.modelkit.layer-subtype")),
+        "{:?}",
+        m.layers
     );
     assert_eq!(
         m.config.media_type,
@@ -122,7 +127,8 @@ fn kit_manifest_matches_kitops_format() {
         v["model"]["diffId"], v["model"]["digest"],
         "gzip: diffId is the uncompressed digest"
     );
-    // Layer tars hold paths relative to the context, parents first, uid/gid 0, mtime 0.
+    // Layer tars hold paths relative to the context, parents first, uid 1000 (as kit
+    // writes them), mtime 0.
     let blob = fs::File::open(store.join("blobs/sha256").join(m.layers[2].digest.hex())).unwrap();
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(blob));
     let names: Vec<(String, u64, u64)> = ar
@@ -140,10 +146,10 @@ fn kit_manifest_matches_kitops_format() {
     assert_eq!(
         names,
         [
-            ("src".to_string(), 0, 0),
-            ("src/app.py".to_string(), 0, 0),
-            ("src/lib".to_string(), 0, 0),
-            ("src/lib/util.py".to_string(), 0, 0)
+            ("src".to_string(), 1000, 0),
+            ("src/app.py".to_string(), 1000, 0),
+            ("src/lib".to_string(), 1000, 0),
+            ("src/lib/util.py".to_string(), 1000, 0)
         ]
     );
 }
@@ -404,6 +410,54 @@ fn tag_list_remove_and_gc() {
     assert_eq!(blob_count(&store), 0, "garbage collected");
     assert!(fails(&store, &["remove", "nothing:here"]).contains("not found"));
     assert!(fails(&store, &["remove"]).contains("--all"));
+}
+
+/// kit's remove semantics: `--all` takes untagged ModelKits only (a kit user's tagged
+/// kits survive it), `--all --force` takes everything, `--force` with a tag takes every
+/// tag of that manifest, `NAME:T1,T2` removes several tags.
+#[test]
+fn remove_all_keeps_tagged_kits_unless_forced() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    demo_tree(&src);
+    ok(&store, &["pack", src.to_str().unwrap(), "-t", "demo:v1"]);
+    // A second pack under the same tag leaves the first one untagged.
+    std::fs::write(src.join("README.md"), "changed\n").unwrap();
+    ok(&store, &["pack", src.to_str().unwrap(), "-t", "demo:v1"]);
+    ok(&store, &["tag", "demo:v1", "demo:v2"]);
+    ok(&store, &["tag", "demo:v1", "demo:v3"]);
+    ok(&store, &["tag", "demo:v1", "other:keep"]);
+    let list = ok(&store, &["list"]);
+    assert!(list.contains("<none>"), "an untagged kit: {list}");
+
+    let e = fails(&store, &["remove", "--all", "demo:v1"]);
+    assert!(e.contains("--all"), "{e}");
+    ok(&store, &["remove", "--all"]);
+    let list = ok(&store, &["list"]);
+    assert!(!list.contains("<none>"), "untagged kit removed: {list}");
+    assert!(
+        list.contains("v1") && list.contains("keep"),
+        "tagged kits kept: {list}"
+    );
+
+    ok(&store, &["remove", "demo:v2,v3"]);
+    let list = ok(&store, &["list"]);
+    assert!(
+        !list.contains("v2") && !list.contains("v3") && list.contains("v1"),
+        "{list}"
+    );
+
+    ok(&store, &["remove", "--force", "demo:v1"]);
+    let list = ok(&store, &["list"]);
+    assert!(
+        !list.contains("keep"),
+        "--force takes every tag of the manifest: {list}"
+    );
+    assert_eq!(blob_count(&store), 0);
+
+    ok(&store, &["pack", src.to_str().unwrap(), "-t", "demo:v1"]);
+    ok(&store, &["remove", "--all", "--force"]);
+    assert_eq!(blob_count(&store), 0, "--all --force removes everything");
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub mod pack;
 pub mod progress;
 pub mod reference;
 pub mod store;
+pub mod tarfmt;
 pub mod unpack;
 
 pub use error::{Error, IoContext, Result};

@@ -2,13 +2,14 @@
 //!
 //! Each Kitfile entry becomes one tar layer whose entry names are relative to the context
 //! directory, as KitOps writes them. Layers are reproducible: entries sorted by name,
-//! mtime 0, uid/gid 0, no user or group names. Files are streamed through the tar
+//! mtime 0, uid 1000 / gid 0, no user or group names, headers as Go's archive/tar
+//! writes them (see `tarfmt`). Files are streamed through the tar
 //! writer, the compressor and two hashers (diffId and digest) into a temporary blob, so
 //! memory stays flat whatever the file sizes.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,7 @@ use crate::oci::{
 use crate::progress::{self, ProgressReader};
 use crate::reference::Reference;
 use crate::store::Store;
+use crate::tarfmt;
 
 const IO_BUF: usize = 1 << 20;
 
@@ -108,13 +110,13 @@ pub fn pack(store: &Store, opts: &PackOptions) -> Result<PackResult> {
     let entries = kf.layer_entries();
     let mut warnings = Vec::new();
 
-    // Never pack the Kitfile or .kitignore into a layer: the Kitfile travels as the config.
-    let mut always_skip = vec![IGNORE_FILE.to_string()];
-    if let Ok(canon_kf) = fs::canonicalize(&kf_path)
-        && let Ok(rel) = canon_kf.strip_prefix(&context)
-    {
-        always_skip.push(rel.to_string_lossy().into_owned());
-    }
+    // As kit does: the root Kitfile (any default name) and .kitignore never go into a
+    // layer, whichever Kitfile -f names; the Kitfile travels as the config.
+    let always_skip: Vec<String> = kitfile::DEFAULT_NAMES
+        .iter()
+        .map(|n| n.to_string())
+        .chain([IGNORE_FILE.to_string()])
+        .collect();
 
     // Walk everything first: this checks every path before any blob is written, and
     // gives the progress bar its total.
@@ -158,8 +160,12 @@ pub fn pack(store: &Store, opts: &PackOptions) -> Result<PackResult> {
             media_type: lt.media_type(),
             ..desc
         };
-        desc.annotations
-            .insert(ANNOTATION_FILEPATH.into(), norm.clone());
+        // kit writes no layer annotations (the Kitfile in the config says which path each
+        // layer holds); ModelPack names the path on the layer.
+        if opts.format == ModelFormat::ModelPack {
+            desc.annotations
+                .insert(ANNOTATION_FILEPATH.into(), norm.clone());
+        }
         if entry.kind == LayerKind::Prompt {
             desc.annotations
                 .insert(ANNOTATION_LAYER_SUBTYPE.into(), LAYER_SUBTYPE_PROMPT.into());
@@ -198,10 +204,14 @@ pub fn pack(store: &Store, opts: &PackOptions) -> Result<PackResult> {
             )
         }
     };
+    // A ModelKit manifest as kit marshals it: no mediaType or artifactType (the config
+    // media type identifies it), so that the same tree gives the same bytes as `kit pack`
+    // but for kit's cli-version annotation. ModelPack manifests carry both, as modctl's do.
+    let typed = opts.format == ModelFormat::ModelPack;
     let manifest = Manifest {
         schema_version: 2,
-        media_type: Some(MEDIA_TYPE_MANIFEST.into()),
-        artifact_type: Some(artifact_type.into()),
+        media_type: typed.then(|| MEDIA_TYPE_MANIFEST.into()),
+        artifact_type: typed.then(|| artifact_type.into()),
         config,
         layers: layers.iter().map(|l| l.2.clone()).collect(),
         subject: None,
@@ -318,7 +328,7 @@ fn collect(
                 abs: context.join(&prefix),
                 dir: true,
                 size: 0,
-                mode: m.permissions().mode() & 0o777,
+                mode: m.permissions().mode() & 0o7777,
             });
         }
     }
@@ -332,7 +342,7 @@ fn collect(
             abs,
             dir: false,
             size: meta.len(),
-            mode: meta.permissions().mode() & 0o777,
+            mode: meta.permissions().mode() & 0o7777,
         });
         return Ok(out);
     }
@@ -347,7 +357,7 @@ fn collect(
             abs: abs.clone(),
             dir: true,
             size: 0,
-            mode: meta.permissions().mode() & 0o777,
+            mode: meta.permissions().mode() & 0o7777,
         });
     }
     walk(&abs, rel, skip, ignore, warnings, &mut out)?;
@@ -396,7 +406,7 @@ fn walk(
                     abs: abs.clone(),
                     dir: true,
                     size: 0,
-                    mode: meta.permissions().mode() & 0o777,
+                    mode: meta.permissions().mode() & 0o7777,
                 });
             }
             walk(&abs, &child_rel, skip, ignore, warnings, out)?;
@@ -407,7 +417,7 @@ fn walk(
                     abs,
                     dir: false,
                     size: meta.len(),
-                    mode: meta.permissions().mode() & 0o777,
+                    mode: meta.permissions().mode() & 0o7777,
                 });
             }
         } else if !ignored {
@@ -419,57 +429,34 @@ fn walk(
     Ok(())
 }
 
-/// Counts what a reader yields, to catch files that shrink while being packed.
-struct Counted<R> {
-    inner: R,
-    n: u64,
-}
-
-impl<R: Read> Read for Counted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.n += n as u64;
-        Ok(n)
-    }
-}
-
 fn write_tar<W: Write>(w: W, items: &[Item], bar: &ProgressBar) -> Result<W> {
-    let mut b = tar::Builder::new(w);
+    let mut tw = tarfmt::Writer::new(w);
     for it in items {
-        let mut h = tar::Header::new_gnu();
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_mode(it.mode);
+        let entry = tarfmt::Entry {
+            name: &it.rel,
+            mode: it.mode,
+            size: it.size,
+            dir: it.dir,
+        };
         if it.dir {
-            h.set_entry_type(tar::EntryType::Directory);
-            h.set_size(0);
-            b.append_data(&mut h, &it.rel, std::io::empty())
-                .at(&it.abs)?;
+            tw.append(&entry, &mut std::io::empty()).at(&it.abs)?;
             continue;
         }
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_size(it.size);
         let f = File::open(&it.abs).at(&it.abs)?;
-        // `take` stops a file that grew from overrunning its header's size.
-        let mut r = Counted {
-            inner: ProgressReader::new(
-                BufReader::with_capacity(IO_BUF, f).take(it.size),
-                bar.clone(),
-            ),
-            n: 0,
-        };
-        b.append_data(&mut h, &it.rel, &mut r).at(&it.abs)?;
-        if r.n != it.size {
+        let mut r = ProgressReader::new(BufReader::with_capacity(IO_BUF, f), bar.clone());
+        // `append` takes exactly the header's size, so a file that grew is cut; one that
+        // shrank is caught here.
+        let n = tw.append(&entry, &mut r).at(&it.abs)?;
+        if n != it.size {
             return Err(Error::Invalid(format!(
                 "{} changed size while being packed ({} bytes expected, {} read)",
                 it.abs.display(),
                 it.size,
-                r.n
+                n
             )));
         }
     }
-    b.into_inner().map_err(Error::Io)
+    tw.finish().map_err(Error::Io)
 }
 
 /// Writes one layer into a new blob. Returns its descriptor (digest, size), its diffId,
