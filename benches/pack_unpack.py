@@ -100,7 +100,7 @@ def main():
             [a.bin, "inspect", "bench:none"], env=env, check=True, capture_output=True, text=True
         ).stdout
         import json
-        digest = json.loads(layer)["layers"][0]["digest"].split(":")[1]
+        digest = json.loads(layer)["manifest"]["layers"][0]["digest"].split(":")[1]
         blob = os.path.join(store, "blobs/sha256", digest)
         out = os.path.join(work, "out")
 

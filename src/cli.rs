@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    df, front, hosts, info, init, inspect, login, logout, mount, pack, pull, push, remove, serve,
-    tag, umount, unpack,
+    df, front, hosts, info, init, inspect, list, login, logout, mount, pack, pull, push, remove,
+    serve, tag, umount, unpack, version,
 };
 
 #[derive(Parser, Debug)]
@@ -65,7 +65,7 @@ kitsnap pack . -t my-model:mp --use-model-pack"
     )]
     Pack(pack::PackArgs),
     /// List the ModelKits in the local store.
-    List,
+    List(list::ListArgs),
     /// Print a ModelKit's manifest (JSON), from the store or (--remote) a registry.
     Inspect(inspect::InspectArgs),
     /// Print a ModelKit's Kitfile (YAML).
@@ -191,6 +191,8 @@ sudo kitsnap front remove"
     Front(front::FrontArgs),
     /// Forget the credentials for a registry.
     Logout(logout::LogoutArgs),
+    /// Print the version, commit, build date and the formats kitsnap writes.
+    Version(version::VersionArgs),
     /// `completion` and `man`, generated from this definition.
     #[command(flatten)]
     Docs(crate::commands::completions::DocsCommand),

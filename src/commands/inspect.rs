@@ -5,8 +5,11 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use clap::Args;
 use kitsnap_core::imageview::{self, ImageView, Kit};
+use kitsnap_core::kitfile::Kitfile;
 use kitsnap_core::layers;
+use kitsnap_core::oci::{ANNOTATION_CLI_VERSION, Manifest};
 use kitsnap_registry::transfer;
+use serde::Serialize;
 
 use crate::cli::RegistryArgs;
 use crate::commands::parse_ref;
@@ -46,7 +49,11 @@ pub fn run(a: InspectArgs, ctx: &Ctx) -> Result<()> {
         let rt = runtime()?;
         let (_, m, desc) = rt.block_on(transfer::remote_manifest(&reg, &r))?;
         if !a.image_view {
-            serde_json::to_writer_pretty(&mut out, &m)?;
+            let kf = layers::kitfile_of(&m, || {
+                rt.block_on(reg.get_small_blob(&r.repository, &m.config))
+                    .map_err(|e| kitsnap_core::Error::Invalid(e.to_string()))
+            })?;
+            print_kit(&mut out, &desc.digest, kf.as_ref(), &m)?;
         } else {
             let config = rt.block_on(reg.get_small_blob(&r.repository, &m.config))?;
             let kit = Kit::new(desc, m, config)?;
@@ -65,7 +72,7 @@ pub fn run(a: InspectArgs, ctx: &Ctx) -> Result<()> {
         let d = store.resolve(&r)?;
         let m = store.manifest(&d)?;
         if !a.image_view {
-            serde_json::to_writer_pretty(&mut out, &m)?;
+            print_kit(&mut out, &d.digest, store.kitfile(&m)?.as_ref(), &m)?;
         } else {
             let config = store.read_blob(&m.config)?;
             let kit = Kit::new(d, m, config)?;
@@ -79,6 +86,36 @@ pub fn run(a: InspectArgs, ctx: &Ctx) -> Result<()> {
         }
     }
     writeln!(out)?;
+    Ok(())
+}
+
+/// kit's `inspect` document: the manifest digest, the CLI version that packed it, the
+/// Kitfile (with layer digests) and the manifest, indented as Go's encoder does.
+fn print_kit(
+    out: &mut impl Write,
+    digest: &kitsnap_core::digest::Digest,
+    kitfile: Option<&Kitfile>,
+    manifest: &Manifest,
+) -> Result<()> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Doc<'a> {
+        digest: String,
+        cli_version: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kitfile: Option<&'a Kitfile>,
+        manifest: &'a Manifest,
+    }
+    let doc = Doc {
+        digest: digest.to_string(),
+        cli_version: manifest
+            .annotations
+            .get(ANNOTATION_CLI_VERSION)
+            .map_or("", String::as_str),
+        kitfile,
+        manifest,
+    };
+    write!(out, "{}", crate::output::go_json_pretty(&doc)?)?;
     Ok(())
 }
 

@@ -19,6 +19,7 @@ pub mod serve;
 pub mod tag;
 pub mod umount;
 pub mod unpack;
+pub mod version;
 
 use anyhow::Result;
 use kitsnap_core::reference::Reference;
@@ -30,7 +31,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<()> {
     match command {
         Command::Init(a) => init::run(a, ctx),
         Command::Pack(a) => pack::run(a, ctx),
-        Command::List => list::run(ctx),
+        Command::List(a) => list::run(a, ctx),
         Command::Inspect(a) => inspect::run(a, ctx),
         Command::Info(a) => info::run(a, ctx),
         Command::Tag(a) => tag::run(a, ctx),
@@ -46,6 +47,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<()> {
         Command::Serve(a) => serve::run(a, ctx),
         Command::Hosts(a) => hosts::run(a, ctx),
         Command::Front(a) => front::run(a, ctx),
+        Command::Version(a) => version::run(a),
         Command::Docs(c) => completions::run(c),
     }
 }

@@ -503,9 +503,12 @@ fn mirror_passes_images_through_and_answers_errors_clearly() {
     // A client that goes away mid-blob: the mirror serves the next request.
     {
         use std::io::Read;
-        let m: serde_json::Value =
-            serde_json::from_str(&support::ok(&s.dir.join("store"), &["inspect", &s.plain]))
-                .unwrap();
+        let m = serde_json::from_str::<serde_json::Value>(&support::ok(
+            &s.dir.join("store"),
+            &["inspect", &s.plain],
+        ))
+        .unwrap()["manifest"]
+            .clone();
         let layer = m["layers"][0]["digest"].as_str().unwrap().to_string();
         let mut r = get(
             &format!("{}/v2/kits/plain/blobs/{layer}?{ns}", s.mirror),

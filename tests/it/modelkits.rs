@@ -113,7 +113,9 @@ fn push_kits(store: &Path, dir: &Path, reg: &str) -> Kits {
     for r in [&a, &b, &gz, &mp] {
         support::ok(store, &["push", r, "--plain-http"]);
     }
-    let m: serde_json::Value = serde_json::from_str(&support::ok(store, &["inspect", &a])).unwrap();
+    let m = serde_json::from_str::<serde_json::Value>(&support::ok(store, &["inspect", &a]))
+        .unwrap()["manifest"]
+        .clone();
     Kits {
         a,
         b,
@@ -499,8 +501,9 @@ fn suite(v: &Version, skopeo: bool) {
     let f_ref = format!("{}/kits/f:v1", proxy.addr());
     support::ok(&store, &["pack", fresh.to_str().unwrap(), "-t", &f_ref]);
     support::ok(&store, &["push", &f_ref, "--plain-http"]);
-    let m: serde_json::Value =
-        serde_json::from_str(&support::ok(&store, &["inspect", &f_ref])).unwrap();
+    let m = serde_json::from_str::<serde_json::Value>(&support::ok(&store, &["inspect", &f_ref]))
+        .unwrap()["manifest"]
+        .clone();
     let docs_layer = m["layers"][2]["digest"].as_str().unwrap().to_string();
     *proxy.faults.corrupt_digest.lock().unwrap() = Some(docs_layer.clone());
     let before = committed_kitsnap(&ctd);

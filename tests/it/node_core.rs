@@ -1464,8 +1464,9 @@ fn pull_limits_from_the_config_file() {
         ],
     );
     support::ok(&store, &["push", &bomb, "--plain-http"]);
-    let m: serde_json::Value =
-        serde_json::from_str(&support::ok(&store, &["inspect", &bomb])).unwrap();
+    let m = serde_json::from_str::<serde_json::Value>(&support::ok(&store, &["inspect", &bomb]))
+        .unwrap()["manifest"]
+        .clone();
     let layers = m["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 2);
     let zeros = layers[1]["digest"].as_str().unwrap().to_string();

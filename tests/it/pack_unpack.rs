@@ -8,7 +8,11 @@ use kitsnap_core::oci::{LayerType, Manifest, ModelFormat};
 use crate::support::*;
 
 fn manifest(store: &std::path::Path, r: &str) -> Manifest {
-    serde_json::from_str(&ok(store, &["inspect", r])).unwrap()
+    serde_json::from_value(
+        serde_json::from_str::<serde_json::Value>(&ok(store, &["inspect", r])).unwrap()["manifest"]
+            .clone(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -396,7 +400,7 @@ fn tag_list_remove_and_gc() {
     );
     let list = ok(&store, &["list"]);
     assert!(
-        list.contains("localhost/demo") && list.contains("registry.example.com/team/demo"),
+        list.contains("demo ") && list.contains("registry.example.com/team/demo"),
         "{list}"
     );
     assert!(list.contains(d.trim()));
@@ -458,6 +462,72 @@ fn remove_all_keeps_tagged_kits_unless_forced() {
     ok(&store, &["pack", src.to_str().unwrap(), "-t", "demo:v1"]);
     ok(&store, &["remove", "--all", "--force"]);
     assert_eq!(blob_count(&store), 0, "--all --force removes everything");
+}
+
+/// `list` in kit's shapes (table, json, Go template, plus -q), `inspect`'s kit document,
+/// and `version`.
+#[test]
+fn list_inspect_and_version_output() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    demo_tree(&src);
+    let d = ok(&store, &["pack", src.to_str().unwrap(), "-t", "demo:v1"]);
+    let d = d.trim();
+    ok(&store, &["tag", "demo:v1", "demo:v2"]);
+    let table = ok(&store, &["list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and a line per tag: {table}");
+    assert!(
+        lines[0].starts_with("REPOSITORY   TAG   MAINTAINER      NAME   SIZE"),
+        "{table}"
+    );
+    let cols: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(cols[0], "demo", "localhost/ is not shown: {table}");
+    assert_eq!(cols.last(), Some(&d));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&store, &["list", "--format", "json"])).unwrap();
+    let kits = json.as_array().unwrap();
+    assert_eq!(kits.len(), 1, "one object per ModelKit: {json}");
+    let keys: Vec<&str> = kits[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for k in ["repo", "digest", "tags", "modelName", "size", "author"] {
+        assert!(keys.contains(&k), "{k} in {keys:?}");
+    }
+    assert_eq!(kits[0]["tags"], serde_json::json!(["v1", "v2"]));
+
+    let tpl = ok(
+        &store,
+        &[
+            "list",
+            "--format",
+            "{{.Repo}}@{{.Digest}} {{join .Tags \",\"}}",
+        ],
+    );
+    assert_eq!(tpl, format!("demo@{d} v1,v2\n"));
+    assert_eq!(ok(&store, &["list", "-q"]), format!("{d}\n"));
+    let e = fails(&store, &["list", "--format", "{{.Repo"]);
+    assert!(e.contains("not a Go template"), "{e}");
+
+    let doc: serde_json::Value =
+        serde_json::from_str(&ok(&store, &["inspect", "demo:v1"])).unwrap();
+    assert_eq!(doc["digest"], d);
+    assert_eq!(doc["cliVersion"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(doc["kitfile"]["package"]["name"], "demo");
+    assert_eq!(doc["manifest"]["schemaVersion"], 2);
+
+    let v = ok(&store, &["version"]);
+    assert!(
+        v.starts_with(&format!("Version: {}\nCommit: ", env!("CARGO_PKG_VERSION"))),
+        "{v}"
+    );
+    assert!(v.contains("Built: ") && v.contains("ModelPack"), "{v}");
+    let vj: serde_json::Value = serde_json::from_str(&ok(&store, &["version", "--json"])).unwrap();
+    assert!(vj["commit"].as_str().is_some_and(|c| !c.is_empty()));
 }
 
 #[test]

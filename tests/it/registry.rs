@@ -452,7 +452,7 @@ fn skopeo_reads_what_kitsnap_pushes() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let m: serde_json::Value = serde_json::from_str(&c.ok("s1", &["inspect", &r])).unwrap();
+    let m = serde_json::from_str::<serde_json::Value>(&c.ok("s1", &["inspect", &r])).unwrap()["manifest"].clone();
     for l in m["layers"].as_array().unwrap() {
         let dg = l["digest"].as_str().unwrap().trim_start_matches("sha256:");
         let blob = fs::read(oci.join("blobs/sha256").join(dg)).expect("skopeo copied the layer");
