@@ -97,8 +97,10 @@ impl RegistryArgs {
 }
 
 /// `kitsnap serve`'s settings: flags over the config file over defaults.
+#[derive(Debug)]
 pub struct Serve {
     pub log_level: String,
+    pub log_format: daemon::LogFormat,
     pub daemon: daemon::Settings,
 }
 
@@ -134,6 +136,7 @@ impl ServeArgs {
                 .log_level
                 .or(cfg.log_level)
                 .unwrap_or_else(|| "info".into()),
+            log_format: self.log_format.or(cfg.log_format).unwrap_or_default(),
             daemon: daemon::Settings {
                 root: or(self.root, cfg.root, daemon::DEFAULT_ROOT),
                 address: or(self.address, cfg.address, daemon::DEFAULT_ADDRESS),
@@ -162,6 +165,7 @@ impl ServeArgs {
                     .or(cfg.mirror_addr)
                     .map(|m| m.0)
                     .unwrap_or_else(|| kitsnap_node::mirror::DEFAULT_ADDR.parse().ok()),
+                metrics_addr: self.metrics_addr.or(cfg.metrics_addr),
             },
         }
     }

@@ -6,9 +6,12 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use serde::Serialize;
+
 use crate::cli::{DaemonArgs, RegistryArgs};
 use crate::client;
 use crate::commands::parse_ref;
+use crate::output::{Format, print_rows, write_table};
 use crate::settings::{Ctx, runtime};
 
 #[derive(Args, Debug)]
@@ -25,6 +28,18 @@ pub struct MountArgs {
     /// List the current mounts instead.
     #[arg(long, conflicts_with_all = ["reference", "filters", "name"])]
     pub list: bool,
+    /// With --list: table, json, or a Go template run for each mount (.Name .Reference
+    /// .Holders .Path).
+    #[arg(
+        long,
+        default_value = "table",
+        value_name = "FORMAT",
+        requires = "list"
+    )]
+    pub format: Format,
+    /// With --list: print only the mount paths.
+    #[arg(long, short = 'q', requires = "list", conflicts_with = "format")]
+    pub quiet: bool,
     #[command(flatten)]
     pub daemon: DaemonArgs,
     #[command(flatten)]
@@ -33,7 +48,7 @@ pub struct MountArgs {
 
 pub fn run(a: MountArgs, ctx: &Ctx) -> Result<()> {
     if a.list {
-        return list(&a.daemon);
+        return list(&a);
     }
     let reference = a.reference.clone().unwrap_or_default();
     let r = parse_ref(&reference)?;
@@ -64,24 +79,55 @@ pub fn run(a: MountArgs, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-fn list(daemon: &DaemonArgs) -> Result<()> {
-    let r = runtime()?.block_on(client::list_mounts(&daemon.address))?;
-    let mut out = crate::output::stdout();
-    writeln!(
-        out,
-        "{:<32} {:<44} {:<8} PATH",
-        "NAME", "MODELKIT", "HOLDERS"
-    )?;
-    for m in r.mounts {
-        writeln!(
-            out,
-            "{:<32} {:<44} {:<8} {}",
-            m.name,
-            m.reference,
-            m.holders.len(),
-            m.path
-        )?;
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MountRow {
+    name: String,
+    reference: String,
+    holders: Vec<String>,
+    path: String,
+}
+
+fn list(a: &MountArgs) -> Result<()> {
+    let r = runtime()?.block_on(client::list_mounts(&a.daemon.address))?;
+    let rows: Vec<MountRow> = r
+        .mounts
+        .into_iter()
+        .map(|m| MountRow {
+            name: m.name,
+            reference: m.reference,
+            holders: m.holders,
+            path: m.path,
+        })
+        .collect();
+    if a.quiet {
+        let mut out = crate::output::stdout();
+        for m in &rows {
+            writeln!(out, "{}", m.path)?;
+        }
+        out.flush()?;
+        return Ok(());
     }
+    if a.format != Format::Table {
+        return print_rows(&a.format, &rows, &[]);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|m| {
+            vec![
+                m.name.clone(),
+                m.reference.clone(),
+                m.holders.len().to_string(),
+                m.path.clone(),
+            ]
+        })
+        .collect();
+    let mut out = crate::output::stdout();
+    write_table(
+        &mut out,
+        &["NAME", "MODELKIT", "HOLDERS", "PATH"].map(String::from),
+        &cells,
+    )?;
     out.flush()?;
     Ok(())
 }

@@ -244,3 +244,83 @@ fn systemd_units_are_valid() {
     let parsed: kitsnap_node::daemon::Config = toml::from_str(&daemon_cfg).unwrap();
     assert!(parsed.root.is_some());
 }
+
+/// `--metrics-addr` serves Prometheus metrics that count the calls made, `--log-format
+/// json` writes one JSON object per line starting with the version and the settings, and
+/// `--check-config` reports every problem without starting.
+#[test]
+fn metrics_json_logs_and_check_config() {
+    let t = tempfile::tempdir().unwrap();
+    let port = crate::support::registry::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let ks = crate::support::containerd::Kitsnap::start_with_args(
+        t.path(),
+        Path::new(""),
+        &["--metrics-addr", &addr, "--log-format", "json"],
+    );
+    let sock = t.path().join("kitsnap.sock");
+    let o = Command::new(bin())
+        .args(["mount", "--list", "--address", sock.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    for want in [
+        "kitsnap_pulls_total",
+        "kitsnap_pull_bytes_total",
+        "kitsnap_layers_held 0",
+        "kitsnap_mounts 0",
+        "kitsnap_request_duration_seconds_count{service=\"node\"",
+    ] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
+    let other = reqwest::blocking::get(format!("http://{addr}/")).unwrap();
+    assert_eq!(other.status().as_u16(), 404);
+
+    let log = ks.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let start = lines
+        .iter()
+        .find(|l| l["message"] == "kitsnap serve starting")
+        .unwrap_or_else(|| panic!("no start-up line in\n{log}"));
+    assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(start["metrics"], addr.as_str());
+    assert!(
+        start["containerd"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("containerd.sock"))
+    );
+    drop(ks);
+
+    let check = |args: &[&str]| {
+        Command::new(bin())
+            .args(["serve", "--check-config", "--mirror-addr", "off"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let o = check(&["--root", t.path().join("r").to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("metrics:            off"));
+    let o = check(&["--root", "relative", "--log-level", "loud"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("2 problem(s)")
+            && e.contains("not an absolute path")
+            && e.contains("unknown log level"),
+        "{e}"
+    );
+    let bad = t.path().join("bad.toml");
+    std::fs::write(&bad, "rot = \"/x\"\n").unwrap();
+    let o = check(&["--config", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown field `rot`"));
+}

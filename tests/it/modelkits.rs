@@ -349,6 +349,19 @@ fn suite(v: &Version, skopeo: bool) {
     );
     let list = kit_ok(&empty, &ks, &["mount", "--list"]);
     assert_eq!(list.lines().count(), 3, "{ctx}: {list}");
+    let json: serde_json::Value = serde_json::from_str(&kit_ok(
+        &empty,
+        &ks,
+        &["mount", "--list", "--format", "json"],
+    ))
+    .unwrap();
+    let paths = kit_ok(&empty, &ks, &["mount", "--list", "-q"]);
+    assert_eq!(json.as_array().map(Vec::len), Some(2), "{ctx}: {json}");
+    assert!(paths.lines().any(|p| p == fpath), "{ctx}: {paths}");
+    assert!(
+        json[0]["holders"].is_array() && json[0]["path"].is_string(),
+        "{json}"
+    );
     // A daemon restart keeps the mounts and their records.
     ks.restart();
     ctd.ctr_ok_after_restart(&["snapshots", "--snapshotter", "kitsnap", "ls"]);
@@ -467,6 +480,24 @@ fn suite(v: &Version, skopeo: bool) {
     assert!(
         df.contains(&kits.b) && df.contains("On this node"),
         "{ctx}: {df}"
+    );
+    let dfj: serde_json::Value =
+        serde_json::from_str(&kit_ok(&empty, &ks, &["df", "--format", "json"])).unwrap();
+    assert!(
+        dfj["kits"]
+            .as_array()
+            .is_some_and(|k| k.iter().any(|k| k["reference"] == kits.b.as_str()))
+            && dfj["totalBytes"].as_u64().is_some_and(|t| t > 0),
+        "{ctx}: {dfj}"
+    );
+    let refs = kit_ok(
+        &empty,
+        &ks,
+        &["df", "--format", "{{.Reference}} {{.Layers}}"],
+    );
+    assert!(
+        refs.lines().any(|l| l.starts_with(&format!("{} ", kits.b))),
+        "{ctx}: {refs}"
     );
 
     // --- errors: not a ModelKit; a registry failure mid-pull leaves nothing behind.

@@ -198,6 +198,22 @@ impl Mirror {
             Err(Reply::Upstream(r)) => passthrough(*r, req.method() == Method::HEAD),
         };
         tracing::debug!(%method, %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "mirror");
+        let m = crate::metrics::metrics();
+        let what = if path.contains("/manifests/") {
+            "manifest"
+        } else if path.contains("/blobs/") {
+            "blob"
+        } else {
+            "other"
+        };
+        m.observe(
+            "mirror",
+            &format!("{method} {what}"),
+            started.elapsed().as_secs_f64(),
+        );
+        if resp.status().is_server_error() {
+            m.error("mirror");
+        }
         resp
     }
 

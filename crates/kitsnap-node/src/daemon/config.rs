@@ -36,6 +36,10 @@ pub struct Config {
     pub max_kit_gib: Option<u64>,
     /// The registry mirror's address (`IP:PORT`, default 127.0.0.1:5050), or "off".
     pub mirror_addr: Option<crate::mirror::MirrorAddr>,
+    /// Where Prometheus scrapes `/metrics` (`IP:PORT`); not served unless set.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `text` (default) or `json` (one object per line).
+    pub log_format: Option<super::LogFormat>,
 }
 
 impl Config {

@@ -38,18 +38,64 @@ pub struct Settings {
     pub limits: crate::node::pull::PullLimits,
     /// The registry mirror's listen address (None: no mirror).
     pub mirror_addr: Option<std::net::SocketAddr>,
+    /// Where `/metrics` is served (None: not served).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
-pub fn init_logging(level: &str) {
-    // The level applies to kitsnap; libraries (h2, tonic) stay at warn unless KITSNAP_LOG says.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KITSNAP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,kitsnap={level}")));
+/// Log lines as text (the default; coloured on a terminal) or one JSON object per line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            o => Err(format!("unknown log format {o:?}: use text or json")),
+        }
+    }
+}
+
+/// The tracing filter for `level`: the level applies to kitsnap; libraries (h2, tonic)
+/// stay at warn unless KITSNAP_LOG says otherwise.
+pub fn log_filter(level: &str) -> std::result::Result<tracing_subscriber::EnvFilter, String> {
+    if let Ok(f) = tracing_subscriber::EnvFilter::try_from_env("KITSNAP_LOG") {
+        return Ok(f);
+    }
+    let spec = if level.contains('=') || level.contains(',') {
+        level.to_string()
+    } else {
+        match level {
+            "error" | "warn" | "info" | "debug" | "trace" | "off" => {
+                format!("warn,kitsnap={level}")
+            }
+            o => {
+                return Err(format!(
+                    "unknown log level {o:?}: use error, warn, info, debug, trace or a tracing filter"
+                ));
+            }
+        }
+    };
+    tracing_subscriber::EnvFilter::try_new(&spec).map_err(|e| format!("log level {level:?}: {e}"))
+}
+
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter = log_filter(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kitsnap=info"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
+    let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b.json().flatten_event(true).try_init(),
+        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
+    };
 }
 
 pub async fn serve(settings: Settings) -> Result<()> {
@@ -158,6 +204,33 @@ pub async fn serve(settings: Settings) -> Result<()> {
         )?),
         None => None,
     };
+    let stop_metrics = tokio_util::sync::CancellationToken::new();
+    let metrics_task = match settings.metrics_addr {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr).await?;
+            let (snap, node) = (snap.clone(), node.clone());
+            let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+                let m = crate::metrics::metrics();
+                if let Ok(held) = snap.list(&[]) {
+                    let n = held
+                        .iter()
+                        .filter(|(_, r)| r.kind == crate::snapshotter::Kind::Committed)
+                        .count();
+                    m.layers_held.set(n as i64);
+                }
+                if let Ok(mounts) = node.mounts() {
+                    m.mounts.set(mounts.len() as i64);
+                }
+            });
+            tracing::info!(%addr, "serving Prometheus metrics on /metrics");
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                refresh,
+                stop_metrics.clone(),
+            )))
+        }
+        None => None,
+    };
     tracing::info!(socket = %address.display(), activated, "serving containerd.services.snapshots.v1 and kitsnap.v1.Node");
     systemd::notify(&[
         NotifyState::Ready,
@@ -182,6 +255,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
         drain_node.drain(SHUTDOWN_GRACE).await;
     };
     tonic::transport::Server::builder()
+        .layer(tower::layer::layer_fn(crate::metrics::timed))
         .add_service(SnapshotsServer::new(Service { snap, provider }))
         .add_service(NodeServer::new(node::service::Service { node }))
         .serve_with_incoming_shutdown(
@@ -193,8 +267,12 @@ pub async fn serve(settings: Settings) -> Result<()> {
     reaper.abort();
     sweeper.abort();
     stop_mirror.cancel();
+    stop_metrics.cancel();
     if let Some(m) = mirror {
         let _ = m.await;
+    }
+    if let Some(t) = metrics_task {
+        let _ = t.await;
     }
     if let Some(b) = bound {
         b.remove();

@@ -118,7 +118,17 @@ impl Filler {
         let Some(src) = self.source(&blob) else {
             return false;
         };
-        match self.fill_from(parent, target, &blob, src).await {
+        let r = self.fill_from(parent, target, &blob, src).await;
+        let result = match &r {
+            Ok(true) => "filled",
+            Ok(false) => "skipped",
+            Err(_) => "left_to_containerd",
+        };
+        crate::metrics::metrics()
+            .fills
+            .get_or_create(&crate::metrics::Outcome { result })
+            .inc();
+        match r {
             Ok(filled) => filled,
             Err(e) => {
                 tracing::info!(%target, %blob, error = %crate::error::chain(&e), "fill: left to containerd");

@@ -249,9 +249,26 @@ impl Node {
         let cancel = self.work.stopping.child_token();
         let _cancel_on_drop = cancel.clone().drop_guard();
         let (p, spec, events) = (self.puller.clone(), spec.clone(), events.clone());
-        tokio::spawn(async move { pull::pull(&p, &spec, &events, &cancel).await })
+        let r = tokio::spawn(async move { pull::pull(&p, &spec, &events, &cancel).await })
             .await
-            .map_err(|e| Error::Internal(format!("pull task: {e}")))?
+            .map_err(|e| Error::Internal(format!("pull task: {e}")))?;
+        let m = crate::metrics::metrics();
+        match &r {
+            Ok(res) => {
+                m.pulls
+                    .get_or_create(&crate::metrics::Outcome { result: "ok" })
+                    .inc();
+                m.pull_bytes.inc_by(res.bytes_fetched);
+                m.layers_unpacked.inc_by(u64::from(res.layers_unpacked));
+            }
+            Err(_) => {
+                m.pulls
+                    .get_or_create(&crate::metrics::Outcome { result: "error" })
+                    .inc();
+                m.error("pull");
+            }
+        }
+        r
     }
 
     /// Stops taking pulls and mounts, cancels the running ones and waits (at most
