@@ -103,13 +103,13 @@ impl Metrics {
         );
         // Series that exist from the start read 0, not "absent", on dashboards and alerts.
         for result in ["ok", "error"] {
-            m.pulls.get_or_create(&Outcome { result });
+            let _ = m.pulls.get_or_create(&Outcome { result });
         }
         for result in ["filled", "skipped", "left_to_containerd"] {
-            m.fills.get_or_create(&Outcome { result });
+            let _ = m.fills.get_or_create(&Outcome { result });
         }
         for component in ["pull", "mirror"] {
-            m.errors.get_or_create(&Component { component });
+            let _ = m.errors.get_or_create(&Component { component });
         }
         m
     }
