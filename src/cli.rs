@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    df, front, hosts, info, init, inspect, list, login, logout, mount, pack, pull, push, remove,
-    serve, tag, umount, unpack, version,
+    containerd, df, front, hosts, info, init, inspect, list, login, logout, mount, pack, pull,
+    push, remove, serve, tag, umount, unpack, version,
 };
 
 #[derive(Parser, Debug)]
@@ -191,6 +191,17 @@ sudo kitsnap front remove"
     Front(front::FrontArgs),
     /// Forget the credentials for a registry.
     Logout(logout::LogoutArgs),
+    /// Register kitsnap's snapshotter with containerd (a conf.d drop-in), or take it out.
+    #[command(
+        long_about = "Registers kitsnap serve as containerd's `kitsnap` snapshotter without \
+editing the main config by hand: writes /etc/containerd/conf.d/kitsnap.toml \
+([proxy_plugins.kitsnap] with --address) and adds /etc/containerd/conf.d/*.toml to the main \
+config's `imports`, keeping its comments. Idempotent; `remove` deletes the drop-in. Restart \
+containerd afterwards.\n\nExamples:\n  sudo kitsnap containerd install\n  \
+sudo kitsnap containerd install --unpack-platform linux/amd64   # containerd 2.x transfer service\n  \
+sudo kitsnap containerd remove"
+    )]
+    Containerd(containerd::ContainerdArgs),
     /// Print the version, commit, build date and the formats kitsnap writes.
     Version(version::VersionArgs),
     /// `completion` and `man`, generated from this definition.

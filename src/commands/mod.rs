@@ -1,6 +1,7 @@
 //! One file per verb, each with its arguments and `run(args, &Ctx)`.
 
 pub mod completions;
+pub mod containerd;
 pub mod df;
 pub mod front;
 pub mod hosts;
@@ -46,6 +47,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<()> {
         Command::Logout(a) => logout::run(a, ctx),
         Command::Serve(a) => serve::run(a, ctx),
         Command::Hosts(a) => hosts::run(a, ctx),
+        Command::Containerd(a) => containerd::run(a, ctx),
         Command::Front(a) => front::run(a, ctx),
         Command::Version(a) => version::run(a),
         Command::Docs(c) => completions::run(c),

@@ -30,7 +30,8 @@ fn run_suite(v: &Version) {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
     let mut ks = Kitsnap::start(dir);
-    let mut ctd = Containerd::start(v, &dir.join("containerd"), &ks.sock);
+    // Registered as an operator does it: `kitsnap containerd install` (a conf.d drop-in).
+    let mut ctd = Containerd::start_registered(v, &dir.join("containerd"), &ks.sock);
     let img = dir.join("busybox.tar");
     busybox_image(&img);
     let ctx = format!("containerd {}", v.name);

@@ -232,14 +232,6 @@ fn systemd_units_are_valid() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && !err.contains("kitsnap."), "{err}");
-    let cfg: toml::Table = std::fs::read_to_string(root.join("containerd-config.toml"))
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(
-        cfg["proxy_plugins"]["kitsnap"]["address"].as_str(),
-        Some("/run/kitsnap/kitsnap.sock")
-    );
     let daemon_cfg = std::fs::read_to_string(root.join("config.toml")).unwrap();
     let parsed: kitsnap_node::daemon::Config = toml::from_str(&daemon_cfg).unwrap();
     assert!(parsed.root.is_some());

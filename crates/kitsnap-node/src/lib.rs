@@ -19,6 +19,7 @@ pub mod mount;
 pub mod mountinfo;
 pub mod node;
 pub mod records;
+pub mod registration;
 pub mod snapshotter;
 
 pub use error::{Error, Result};

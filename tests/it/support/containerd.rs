@@ -245,7 +245,14 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start(version: &Version, dir: &Path, kitsnap_sock: &Path) -> Containerd {
-        Self::start_with(version, dir, kitsnap_sock, None)
+        Self::start_with(version, dir, kitsnap_sock, None, false)
+    }
+
+    /// Like `start`, with kitsnap registered the way an operator does it: `kitsnap
+    /// containerd install` (run twice: idempotent) writes a conf.d drop-in and adds it to
+    /// the main config's `imports`. containerd 2.x gets a version 3 main config.
+    pub fn start_registered(version: &Version, dir: &Path, kitsnap_sock: &Path) -> Containerd {
+        Self::start_with(version, dir, kitsnap_sock, None, true)
     }
 
     /// Like `start`, with containerd's CRI plugin on (containerd 2.x only): the config is
@@ -261,7 +268,7 @@ impl Containerd {
             "the CRI tests need containerd 2.x, not {}",
             version.name
         );
-        Self::start_with(version, dir, kitsnap_sock, Some(cri_config))
+        Self::start_with(version, dir, kitsnap_sock, Some(cri_config), false)
     }
 
     fn start_with(
@@ -269,11 +276,16 @@ impl Containerd {
         dir: &Path,
         kitsnap_sock: &Path,
         cri_config: Option<&str>,
+        register: bool,
     ) -> Containerd {
         std::fs::create_dir_all(dir).unwrap();
         let sock = dir.join("containerd.sock");
+        let v2 = version.name.starts_with('2');
         let head = match cri_config {
             Some(_) => "version = 3",
+            None if register && v2 => {
+                "version = 3\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]"
+            }
             None => "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]",
         };
         let cfg = format!(
@@ -284,17 +296,21 @@ state = "{state}"
   address = "{sock}"
 [ttrpc]
   address = "{sock}.ttrpc"
-[proxy_plugins.kitsnap]
-  type = "snapshot"
-  address = "{ks}"
-"#,
+{proxy}"#,
             root = dir.join("root").display(),
             state = dir.join("state").display(),
             sock = sock.display(),
-            ks = kitsnap_sock.display()
+            proxy = if register {
+                String::new()
+            } else {
+                format!(
+                    "[proxy_plugins.kitsnap]\n  type = \"snapshot\"\n  address = \"{}\"\n",
+                    kitsnap_sock.display()
+                )
+            },
         );
         let mut cfg = cfg;
-        if version.name.starts_with('2') && cri_config.is_none() {
+        if v2 && cri_config.is_none() && !register {
             // containerd 2's ctr imports through the transfer service, which unpacks only
             // for the platform/snapshotter pairs configured here (a CRI config sets its own).
             cfg.push_str(
@@ -303,6 +319,32 @@ state = "{state}"
         }
         cfg.push_str(cri_config.unwrap_or_default());
         std::fs::write(dir.join("config.toml"), cfg).unwrap();
+        if register {
+            let conf_dir = dir.join("conf.d");
+            let mut args = vec![
+                "containerd".to_string(),
+                "install".into(),
+                "--config".into(),
+                dir.join("config.toml").display().to_string(),
+                "--conf-dir".into(),
+                conf_dir.display().to_string(),
+                "--address".into(),
+                kitsnap_sock.display().to_string(),
+            ];
+            if v2 {
+                args.extend(["--unpack-platform".into(), "linux/amd64".into()]);
+            }
+            for round in 0..2 {
+                let o = Command::new(super::bin()).args(&args).output().unwrap();
+                let text = String::from_utf8_lossy(&o.stdout);
+                assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+                assert_eq!(
+                    round == 1,
+                    !text.contains("restart containerd"),
+                    "install is idempotent: {text}"
+                );
+            }
+        }
         let mut c = Containerd {
             version: version.clone(),
             dir: dir.to_path_buf(),
