@@ -28,6 +28,8 @@ python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v zsh >/dev/null || need+=(zsh)
 command -v fish >/dev/null || need+=(fish)
 command -v man >/dev/null || need+=(man-db)
+# A real terminal for the progress-bar test.
+command -v tmux >/dev/null || need+=(tmux)
 
 if ((${#need[@]})); then
   SUDO=""

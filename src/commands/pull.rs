@@ -52,12 +52,7 @@ fn into_store(a: PullArgs, ctx: &Ctx) -> Result<()> {
             &a.registry.transfer(ctx.progress),
         ))
         .with_context(|| format!("pulling {r}"))?;
-    eprintln!(
-        "Pulled {r}: {} blob(s) downloaded ({}), {} already stored",
-        rep.transferred,
-        human_bytes(rep.bytes),
-        rep.skipped
-    );
+    eprintln!("{r}: {}", rep.summary("pulled", "already stored"));
     if let Some(d) = rep.manifest {
         writeln!(crate::output::stdout(), "{}", d.digest)?;
     }

@@ -4,7 +4,6 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use kitsnap_core::human_bytes;
 use kitsnap_registry::transfer;
 
 use crate::cli::RegistryArgs;
@@ -38,12 +37,7 @@ pub fn run(a: PushArgs, ctx: &Ctx) -> Result<()> {
             &a.registry.transfer(ctx.progress),
         ))
         .with_context(|| format!("pushing {src} to {dst}"))?;
-    eprintln!(
-        "Pushed {dst}: {} blob(s) uploaded ({}), {} already there",
-        rep.transferred,
-        human_bytes(rep.bytes),
-        rep.skipped
-    );
+    eprintln!("{dst}: {}", rep.summary("pushed", "already there"));
     if let Some(d) = rep.manifest {
         writeln!(crate::output::stdout(), "{}", d.digest)?;
     }

@@ -119,7 +119,10 @@ fn push_pull_round_trips_for_both_formats_and_all_compressions() {
     // A second pull downloads nothing.
     let r = format!("{}/rt/m1:v1", reg.addr());
     let o = c.run_in("s2", &["pull", &r, "--plain-http"], None);
-    assert!(String::from_utf8_lossy(&o.stderr).contains("0 blob(s) downloaded"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(": pulled 0 blobs, 0 B in "), "{err}");
+    // Not a terminal: no bars, no control characters.
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
 }
 
 #[test]
@@ -136,7 +139,7 @@ fn pull_by_digest_and_cross_repository_mount() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
-        err.contains("0 blob(s) uploaded"),
+        err.contains(": pushed 0 blobs, 0 B in ") && err.contains("; 8 already there"),
         "every blob mounted from team/a: {err}"
     );
     let by_digest = format!("{}/team/b@{d}", reg.addr());
@@ -563,4 +566,93 @@ c.push(target="{host}/interop/from-oras:v1",
         fs::read(out.join("weights/model.bin")).unwrap(),
         bytes(200_000, 5)
     );
+}
+
+/// In a real terminal (tmux, 100 and 64 columns) a multi-layer push draws one bar per
+/// blob, labelled with the layer's type and path, each ending full with its outcome, then
+/// one summary line; no stale all-zero frame is left above the bars.
+#[test]
+fn progress_in_a_real_terminal() {
+    require_registry!();
+    require!(
+        crate::support::prereq::have_cmd("tmux"),
+        "tmux (apt-get install tmux; scripts/install-deps.sh does it)"
+    );
+    let c = Ctx::new();
+    for (i, width) in [100, 64].into_iter().enumerate() {
+        // A registry per width, so that every blob is uploaded (not mounted).
+        let reg = RegistryProc::start(&c.p(&format!("reg{i}")), None, None);
+        let r = format!("{}/progress/m:v1", reg.addr());
+        c.pack(&r, &[]);
+        let session = format!("kitsnap-progress-{}-{i}", std::process::id());
+        let done = c.p(&format!("done{i}"));
+        let cmd = format!(
+            "KITSNAP_STORE={} {} push {r} --plain-http; touch {}; sleep 30",
+            c.p("s1").display(),
+            crate::support::bin().display(),
+            done.display()
+        );
+        let tmux = |args: &[&str]| {
+            Command::new("tmux")
+                .args(["-L", &session])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let w = width.to_string();
+        let o = tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            &w,
+            "-y",
+            "40",
+            &cmd,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let start = std::time::Instant::now();
+        while !done.exists() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(60),
+                "push hangs"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // -J joins the rows a long line wrapped onto.
+        let screen =
+            String::from_utf8_lossy(&tmux(&["capture-pane", "-p", "-J", "-t", &session]).stdout)
+                .into_owned();
+        tmux(&["kill-server"]);
+        let blobs = 8; // demo_tree: 7 layers and the config
+        assert_eq!(
+            screen.matches("[====================]").count(),
+            blobs,
+            "{width} cols: one full bar per blob:\n{screen}"
+        );
+        assert!(
+            !screen.contains("[                    ]") && !screen.contains("       0 B/"),
+            "{width} cols: a stale empty frame:\n{screen}"
+        );
+        assert_eq!(
+            screen.matches(" pushed").count(),
+            blobs + 1,
+            "{width} cols:\n{screen}"
+        );
+        for label in ["model models/", "dataset data/train.csv", "config "] {
+            assert!(
+                screen.contains(label),
+                "{width} cols: a {label:?} bar:\n{screen}"
+            );
+        }
+        assert_eq!(
+            screen
+                .matches(&format!("{r}: pushed {blobs} blobs, "))
+                .count(),
+            1,
+            "{width} cols: one summary line:\n{screen}"
+        );
+    }
 }

@@ -4,19 +4,24 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+fn style() -> ProgressStyle {
+    // The rate and ETA come from indicatif's recent-weighted estimator: current speed,
+    // not the average since the start.
+    ProgressStyle::with_template(
+        "{prefix:24!} [{bar:20}] {binary_bytes:>10}/{binary_total_bytes:<10} {binary_bytes_per_sec:>12} {eta:>3} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ")
+}
+
 /// A byte-counting bar with throughput and ETA, or a hidden one when not on a terminal.
 pub fn bytes(total: u64, msg: impl Into<String>, enabled: bool) -> ProgressBar {
     if !enabled || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
     let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "{msg:20!} [{bar:30}] {bytes:>10}/{total_bytes:<10} {binary_bytes_per_sec:>12} {eta:>4}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    pb.set_style(style);
-    pb.set_message(msg.into());
+    pb.set_style(style());
+    pb.set_prefix(msg.into());
     pb
 }
 
@@ -29,7 +34,8 @@ pub fn multi(enabled: bool) -> indicatif::MultiProgress {
     }
 }
 
-/// Adds a byte bar to `m`.
+/// Adds a byte bar labelled `msg` to `m` (its message is left for the outcome). The bar is styled before `m` draws it: a bar that drew on
+/// its own first would leave a stray frame above the group.
 pub fn multi_bytes(
     m: &indicatif::MultiProgress,
     total: u64,
@@ -38,7 +44,10 @@ pub fn multi_bytes(
     if m.is_hidden() {
         return ProgressBar::hidden();
     }
-    m.add(bytes(total, msg, true))
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
+        .with_style(style())
+        .with_prefix(msg.into());
+    m.add(pb)
 }
 
 /// Wraps a reader so that every byte read advances the bar.

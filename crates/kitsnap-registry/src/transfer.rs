@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
-use indicatif::MultiProgress;
 
 use kitsnap_core::digest::Digest;
 use kitsnap_core::imageview;
@@ -43,6 +42,60 @@ pub struct Report {
     /// Blobs the other side already had (or mounted).
     pub skipped: usize,
     pub bytes: u64,
+    /// Wall time of the transfer.
+    pub elapsed: std::time::Duration,
+}
+
+impl Report {
+    /// One line for people: "pushed 3 blobs, 2.0 GiB in 12.3 s (170.4 MiB/s); 1 already there".
+    pub fn summary(&self, verb: &str, already: &str) -> String {
+        let secs = self.elapsed.as_secs_f64();
+        let rate = if secs > 0.0 {
+            format!(
+                " ({}/s)",
+                kitsnap_core::human_bytes((self.bytes as f64 / secs) as u64)
+            )
+        } else {
+            String::new()
+        };
+        let mut s = format!(
+            "{verb} {} blob{}, {} in {secs:.1} s{rate}",
+            self.transferred,
+            if self.transferred == 1 { "" } else { "s" },
+            kitsnap_core::human_bytes(self.bytes)
+        );
+        if self.skipped > 0 {
+            s.push_str(&format!("; {} {already}", self.skipped));
+        }
+        s
+    }
+}
+
+/// What each blob of `m` is, for progress bars: `config`, or the layer's type and path.
+pub fn blob_labels(
+    m: &Manifest,
+    kf: Option<&kitsnap_core::kitfile::Kitfile>,
+) -> HashMap<Digest, String> {
+    let mut out = HashMap::new();
+    out.insert(m.config.digest.clone(), "config".to_string());
+    if let Ok(plan) = layers::plan_layers(m, kf) {
+        for l in plan {
+            let path = if l.path.is_empty() {
+                l.desc.digest.short().to_string()
+            } else {
+                l.path
+            };
+            out.insert(l.desc.digest, format!("{} {path}", l.kind.user_str()));
+        }
+    }
+    out
+}
+
+fn label(labels: &HashMap<Digest, String>, d: &Descriptor) -> String {
+    labels
+        .get(&d.digest)
+        .cloned()
+        .unwrap_or_else(|| d.digest.short().to_string())
 }
 
 /// Refuses references that name the local store rather than a registry.
@@ -138,22 +191,23 @@ async fn download(
     reg: &Registry,
     repo: &str,
     desc: &Descriptor,
-    mp: &MultiProgress,
+    bar: &indicatif::ProgressBar,
 ) -> Result<bool> {
     if store.has_blob(&desc.digest) {
+        bar.finish_with_message("stored");
         return Ok(false);
     }
-    let bar = progress::multi_bytes(mp, desc.size, desc.digest.short().to_string());
     let mut ingest = store.ingest()?;
     let file = ingest.file()?.try_clone()?;
-    reg.fetch_blob(repo, desc, file, &bar).await?;
+    bar.reset_elapsed();
+    reg.fetch_blob(repo, desc, file, bar).await?;
     // Verified while streaming: digest and size. The commit fsyncs the whole blob: off
     // the async workers.
     let (store, digest) = (store.clone(), desc.digest.clone());
     tokio::task::spawn_blocking(move || store.commit(ingest, &digest, false))
         .await
         .map_err(|e| Error::Aborted(format!("storing a blob: {e}")))??;
-    bar.finish_and_clear();
+    bar.finish_with_message("pulled");
     Ok(true)
 }
 
@@ -162,18 +216,22 @@ async fn download_all(
     reg: &Registry,
     repo: &str,
     blobs: Vec<Descriptor>,
+    labels: &HashMap<Digest, String>,
     opts: &TransferOptions,
     report: &mut Report,
 ) -> Result<()> {
+    let started = std::time::Instant::now();
     let mp = progress::multi(opts.progress);
-    let results: Vec<(bool, u64)> = stream::iter(blobs)
-        .map(|d| {
-            let mp = &mp;
-            async move {
-                download(store, reg, repo, &d, mp)
-                    .await
-                    .map(|moved| (moved, d.size))
-            }
+    // Every bar up front, in manifest order: lines never move or shrink while drawn.
+    let bars: Vec<_> = blobs
+        .iter()
+        .map(|d| progress::multi_bytes(&mp, d.size, label(labels, d)))
+        .collect();
+    let results: Vec<(bool, u64)> = stream::iter(blobs.into_iter().zip(bars))
+        .map(|(d, bar)| async move {
+            download(store, reg, repo, &d, &bar)
+                .await
+                .map(|moved| (moved, d.size))
         })
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect()
@@ -186,6 +244,7 @@ async fn download_all(
             report.skipped += 1;
         }
     }
+    report.elapsed += started.elapsed();
     Ok(())
 }
 
@@ -200,10 +259,34 @@ pub async fn pull(
     let _w = store.writer_lock()?;
     let (bytes, m, desc) = remote_manifest(reg, r).await?;
     let mut report = Report::default();
-    let blobs: Vec<Descriptor> = std::iter::once(m.config.clone())
-        .chain(m.layers.iter().cloned())
-        .collect();
-    download_all(store, reg, &r.repository, blobs, opts, &mut report).await?;
+    // The config first (small): its Kitfile names the layers on the progress bars.
+    let mut labels = blob_labels(&m, None);
+    download_all(
+        store,
+        reg,
+        &r.repository,
+        vec![m.config.clone()],
+        &labels,
+        &TransferOptions {
+            progress: false,
+            ..opts.clone()
+        },
+        &mut report,
+    )
+    .await?;
+    if let Ok(Some(kf)) = store.kitfile(&m) {
+        labels = blob_labels(&m, Some(&kf));
+    }
+    download_all(
+        store,
+        reg,
+        &r.repository,
+        m.layers.clone(),
+        &labels,
+        opts,
+        &mut report,
+    )
+    .await?;
     let stored = store.put_bytes(&desc.media_type, &bytes)?;
     if r.digest.is_some() && r.tag.is_none() {
         store.add_untagged(&r.name(), &stored)?;
@@ -232,17 +315,31 @@ pub async fn fetch_selected(
         reg,
         &r.repository,
         vec![m.config.clone()],
-        opts,
+        &blob_labels(&m, None),
+        &TransferOptions {
+            progress: false,
+            ..opts.clone()
+        },
         &mut report,
     )
     .await?;
     let kf = store.kitfile(&m)?;
+    let labels = blob_labels(&m, kf.as_ref());
     let wanted: Vec<Descriptor> = layers::plan_layers(&m, kf.as_ref())?
         .into_iter()
         .filter(|l| layers::selected(filters, FilterType::for_kind(l.kind), &l.name, &l.path))
         .map(|l| l.desc)
         .collect();
-    download_all(store, reg, &r.repository, wanted, opts, &mut report).await?;
+    download_all(
+        store,
+        reg,
+        &r.repository,
+        wanted,
+        &labels,
+        opts,
+        &mut report,
+    )
+    .await?;
     let stored = store.put_bytes(&desc.media_type, &bytes)?;
     store.add_untagged(&r.name(), &stored)?;
     Ok((stored, report))
@@ -293,6 +390,8 @@ pub async fn push(
         return Err(layers::not_a_modelkit(&m).into());
     }
     let mounts = mount_sources(store, &remote.registry, &remote.repository)?;
+    let labels = blob_labels(&m, store.kitfile(&m).ok().flatten().as_ref());
+    let started = std::time::Instant::now();
     let mp = progress::multi(opts.progress);
     let blobs: Vec<Descriptor> = m
         .layers
@@ -309,24 +408,35 @@ pub async fn push(
             .into());
         }
     }
-    let outcomes: Vec<(PushOutcome, u64)> = stream::iter(blobs)
-        .map(|d| {
-            let mp = &mp;
+    // Every bar up front, in manifest order: lines never move or shrink while drawn.
+    let bars: Vec<_> = blobs
+        .iter()
+        .map(|d| progress::multi_bytes(&mp, d.size, label(&labels, d)))
+        .collect();
+    let outcomes: Vec<(PushOutcome, u64)> = stream::iter(blobs.into_iter().zip(bars))
+        .map(|(d, bar)| {
             let from = mounts.get(&d.digest).cloned().unwrap_or_default();
             async move {
-                let bar = progress::multi_bytes(mp, d.size, d.digest.short().to_string());
                 let path = store.blob_path(&d.digest);
+                bar.reset_elapsed();
                 let o = reg
                     .push_blob(&remote.repository, &d, &path, &from, &bar)
                     .await?;
-                bar.finish_and_clear();
+                bar.finish_with_message(match o {
+                    PushOutcome::Uploaded => "pushed",
+                    PushOutcome::Mounted => "mounted",
+                    PushOutcome::Exists => "exists",
+                });
                 Ok::<_, Error>((o, d.size))
             }
         })
         .buffer_unordered(opts.concurrency.max(1))
         .try_collect()
         .await?;
-    let mut report = Report::default();
+    let mut report = Report {
+        elapsed: started.elapsed(),
+        ..Report::default()
+    };
     for (o, size) in outcomes {
         if o == PushOutcome::Uploaded {
             report.transferred += 1;
