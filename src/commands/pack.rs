@@ -9,8 +9,11 @@ use kitsnap_core::human_bytes;
 use kitsnap_core::oci::ModelFormat;
 use kitsnap_core::pack::{self, PackOptions};
 
+use kitsnap_registry::transfer;
+
+use crate::cli::RegistryArgs;
 use crate::commands::parse_ref;
-use crate::settings::Ctx;
+use crate::settings::{Ctx, runtime};
 
 #[derive(Args, Debug)]
 pub struct PackArgs {
@@ -29,17 +32,23 @@ pub struct PackArgs {
     /// Write a CNCF ModelPack (model-spec v1) instead of a KitOps ModelKit.
     #[arg(long)]
     pub use_model_pack: bool,
+    /// Pack straight into the registry named by --tag, with no local copy: each layer is
+    /// streamed into a chunked upload while it is hashed (a 100 GB model needs no 100 GB
+    /// of disk). The manifest goes last, so a failure leaves nothing tagged.
+    #[arg(long)]
+    pub push: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
-    let store = ctx.open_store()?;
     let reference = parse_ref(&a.tag)?;
     if reference.digest.is_some() {
         bail!("--tag takes NAME[:TAG], not a digest");
     }
     let opts = PackOptions {
         context: a.dir.clone(),
-        kitfile: a.kitfile,
+        kitfile: a.kitfile.clone(),
         reference: reference.clone(),
         compression: a.compression.parse()?,
         format: if a.use_model_pack {
@@ -49,6 +58,10 @@ pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
         },
         progress: ctx.progress,
     };
+    if a.push {
+        return push(&a, &opts);
+    }
+    let store = ctx.open_store()?;
     let res = pack::pack(&store, &opts).with_context(|| format!("packing {}", a.dir.display()))?;
     for w in &res.warnings {
         eprintln!("warning: {w}");
@@ -70,5 +83,30 @@ pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
         res.reused
     );
     writeln!(crate::output::stdout(), "{}", res.manifest.digest)?;
+    Ok(())
+}
+
+fn push(a: &PackArgs, opts: &PackOptions) -> Result<()> {
+    let r = &opts.reference;
+    let reg = a.registry.registry(&r.registry)?;
+    let rep = runtime()?
+        .block_on(transfer::pack_push(&reg, opts))
+        .with_context(|| format!("packing {} into {r}", a.dir.display()))?;
+    for w in &rep.warnings {
+        eprintln!("warning: {w}");
+    }
+    let secs = rep.elapsed.as_secs_f64();
+    eprintln!(
+        "{r}: packed and pushed {} layers, {} in {secs:.1} s ({}/s){}; nothing stored locally",
+        rep.layers.len(),
+        human_bytes(rep.bytes),
+        human_bytes((rep.bytes as f64 / secs.max(1e-9)) as u64),
+        if rep.fell_back {
+            " (the registry refuses chunked uploads: each layer was hashed first, then sent in one PUT)"
+        } else {
+            ""
+        }
+    );
+    writeln!(crate::output::stdout(), "{}", rep.manifest.digest)?;
     Ok(())
 }

@@ -656,3 +656,131 @@ fn progress_in_a_real_terminal() {
         );
     }
 }
+
+/// The demo tree with 40 MiB more code (five streamed chunks in one layer).
+fn big_tree(dir: &Path) {
+    demo_tree(dir);
+    fs::write(dir.join("src/big.bin"), bytes(40 << 20, 9)).unwrap();
+}
+
+/// `pack --push` streams every layer into the registry with no local copy (no store is
+/// created), writes the same ModelKit as `pack` + `push` (same manifest digest), keeps
+/// memory flat, and what it pushed pulls and unpacks byte for byte.
+#[test]
+fn pack_push_streams_without_a_local_copy() {
+    require_registry!();
+    let c = Ctx::new();
+    let src = c.p("src");
+    big_tree(&src);
+    let reg = RegistryProc::start(&c.p("reg"), None, None);
+    let local = format!("{}/pp/local:v1", reg.addr());
+    let d = c.pack(&local, &[]);
+    let r = format!("{}/pp/streamed:v1", reg.addr());
+    let never = c.p("never-created");
+    let (out, rss) = ok_with_peak_rss(
+        &never,
+        &[
+            "pack",
+            src.to_str().unwrap(),
+            "-t",
+            &r,
+            "--push",
+            "--plain-http",
+        ],
+    );
+    assert_eq!(out.trim(), d, "the same manifest as pack");
+    assert!(!never.exists(), "pack --push wrote a local store");
+    assert!(rss < 64 << 10, "peak RSS {rss} KiB");
+    assert_eq!(c.ok("s3", &["pull", &r, "--plain-http"]), d);
+    let o = c.p("out");
+    c.ok("s3", &["unpack", &r, "-d", o.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(o.join("src/big.bin")).unwrap(),
+        fs::read(src.join("src/big.bin")).unwrap()
+    );
+}
+
+/// Registries that refuse chunked uploads (405, or Google Artifact Registry-style 201 on
+/// PATCH): `pack --push` hashes each layer first and sends it in one streamed PUT, and
+/// `push` of a blob over the chunk size sends it in one PUT; same digests. A registry
+/// that fails mid-way leaves nothing tagged.
+#[test]
+fn uploads_fall_back_when_chunks_are_refused() {
+    require_registry!();
+    let c = Ctx::new();
+    let src = c.p("src");
+    big_tree(&src);
+    let reg = RegistryProc::start(&c.p("reg"), None, None);
+    let d = c.pack(&format!("{}/fb/local:v1", reg.addr()), &[]);
+    for status in [405u16, 201] {
+        let proxy = start_proxy(&reg.addr(), Faults::default());
+        proxy.faults.refuse_patch.store(status, Ordering::SeqCst);
+        let r = format!("{}/fb/streamed{status}:v1", proxy.addr());
+        let o = Command::new(bin())
+            .env("KITSNAP_STORE", c.p("unused"))
+            .args([
+                "pack",
+                src.to_str().unwrap(),
+                "-t",
+                &r,
+                "--push",
+                "--plain-http",
+            ])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{status}: {err}");
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d, "{status}");
+        assert!(err.contains("refuses chunked uploads"), "{status}: {err}");
+        assert!(proxy.faults.patches.load(Ordering::SeqCst) >= 1);
+        assert!(
+            proxy.faults.puts_with_body.load(Ordering::SeqCst) >= 7,
+            "one PUT per layer"
+        );
+        assert_eq!(c.ok("s2", &["pull", &r, "--plain-http"]), d, "{status}");
+
+        // push of a stored kit whose code layer (40 MiB) is over --chunk-size-mib 8.
+        let r2 = format!("{}/fb/pushed{status}:v1", proxy.addr());
+        c.ok("s1", &["tag", &format!("{}/fb/local:v1", reg.addr()), &r2]);
+        let before = proxy.faults.puts_with_body.load(Ordering::SeqCst);
+        assert_eq!(
+            c.ok(
+                "s1",
+                &["push", &r2, "--plain-http", "--chunk-size-mib", "8"]
+            ),
+            d,
+            "{status}"
+        );
+        assert!(proxy.faults.puts_with_body.load(Ordering::SeqCst) > before);
+    }
+
+    // Mid-way failure: every PATCH after the first fails; nothing is tagged.
+    let proxy = start_proxy(&reg.addr(), Faults::default());
+    proxy.faults.patch_500s.store(1_000_000, Ordering::SeqCst);
+    let r = format!("{}/fb/broken:v1", proxy.addr());
+    let o = Command::new(bin())
+        .env("KITSNAP_STORE", c.p("unused"))
+        .args([
+            "pack",
+            src.to_str().unwrap(),
+            "-t",
+            &r,
+            "--push",
+            "--plain-http",
+            "--retries",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let head = reqwest::blocking::Client::new()
+        .head(format!("http://{}/v2/fb/broken/manifests/v1", reg.addr()))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap();
+    assert_eq!(
+        head.status().as_u16(),
+        404,
+        "nothing tagged after a failed pack --push"
+    );
+}

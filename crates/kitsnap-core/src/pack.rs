@@ -87,7 +87,37 @@ pub fn load_kitfile(path: &Path) -> Result<Kitfile> {
     Kitfile::from_yaml(&text, &path.display().to_string())
 }
 
-pub fn pack(store: &Store, opts: &PackOptions) -> Result<PackResult> {
+/// What a pack will write: the Kitfile and, per layer, its entry, normalised path and the
+/// files in it. Every path is checked before any byte is written.
+pub struct Plan {
+    pub kitfile: Kitfile,
+    pub layers: Vec<PlannedLayer>,
+    /// Bytes of file content in all layers (the progress total).
+    pub total: u64,
+    pub warnings: Vec<String>,
+}
+
+pub struct PlannedLayer {
+    pub entry: kitfile::LayerEntry,
+    pub path: String,
+    items: Vec<Item>,
+}
+
+impl PlannedLayer {
+    /// Bytes of file content in the layer.
+    pub fn items_size(&self) -> u64 {
+        self.items.iter().map(|i| i.size).sum()
+    }
+}
+
+/// A layer as written: its descriptor (media type, digest, size, annotations) and diff ID.
+pub struct Written {
+    pub desc: Descriptor,
+    pub diff_id: Digest,
+}
+
+/// Reads the Kitfile and walks every layer's files.
+pub fn plan(opts: &PackOptions) -> Result<Plan> {
     let context = fs::canonicalize(&opts.context).at(&opts.context)?;
     if !context.is_dir() {
         return Err(Error::Invalid(format!(
@@ -96,7 +126,7 @@ pub fn pack(store: &Store, opts: &PackOptions) -> Result<PackResult> {
         )));
     }
     let kf_path = find_kitfile(&context, opts.kitfile.as_deref())?;
-    let mut kf = load_kitfile(&kf_path)?;
+    let kf = load_kitfile(&kf_path)?;
     let ignore = match fs::read_to_string(context.join(IGNORE_FILE)) {
         Ok(t) => IgnoreRules::parse(&t)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => IgnoreRules::default(),
@@ -118,9 +148,7 @@ pub fn pack(store: &Store, opts: &PackOptions) -> Result<PackResult> {
         .chain([IGNORE_FILE.to_string()])
         .collect();
 
-    // Walk everything first: this checks every path before any blob is written, and
-    // gives the progress bar its total.
-    let mut plans = Vec::new();
+    let mut layers = Vec::new();
     for e in &entries {
         let norm = kitfile::check_relative_path(&e.path)
             .map_err(|m| Error::Invalid(format!("{} path: {m}", e.kind.user_str())))?;
@@ -138,95 +166,191 @@ pub fn pack(store: &Store, opts: &PackOptions) -> Result<PackResult> {
                 e.path
             ));
         }
-        plans.push((e.clone(), norm, items));
+        layers.push(PlannedLayer {
+            entry: e.clone(),
+            path: norm,
+            items,
+        });
     }
-    let total: u64 = plans.iter().flat_map(|p| &p.2).map(|i| i.size).sum();
-    let bar = progress::bytes(total, "packing", opts.progress);
+    let total = layers.iter().flat_map(|p| &p.items).map(|i| i.size).sum();
+    Ok(Plan {
+        kitfile: kf,
+        layers,
+        total,
+        warnings,
+    })
+}
 
-    let _writer = store.writer_lock()?;
-    let mut layers = Vec::new();
-    let mut reused = 0;
-    for (entry, norm, items) in &plans {
-        bar.set_message(format!("{} {}", entry.kind.user_str(), norm));
-        let lt = LayerType {
-            format: opts.format,
-            kind: entry.kind,
-            compression: opts.compression,
-            raw: false,
-        };
-        let (desc, diff_id, existed) = write_layer(store, items, opts.compression, &bar)?;
-        reused += existed as usize;
-        let mut desc = Descriptor {
-            media_type: lt.media_type(),
-            ..desc
-        };
-        // kit writes no layer annotations (the Kitfile in the config says which path each
-        // layer holds); ModelPack names the path on the layer.
-        if opts.format == ModelFormat::ModelPack {
-            desc.annotations
-                .insert(ANNOTATION_FILEPATH.into(), norm.clone());
+/// Streams one layer (tar, compressed as asked) into `w`, hashing as it goes. Returns the
+/// sink and the layer's descriptor and diff ID.
+pub fn encode_layer<W: Write>(
+    w: W,
+    layer: &PlannedLayer,
+    opts: &PackOptions,
+    bar: &ProgressBar,
+) -> Result<(W, Written)> {
+    let out = HashingWriter::new(w);
+    let (out, diff_id) = match opts.compression {
+        Compression::None => (write_tar(out, &layer.items, bar)?, None),
+        Compression::Gzip | Compression::GzipFastest => {
+            let level = if opts.compression == Compression::Gzip {
+                flate2::Compression::default()
+            } else {
+                flate2::Compression::fast()
+            };
+            let enc = flate2::write::GzEncoder::new(out, level);
+            let tw = write_tar(HashingWriter::new(enc), &layer.items, bar)?;
+            let (enc, diff, _) = tw.finish()?;
+            (enc.finish()?, Some(diff))
         }
-        if entry.kind == LayerKind::Prompt {
-            desc.annotations
-                .insert(ANNOTATION_LAYER_SUBTYPE.into(), LAYER_SUBTYPE_PROMPT.into());
+        Compression::Zstd => {
+            let mut enc = zstd::Encoder::new(out, 3)?;
+            // Two workers with 4 MiB jobs: about twice `zstd -1`'s single-thread speed at
+            // level 3, and peak memory near 56 MiB whatever the core count or model size.
+            // zstd's output does not depend on the worker count.
+            enc.multithread(2)?;
+            enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(4 << 20))?;
+            let tw = write_tar(HashingWriter::new(enc), &layer.items, bar)?;
+            let (enc, diff, _) = tw.finish()?;
+            (enc.finish()?, Some(diff))
         }
+    };
+    let (w, digest, size) = out.finish()?;
+    let diff_id = diff_id.unwrap_or_else(|| digest.clone());
+    let lt = LayerType {
+        format: opts.format,
+        kind: layer.entry.kind,
+        compression: opts.compression,
+        raw: false,
+    };
+    let mut desc = Descriptor {
+        media_type: lt.media_type(),
+        digest,
+        size,
+        ..Default::default()
+    };
+    // kit writes no layer annotations (the Kitfile in the config says which path each
+    // layer holds); ModelPack names the path on the layer.
+    if opts.format == ModelFormat::ModelPack {
+        desc.annotations
+            .insert(ANNOTATION_FILEPATH.into(), layer.path.clone());
+    }
+    if layer.entry.kind == LayerKind::Prompt {
+        desc.annotations
+            .insert(ANNOTATION_LAYER_SUBTYPE.into(), LAYER_SUBTYPE_PROMPT.into());
+    }
+    Ok((w, Written { desc, diff_id }))
+}
+
+/// A ModelKit's config and manifest, ready to store or push.
+pub struct Assembled {
+    pub config: Descriptor,
+    pub config_bytes: Vec<u8>,
+    pub manifest: Descriptor,
+    pub manifest_bytes: Vec<u8>,
+}
+
+/// The config (the Kitfile with every layer's digest and diff ID, or ModelPack's config)
+/// and the manifest for `written`, one per planned layer in order.
+pub fn assemble(plan: &Plan, written: &[Written], format: ModelFormat) -> Result<Assembled> {
+    let mut kf = plan.kitfile.clone();
+    for (l, w) in plan.layers.iter().zip(written) {
         kf.set_layer_info(
-            entry,
+            &l.entry,
             LayerInfo {
-                digest: Some(desc.digest.to_string()),
-                diff_id: Some(diff_id.to_string()),
+                digest: Some(w.desc.digest.to_string()),
+                diff_id: Some(w.diff_id.to_string()),
             },
         );
-        layers.push((entry.clone(), diff_id, desc));
     }
-    bar.finish_and_clear();
-
     let mut annotations = BTreeMap::new();
     annotations.insert(
         ANNOTATION_CLI_VERSION.to_string(),
         env!("CARGO_PKG_VERSION").to_string(),
     );
     let kit_json = kf.to_config_json()?;
-    let (config, artifact_type) = match opts.format {
-        ModelFormat::Kit => (
-            store.put_bytes(KIT_CONFIG_MEDIA_TYPE, &kit_json)?,
-            ARTIFACT_TYPE_KIT,
-        ),
+    let (config_type, config_bytes, artifact_type) = match format {
+        ModelFormat::Kit => (KIT_CONFIG_MEDIA_TYPE, kit_json, ARTIFACT_TYPE_KIT),
         ModelFormat::ModelPack => {
-            let cfg = modelpack_config(&kf, layers.iter().map(|l| l.1.clone()).collect());
+            let cfg = modelpack_config(&kf, written.iter().map(|w| w.diff_id.clone()).collect());
             annotations.insert(
                 ANNOTATION_KITFILE.to_string(),
                 String::from_utf8_lossy(&kit_json).into_owned(),
             );
             (
-                store.put_bytes(MODELPACK_CONFIG_MEDIA_TYPE, &oci::to_go_json(&cfg)?)?,
+                MODELPACK_CONFIG_MEDIA_TYPE,
+                oci::to_go_json(&cfg)?,
                 ARTIFACT_TYPE_MODELPACK,
             )
         }
     };
+    let config = Descriptor {
+        media_type: config_type.into(),
+        digest: Digest::of(&config_bytes),
+        size: config_bytes.len() as u64,
+        ..Default::default()
+    };
     // A ModelKit manifest as kit marshals it: no mediaType or artifactType (the config
     // media type identifies it), so that the same tree gives the same bytes as `kit pack`
     // but for kit's cli-version annotation. ModelPack manifests carry both, as modctl's do.
-    let typed = opts.format == ModelFormat::ModelPack;
+    let typed = format == ModelFormat::ModelPack;
     let manifest = Manifest {
         schema_version: 2,
         media_type: typed.then(|| MEDIA_TYPE_MANIFEST.into()),
         artifact_type: typed.then(|| artifact_type.into()),
-        config,
-        layers: layers.iter().map(|l| l.2.clone()).collect(),
+        config: config.clone(),
+        layers: written.iter().map(|w| w.desc.clone()).collect(),
         subject: None,
         annotations,
     };
-    let mdesc = store.put_bytes(MEDIA_TYPE_MANIFEST, &oci::to_go_json(&manifest)?)?;
+    let manifest_bytes = oci::to_go_json(&manifest)?;
+    Ok(Assembled {
+        config,
+        config_bytes,
+        manifest: Descriptor {
+            media_type: MEDIA_TYPE_MANIFEST.into(),
+            digest: Digest::of(&manifest_bytes),
+            size: manifest_bytes.len() as u64,
+            ..Default::default()
+        },
+        manifest_bytes,
+    })
+}
+
+pub fn pack(store: &Store, opts: &PackOptions) -> Result<PackResult> {
+    // Walk everything first: this checks every path before any blob is written, and
+    // gives the progress bar its total.
+    let plan = plan(opts)?;
+    let bar = progress::bytes(plan.total, "packing", opts.progress);
+    let _writer = store.writer_lock()?;
+    let mut written = Vec::new();
+    let mut reused = 0;
+    for layer in &plan.layers {
+        bar.set_message(format!("{} {}", layer.entry.kind.user_str(), layer.path));
+        let mut ingest = store.ingest()?;
+        let file = ingest.file()?.try_clone()?;
+        let (mut buf, w) = encode_layer(BufWriter::with_capacity(IO_BUF, file), layer, opts, &bar)?;
+        buf.flush()?;
+        drop(buf);
+        reused += store.has_blob(&w.desc.digest) as usize;
+        store.commit(ingest, &w.desc.digest, false)?;
+        written.push(w);
+    }
+    bar.finish_and_clear();
+    let a = assemble(&plan, &written, opts.format)?;
+    store.put_bytes(&a.config.media_type, &a.config_bytes)?;
+    let mdesc = store.put_bytes(MEDIA_TYPE_MANIFEST, &a.manifest_bytes)?;
     store.tag(&opts.reference, &mdesc)?;
     Ok(PackResult {
         manifest: mdesc,
-        layers: layers
-            .into_iter()
-            .map(|(e, _, d)| (e.kind, e.path, d))
+        layers: plan
+            .layers
+            .iter()
+            .zip(written)
+            .map(|(l, w)| (l.entry.kind, l.entry.path.clone(), w.desc))
             .collect(),
         reused,
-        warnings,
+        warnings: plan.warnings,
     })
 }
 
@@ -457,60 +581,6 @@ fn write_tar<W: Write>(w: W, items: &[Item], bar: &ProgressBar) -> Result<W> {
         }
     }
     tw.finish().map_err(Error::Io)
-}
-
-/// Writes one layer into a new blob. Returns its descriptor (digest, size), its diffId,
-/// and whether the store already had it.
-fn write_layer(
-    store: &Store,
-    items: &[Item],
-    compression: Compression,
-    bar: &ProgressBar,
-) -> Result<(Descriptor, Digest, bool)> {
-    let mut ingest = store.ingest()?;
-    let file = ingest.file()?.try_clone()?;
-    let out = HashingWriter::new(BufWriter::with_capacity(IO_BUF, file));
-    let (out, diff_id) = match compression {
-        Compression::None => (write_tar(out, items, bar)?, None),
-        Compression::Gzip | Compression::GzipFastest => {
-            let level = if compression == Compression::Gzip {
-                flate2::Compression::default()
-            } else {
-                flate2::Compression::fast()
-            };
-            let enc = flate2::write::GzEncoder::new(out, level);
-            let tw = write_tar(HashingWriter::new(enc), items, bar)?;
-            let (enc, diff, _) = tw.finish()?;
-            (enc.finish()?, Some(diff))
-        }
-        Compression::Zstd => {
-            let mut enc = zstd::Encoder::new(out, 3)?;
-            // Two workers with 4 MiB jobs: about twice `zstd -1`'s single-thread speed at
-            // level 3, and peak memory near 56 MiB whatever the core count or model size.
-            // zstd's output does not depend on the worker count.
-            enc.multithread(2)?;
-            enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(4 << 20))?;
-            let tw = write_tar(HashingWriter::new(enc), items, bar)?;
-            let (enc, diff, _) = tw.finish()?;
-            (enc.finish()?, Some(diff))
-        }
-    };
-    let (mut buf, digest, size) = out.finish()?;
-    buf.flush()?;
-    drop(buf);
-    let existed = store.has_blob(&digest);
-    store.commit(ingest, &digest, false)?;
-    let diff_id = diff_id.unwrap_or_else(|| digest.clone());
-    Ok((
-        Descriptor {
-            media_type: String::new(),
-            digest,
-            size,
-            ..Default::default()
-        },
-        diff_id,
-        existed,
-    ))
 }
 
 #[cfg(test)]

@@ -152,6 +152,51 @@ fn is_loopback(api: &str) -> bool {
     }
 }
 
+/// Chunk size of streamed uploads: small enough that memory stays flat (three in flight
+/// at most), large enough that per-request overhead is small.
+pub const STREAM_CHUNK: usize = 8 << 20;
+
+/// A `Write` that hands every [`STREAM_CHUNK`] bytes to an async uploader. A closed channel
+/// (the uploader stopped) is a broken pipe for the writer.
+struct ChunkWriter {
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    buf: Vec<u8>,
+}
+
+impl ChunkWriter {
+    fn flush_chunk(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(
+            &mut self.buf,
+            Vec::with_capacity(STREAM_CHUNK),
+        ));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+
+    fn send_rest(mut self) -> Result<()> {
+        self.flush_chunk()
+            .map_err(|e| Error::Aborted(format!("upload: {e}")))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(STREAM_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == STREAM_CHUNK {
+            self.flush_chunk()?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn protocol(url: impl Into<String>, msg: impl Into<String>) -> Error {
     Error::Protocol {
         url: url.into(),
@@ -907,12 +952,13 @@ impl Registry {
         }
         let scope = format!("repository:{repo}:pull,push");
         let mut backoff = self.backoff();
+        let mut whole = false;
         loop {
             let loc = match session.take() {
                 Some(l) => l,
                 None => self.start_upload(ep, repo, &scope).await?,
             };
-            let res = if desc.size <= self.opts.chunk_size {
+            let res = if desc.size <= self.opts.chunk_size || whole {
                 self.put_whole(ep, &scope, &loc, desc, path, bar).await
             } else {
                 self.put_chunked(ep, &scope, loc, desc, path, bar).await
@@ -920,6 +966,12 @@ impl Registry {
             match res {
                 Ok(()) => return Ok(PushOutcome::Uploaded),
                 Err(e @ Error::Unauthorized(_)) => return Err(e),
+                Err(Error::ChunkedRefused { url, status }) if !whole => {
+                    // Google Artifact Registry-style: one streamed PUT of the whole blob.
+                    tracing::info!(%url, status, "chunked upload refused: sending {} in one PUT", desc.digest);
+                    whole = true;
+                    bar.set_position(0);
+                }
                 Err(e) => {
                     let why = format!(
                         "upload of {} failed ({}), starting again",
@@ -933,6 +985,171 @@ impl Registry {
                 }
             }
         }
+    }
+
+    /// Uploads a blob whose digest is known only once it is written: `produce` runs on a
+    /// blocking thread and writes the blob into the writer it is given; every
+    /// [`STREAM_CHUNK`] bytes go up as one PATCH of a chunked upload, closed by a PUT with
+    /// the digest `produce` returns. Nothing touches the disk, and memory holds at most
+    /// three chunks. A chunk that fails is sent again (the registry's offset decides from
+    /// where). If the registry refuses the first PATCH (Google Artifact Registry-style: an
+    /// error, or 201 Created), this returns [`Error::ChunkedRefused`] and the caller can
+    /// hash the blob first and use [`Registry::push_stream_whole`].
+    pub async fn push_stream<T: Send + 'static>(
+        &self,
+        repo: &str,
+        produce: impl FnOnce(&mut dyn std::io::Write) -> Result<(T, Digest)> + Send + 'static,
+    ) -> Result<(T, Digest, u64)> {
+        let ep = self.push_endpoint()?;
+        let scope = format!("repository:{repo}:pull,push");
+        let mut loc = self.start_upload(ep, repo, &scope).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut w = ChunkWriter {
+                tx,
+                buf: Vec::with_capacity(STREAM_CHUNK),
+            };
+            let r = produce(&mut w);
+            w.send_rest()?;
+            r
+        });
+        let mut offset = 0u64;
+        let mut backoff = self.backoff();
+        while let Some(chunk) = rx.recv().await {
+            let len = chunk.len() as u64;
+            loop {
+                let res = self
+                    .send(ep, &scope, false, &|c| {
+                        Ok(c.request(Method::PATCH, &loc)
+                            .header(CONTENT_TYPE, "application/octet-stream")
+                            .header(CONTENT_LENGTH, len)
+                            .header(CONTENT_RANGE, format!("{offset}-{}", offset + len - 1))
+                            .body(chunk.clone()))
+                    })
+                    .await;
+                let status = match &res {
+                    Ok(r) => Some(r.status()),
+                    Err(_) => None,
+                };
+                match (res, status) {
+                    (Ok(resp), Some(StatusCode::ACCEPTED)) => {
+                        loc = Self::location(&resp)?;
+                        offset += len;
+                        break;
+                    }
+                    (Ok(_), Some(st)) if offset == 0 && !retryable_status(st.as_u16()) => {
+                        // Stop the producer; the caller decides how to go on.
+                        drop(rx);
+                        let _ = producer.await;
+                        return Err(Error::ChunkedRefused {
+                            url: loc,
+                            status: st.as_u16(),
+                        });
+                    }
+                    (Ok(resp), Some(st)) if !retryable_status(st.as_u16()) => {
+                        drop(rx);
+                        let _ = producer.await;
+                        return Err(error_of("PATCH", resp).await);
+                    }
+                    (Err(e @ Error::Unauthorized(_)), _) => {
+                        drop(rx);
+                        let _ = producer.await;
+                        return Err(e);
+                    }
+                    _ => {}
+                }
+                let why = format!("chunk at byte {offset} of a streamed upload failed");
+                if !backoff.wait(why).await {
+                    drop(rx);
+                    let _ = producer.await;
+                    return Err(protocol(
+                        &loc,
+                        format!("streamed upload kept failing at byte {offset}"),
+                    ));
+                }
+                // The registry may have taken the chunk before the answer was lost.
+                if let Ok((have, next)) = self.upload_offset(ep, &scope, &loc).await {
+                    loc = next;
+                    if have == offset + len {
+                        offset = have;
+                        break;
+                    }
+                    if have != offset {
+                        drop(rx);
+                        let _ = producer.await;
+                        return Err(protocol(
+                            &loc,
+                            format!(
+                                "the registry holds {have} bytes of the upload, expected {offset}"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        let (t, digest) = producer
+            .await
+            .map_err(|e| Error::Aborted(format!("writing the blob: {e}")))??;
+        let url = Self::with_query(&loc, "digest", digest.as_str())?;
+        let resp = self
+            .send(ep, &scope, true, &|c| {
+                Ok(c.put(&url).header(CONTENT_LENGTH, 0))
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(error_of("PUT", resp).await);
+        }
+        Ok((t, digest, offset))
+    }
+
+    /// One streamed PUT of a blob whose digest and size are known (computed by a first
+    /// pass), for registries that refuse chunked uploads: `produce` writes the same bytes
+    /// again. Not retried: the body cannot be replayed.
+    pub async fn push_stream_whole(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        size: u64,
+        produce: impl FnOnce(&mut dyn std::io::Write) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        let ep = self.push_endpoint()?;
+        let scope = format!("repository:{repo}:pull,push");
+        let loc = self.start_upload(ep, repo, &scope).await?;
+        let url = Self::with_query(&loc, "digest", digest.as_str())?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut w = ChunkWriter {
+                tx,
+                buf: Vec::with_capacity(STREAM_CHUNK),
+            };
+            produce(&mut w)?;
+            w.send_rest()
+        });
+        let body = std::sync::Mutex::new(Some(reqwest::Body::wrap_stream(
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::io::Error>),
+        )));
+        let resp = self
+            .send(ep, &scope, false, &|c| {
+                let b = body
+                    .lock()
+                    .map_err(|_| Error::Aborted("upload body".into()))?
+                    .take()
+                    .ok_or_else(|| Error::Aborted("a streamed PUT cannot be sent twice".into()))?;
+                Ok(c.put(&url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, size)
+                    .body(b))
+            })
+            .await;
+        let produced = producer
+            .await
+            .map_err(|e| Error::Aborted(format!("writing the blob: {e}")));
+        let resp = resp?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(error_of("PUT", resp).await);
+        }
+        produced??;
+        Ok(())
     }
 
     async fn start_upload(&self, ep: usize, repo: &str, scope: &str) -> Result<String> {
@@ -1017,6 +1234,12 @@ impl Registry {
                     loc = Self::location(&resp)?;
                     offset += len;
                     continue;
+                }
+                Ok(resp) if offset == 0 && !retryable_status(resp.status().as_u16()) => {
+                    return Err(Error::ChunkedRefused {
+                        url: loc,
+                        status: resp.status().as_u16(),
+                    });
                 }
                 Ok(resp) if !retryable_status(resp.status().as_u16()) => {
                     return Err(error_of("PATCH", resp).await);

@@ -60,6 +60,10 @@ pub enum Error {
     #[error("{0}: authentication required (run `kitsnap login {0}` or check the credentials)")]
     Unauthorized(String),
 
+    /// The registry refused a chunked (PATCH) upload: the caller falls back to one PUT.
+    #[error("{url}: the registry refuses chunked uploads (PATCH answered HTTP {status})")]
+    ChunkedRefused { url: String, status: u16 },
+
     /// A transfer stopped for good (its consumer failed or cannot start over).
     #[error("{0}")]
     Aborted(String),

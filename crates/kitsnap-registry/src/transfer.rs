@@ -4,6 +4,7 @@
 //! as it was (apart from temporary files that `remove` collects).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 
@@ -11,6 +12,7 @@ use kitsnap_core::digest::Digest;
 use kitsnap_core::imageview;
 use kitsnap_core::layers::{self, Filter, FilterType};
 use kitsnap_core::oci::{Descriptor, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Manifest};
+use kitsnap_core::pack::{self, PackOptions};
 use kitsnap_core::progress;
 use kitsnap_core::reference::{DEFAULT_REGISTRY, Reference};
 use kitsnap_core::store::Store;
@@ -585,4 +587,123 @@ mod tests {
         assert!(what.contains("container image (1 layer(s))"), "{what}");
         assert_eq!(describe_index(b"junk"), "an image index");
     }
+}
+
+/// What `pack --push` did.
+#[derive(Debug)]
+pub struct PackPushReport {
+    pub manifest: Descriptor,
+    pub layers: Vec<Descriptor>,
+    pub bytes: u64,
+    pub elapsed: std::time::Duration,
+    /// The registry refused chunked uploads, so every layer was read twice (hash, then
+    /// one PUT).
+    pub fell_back: bool,
+    pub warnings: Vec<String>,
+}
+
+/// `pack --push`: packs straight into `opts.reference`'s registry with no local copy.
+/// Each layer is written into a chunked upload while it is hashed; the digest closes the
+/// upload. A registry that refuses chunked uploads gets each layer hashed first, then sent
+/// in one streamed PUT. The manifest goes last: a failure anywhere leaves nothing tagged.
+pub async fn pack_push(reg: &Registry, opts: &PackOptions) -> Result<PackPushReport> {
+    let r = &opts.reference;
+    check_remote(r)?;
+    let started = std::time::Instant::now();
+    let plan = Arc::new({
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || pack::plan(&opts))
+            .await
+            .map_err(|e| Error::Aborted(format!("walking the tree: {e}")))??
+    });
+    let bar = progress::bytes(plan.total, "packing and pushing", opts.progress);
+    let mut written: Vec<pack::Written> = Vec::new();
+    let mut fell_back = false;
+    for i in 0..plan.layers.len() {
+        let l = &plan.layers[i];
+        bar.set_message(format!("{} {}", l.entry.kind.user_str(), l.path));
+        let before = bar.position();
+        let encode = {
+            let (plan, opts, bar) = (plan.clone(), opts.clone(), bar.clone());
+            move |w: &mut dyn std::io::Write| -> Result<pack::Written> {
+                let (_, out) = pack::encode_layer(w, &plan.layers[i], &opts, &bar)?;
+                Ok(out)
+            }
+        };
+        if !fell_back {
+            let enc = encode.clone();
+            match reg
+                .push_stream(&r.repository, move |w| {
+                    let out = enc(w)?;
+                    let d = out.desc.digest.clone();
+                    Ok((out, d))
+                })
+                .await
+            {
+                Ok((out, _, _)) => {
+                    written.push(out);
+                    continue;
+                }
+                Err(Error::ChunkedRefused { url, status }) => {
+                    tracing::info!(%url, status, "chunked uploads refused: hashing each layer first, then one PUT");
+                    fell_back = true;
+                    bar.set_position(before);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        // First pass: the digest and size, written nowhere.
+        let out = {
+            let enc = encode.clone();
+            tokio::task::spawn_blocking(move || enc(&mut std::io::sink()))
+                .await
+                .map_err(|e| Error::Aborted(format!("hashing a layer: {e}")))??
+        };
+        bar.set_position(before);
+        let (digest, size) = (out.desc.digest.clone(), out.desc.size);
+        if !reg.blob_exists(&r.repository, &digest).await? {
+            let want = digest.clone();
+            let path = plan.layers[i].path.clone();
+            reg.push_stream_whole(&r.repository, &digest, size, move |w| {
+                let again = encode(w)?;
+                if again.desc.digest != want {
+                    return Err(Error::Aborted(format!(
+                        "{path} changed while being pushed (digest {want} then {})",
+                        again.desc.digest
+                    )));
+                }
+                Ok(())
+            })
+            .await?;
+        } else {
+            bar.inc(plan.layers[i].items_size());
+        }
+        written.push(out);
+    }
+    bar.finish_and_clear();
+    let a = pack::assemble(&plan, &written, opts.format)?;
+    if !reg.blob_exists(&r.repository, &a.config.digest).await? {
+        let bytes = a.config_bytes.clone();
+        reg.push_stream_whole(&r.repository, &a.config.digest, a.config.size, move |w| {
+            w.write_all(&bytes)
+                .map_err(|e| Error::Aborted(format!("config: {e}")))
+        })
+        .await?;
+    }
+    reg.put_manifest(
+        &r.repository,
+        &remote_ref(r),
+        &a.manifest_bytes,
+        MEDIA_TYPE_MANIFEST,
+    )
+    .await?;
+    let bytes = written.iter().map(|w| w.desc.size).sum::<u64>() + a.config.size;
+    Ok(PackPushReport {
+        manifest: a.manifest,
+        layers: written.into_iter().map(|w| w.desc).collect(),
+        bytes,
+        elapsed: started.elapsed(),
+        fell_back,
+        warnings: plan.warnings.clone(),
+    })
 }

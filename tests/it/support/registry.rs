@@ -197,6 +197,12 @@ pub struct Faults {
     pub corrupt_digest: std::sync::Mutex<Option<String>>,
     /// Answer this many PATCH requests with 500 (after reading their body).
     pub patch_500s: AtomicUsize,
+    /// Answer every PATCH with this status (0: off), as registries that refuse chunked
+    /// uploads do (405, or Google Artifact Registry-style 201 without taking the data).
+    pub refuse_patch: std::sync::atomic::AtomicU16,
+    /// PATCH requests seen, and PUTs that carried a body (monolithic uploads).
+    pub patches: AtomicUsize,
+    pub puts_with_body: AtomicUsize,
     /// Serve this many bytes of junk as every manifest (0: off).
     pub huge_manifest: AtomicU64,
     /// Require `Authorization: Bearer` tokens from /token (basic-auth checked if set).
@@ -428,6 +434,19 @@ async fn handle(
         Ok(b) => b.to_bytes(),
         Err(_) => return Response::builder().status(400).body(full("")).unwrap(),
     };
+    if method == hyper::Method::PATCH {
+        f.patches.fetch_add(1, Ordering::SeqCst);
+        let st = f.refuse_patch.load(Ordering::SeqCst);
+        if st != 0 {
+            return Response::builder()
+                .status(st)
+                .body(full("chunked uploads are not supported"))
+                .unwrap();
+        }
+    }
+    if method == hyper::Method::PUT && !body.is_empty() {
+        f.puts_with_body.fetch_add(1, Ordering::SeqCst);
+    }
     if method == hyper::Method::PATCH && f.patch_500s.load(Ordering::SeqCst) > 0 {
         f.patch_500s.fetch_sub(1, Ordering::SeqCst);
         return Response::builder()
