@@ -29,6 +29,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "KITSNAP_STORE", value_name = "DIR")]
     pub store: Option<PathBuf>,
 
+    /// Use the store KitOps' `kit` writes ($KITOPS_HOME/storage, else
+    /// $XDG_DATA_HOME/kitops/storage): its ModelKits are listed, inspected, unpacked,
+    /// pushed and pulled into containerd where they are.
+    #[arg(long, global = true, conflicts_with = "store")]
+    pub kit_store: bool,
+
     /// Never draw progress bars (they are only drawn when stderr is a terminal).
     #[arg(long, global = true)]
     pub no_progress: bool,

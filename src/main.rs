@@ -28,7 +28,12 @@ fn main() {
         init_diagnostics();
         clean_up_on_interrupt();
     }
-    let ctx = settings::Ctx::new(cli.store, cli.no_progress);
+    let store = if cli.kit_store {
+        Some(settings::kit_store_root())
+    } else {
+        cli.store
+    };
+    let ctx = settings::Ctx::new(store, cli.no_progress);
     if let Err(e) = commands::run(cli.command, &ctx) {
         if output::is_stdout_closed(&e) {
             return;

@@ -16,6 +16,11 @@ use kitsnap_registry::transfer::TransferOptions;
 use crate::cli::RegistryArgs;
 use crate::commands::serve::ServeArgs;
 
+/// Where KitOps' `kit` keeps its store.
+pub fn kit_store_root() -> PathBuf {
+    kitsnap_core::store::kit_home().join("storage")
+}
+
 /// What every verb may need: where the store is, whether to draw progress.
 pub struct Ctx {
     pub store_root: PathBuf,

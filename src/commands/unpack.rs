@@ -26,8 +26,11 @@ pub struct UnpackArgs {
     #[arg(long = "filter", value_name = "FILTER")]
     pub filters: Vec<String>,
     /// Replace files that already exist in the target directory.
-    #[arg(short = 'o', long)]
+    #[arg(short = 'o', long, conflicts_with = "ignore_existing")]
     pub overwrite: bool,
+    /// Leave files that already exist as they are and write the others (kit's -i).
+    #[arg(short = 'i', long)]
+    pub ignore_existing: bool,
     /// Used when REF is not in the local store: only the selected layers are downloaded.
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -72,6 +75,7 @@ pub fn run(a: UnpackArgs, ctx: &Ctx) -> Result<()> {
             dest: a.dir.clone(),
             filters,
             overwrite: a.overwrite,
+            skip_existing: a.ignore_existing,
             progress: ctx.progress,
         },
     )

@@ -340,3 +340,93 @@ fn listing(dir: &Path) -> Vec<(String, String)> {
         .map(|(p, d)| (p, sha256_hex(&d)))
         .collect()
 }
+
+/// kitsnap reads a store laid out as kit writes it (`--kit-store`: $KITOPS_HOME/storage;
+/// tags in `<base64url(repo)>-tags.json`), and the logins `kit login` keeps in
+/// $KITOPS_HOME/credentials.json. With a kit binary the store comes from `kit pack` and
+/// the login from `kit login`; without one, the test lays them out as kit's source
+/// (pkg/lib/constants) says.
+#[test]
+fn reads_kits_store_and_logins() {
+    use base64::Engine;
+    require_registry!();
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("kitops-home");
+    let tree = t.path().join("tree");
+    build(&CASES[2], &tree);
+    let reg = RegistryProc::start(&t.path().join("reg"), None, Some(("kituser", "kitpass")));
+    let kit = kit();
+    let storage = home.join("storage");
+    match &kit {
+        Some(kit) => {
+            let o = Command::new(kit)
+                .env("KITOPS_HOME", &home)
+                .args(["pack", tree.to_str().unwrap(), "-t", "parts:v1"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let o = Command::new(kit)
+                .env("KITOPS_HOME", &home)
+                .args(["login", &reg.addr(), "-u", "kituser", "-p", "kitpass", "--plain-http"])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        None => {
+            // kitsnap packs, then the store is rewritten into kit's layout.
+            ok(&storage, &["pack", tree.to_str().unwrap(), "-t", "parts:v1"]);
+            let idx_path = storage.join("index.json");
+            let mut idx: serde_json::Value =
+                serde_json::from_slice(&fs::read(&idx_path).unwrap()).unwrap();
+            let m = idx["manifests"][0].clone();
+            let mut plain = m.clone();
+            plain.as_object_mut().unwrap().remove("annotations");
+            idx["manifests"] = serde_json::json!([plain.clone()]);
+            fs::write(&idx_path, idx.to_string()).unwrap();
+            let enc = base64::engine::general_purpose::URL_SAFE.encode("localhost/parts");
+            fs::write(
+                storage.join(format!("{enc}-tags.json")),
+                serde_json::json!({ "v1": plain }).to_string(),
+            )
+            .unwrap();
+            fs::write(
+                storage.join(format!("{enc}-index.json")),
+                serde_json::json!({"schemaVersion": 2, "manifests": [plain]}).to_string(),
+            )
+            .unwrap();
+            let auth = base64::engine::general_purpose::STANDARD.encode("kituser:kitpass");
+            fs::write(
+                home.join("credentials.json"),
+                serde_json::json!({"auths": {reg.addr(): {"auth": auth}}}).to_string(),
+            )
+            .unwrap();
+        }
+    }
+    let ks = |args: &[&str]| {
+        let o = Command::new(crate::support::bin())
+            .env("KITOPS_HOME", &home)
+            .env("DOCKER_CONFIG", t.path().join("no-docker-config"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "kitsnap {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let list = ks(&["--kit-store", "list"]);
+    assert!(list.lines().any(|l| l.starts_with("parts ") && l.contains(" v1 ")), "{list}");
+    let out = t.path().join("out");
+    ks(&["--kit-store", "unpack", "parts:v1", "-d", out.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(out.join("model/model-00001-of-00002.safetensors")).unwrap(),
+        fs::read(tree.join("model/model-00001-of-00002.safetensors")).unwrap()
+    );
+    // Push from kit's store to the registry with kit's login only.
+    let r = format!("{}/kits/parts:v1", reg.addr());
+    ks(&["--kit-store", "push", "parts:v1", &r, "--plain-http"]);
+    let other = t.path().join("other-store");
+    ks(&["--store", other.to_str().unwrap(), "pull", &r, "--plain-http"]);
+}

@@ -530,6 +530,51 @@ fn list_inspect_and_version_output() {
     assert!(vj["commit"].as_str().is_some_and(|c| !c.is_empty()));
 }
 
+/// `unpack -i` (kit's --ignore-existing) leaves existing files alone and writes the rest;
+/// without it a conflict stops the run before anything is written.
+#[test]
+fn unpack_ignore_existing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store, out) = (
+        t.path().join("src"),
+        t.path().join("store"),
+        t.path().join("out"),
+    );
+    demo_tree(&src);
+    ok(&store, &["pack", src.to_str().unwrap(), "-t", "demo:v1"]);
+    std::fs::create_dir_all(out.join("src")).unwrap();
+    std::fs::write(out.join("src/app.py"), "mine\n").unwrap();
+    std::fs::write(out.join("Kitfile"), "my kitfile\n").unwrap();
+    let e = fails(&store, &["unpack", "demo:v1", "-d", out.to_str().unwrap()]);
+    assert!(e.contains("already exists"), "{e}");
+    assert!(
+        !out.join("README.md").exists(),
+        "nothing written before the conflict check"
+    );
+    let e = fails(
+        &store,
+        &["unpack", "demo:v1", "-d", out.to_str().unwrap(), "-i", "-o"],
+    );
+    assert!(e.contains("cannot be used with"), "{e}");
+    ok(
+        &store,
+        &["unpack", "demo:v1", "-d", out.to_str().unwrap(), "-i"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("src/app.py")).unwrap(),
+        "mine\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("Kitfile")).unwrap(),
+        "my kitfile\n"
+    );
+    assert_eq!(
+        std::fs::read(out.join("models/weights.safetensors")).unwrap(),
+        std::fs::read(src.join("models/weights.safetensors")).unwrap()
+    );
+    assert!(out.join("src/lib/util.py").exists() && out.join("README.md").exists());
+}
+
 #[test]
 fn pack_refuses_bad_kitfiles() {
     let t = tempfile::tempdir().unwrap();

@@ -35,6 +35,8 @@ pub(crate) const IO_BUF: usize = 1 << 20;
 pub struct ExtractOptions {
     /// Replace files that already exist.
     pub overwrite: bool,
+    /// Leave files that already exist as they are (kit's `unpack -i`).
+    pub skip_existing: bool,
     /// Refuse a layer whose files add up to more than this many bytes (decompression
     /// bombs): checked against each entry's declared size, before it is written.
     pub max_bytes: Option<u64>,
@@ -76,7 +78,7 @@ pub fn extract_with_diff_id<R: Read>(
             inner: reader,
             hasher: &mut tar,
         };
-        extract_raw(hashed, &l.desc, dest, &l.path, opts.overwrite, &what)?;
+        extract_raw(hashed, &l.desc, dest, &l.path, opts, &what)?;
         tar.update(wrapper.suffix());
         Ok((l.desc.size, Digest::from_sha256_bytes(&tar.finalize())))
     } else {
@@ -278,16 +280,18 @@ fn write_file_atomically(
     Ok(())
 }
 
-/// Clears the way for a new file at `target`: refuses an existing one unless overwriting.
-fn make_room(target: &Path, overwrite: bool) -> Result<()> {
+/// Clears the way for a new file at `target`: refuses an existing one unless overwriting,
+/// or (skipping) answers false to leave it as it is.
+fn make_room(target: &Path, overwrite: bool, skip: bool) -> Result<bool> {
     match fs::symlink_metadata(target) {
-        Err(_) => Ok(()),
+        Err(_) => Ok(true),
+        Ok(_) if skip => Ok(false),
         Ok(_) if !overwrite => Err(Error::Exists(target.to_path_buf())),
         Ok(m) if m.is_dir() => Err(Error::Invalid(format!(
             "{}: a directory is in the way of a file",
             target.display()
         ))),
-        Ok(_) => fs::remove_file(target).at(target),
+        Ok(_) => fs::remove_file(target).at(target).map(|()| true),
     }
 }
 
@@ -306,7 +310,7 @@ fn extract_tar<R: Read>(
     let mut seen: HashSet<Vec<String>> = HashSet::new();
     let mut files: HashSet<Vec<String>> = HashSet::new();
     let mut checked: HashSet<PathBuf> = HashSet::new();
-    let overwrite = opts.overwrite;
+    let (overwrite, skip) = (opts.overwrite, opts.skip_existing);
     let mut total: u64 = 0;
     let mut buf = vec![0u8; IO_BUF];
     for entry in archive
@@ -361,7 +365,10 @@ fn extract_tar<R: Read>(
                         "unpacks to more than {max} bytes (at {raw:?}); refused as a decompression bomb"
                     )));
                 }
-                make_room(&target, overwrite)?;
+                if !make_room(&target, overwrite, skip)? {
+                    files.insert(parts.clone());
+                    continue;
+                }
                 write_file_atomically(&target, mode, |f| {
                     loop {
                         let n = entry
@@ -405,7 +412,9 @@ fn extract_tar<R: Read>(
                         c => depth.push(c),
                     }
                 }
-                make_room(&target, overwrite)?;
+                if !make_room(&target, overwrite, skip)? {
+                    continue;
+                }
                 std::os::unix::fs::symlink(&link, &target).at(&target)?;
                 created.push(target.clone());
             }
@@ -425,7 +434,10 @@ fn extract_tar<R: Read>(
                         "hardlink {raw:?} -> {link:?} must name a file earlier in the same layer"
                     )));
                 }
-                make_room(&target, overwrite)?;
+                if !make_room(&target, overwrite, skip)? {
+                    files.insert(parts.clone());
+                    continue;
+                }
                 let src = lparts.iter().fold(dest.to_path_buf(), |p, c| p.join(c));
                 fs::hard_link(&src, &target).at(&target)?;
                 created.push(target.clone());
@@ -450,7 +462,7 @@ pub fn extract_raw<R: Read>(
     desc: &Descriptor,
     dest: &Path,
     path: &str,
-    overwrite: bool,
+    opts: ExtractOptions,
     what: &str,
 ) -> Result<()> {
     let parts = safe_components(path, what)?;
@@ -462,9 +474,10 @@ pub fn extract_raw<R: Read>(
     }
     let mut created = Vec::new();
     let target = match ensure_parents(dest, &parts, &mut HashSet::new(), &mut created, what)
-        .and_then(|t| make_room(&t, overwrite).map(|()| t))
+        .and_then(|t| make_room(&t, opts.overwrite, opts.skip_existing).map(|go| (t, go)))
     {
-        Ok(t) => t,
+        Ok((_, false)) => return Ok(()),
+        Ok((t, true)) => t,
         Err(e) => {
             Rollback(created).undo();
             return Err(e);
@@ -610,6 +623,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let opts = ExtractOptions {
             overwrite: false,
+            skip_existing: false,
             max_bytes: Some(8 << 20),
         };
         let e = extract(&blob[..], &plan, d.path(), opts).unwrap_err();

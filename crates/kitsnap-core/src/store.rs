@@ -7,7 +7,7 @@
 //! `gc.lock` (shared by writers, exclusive for garbage collection) and `index.lock`
 //! (exclusive around every read-modify-write of `index.json`).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -85,6 +85,20 @@ pub struct GcStats {
 }
 
 static INGEST_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// KitOps' home: $KITOPS_HOME, else $XDG_DATA_HOME/kitops, else ~/.local/share/kitops
+/// (its store is `storage/`, its logins `credentials.json`).
+pub fn kit_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("KITOPS_HOME").filter(|h| !h.is_empty()) {
+        return PathBuf::from(h);
+    }
+    std::env::var_os("XDG_DATA_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("kitops")
+}
 
 impl Store {
     /// `$KITSNAP_HOME/storage`, else `$XDG_DATA_HOME/kitsnap/storage`, else
@@ -400,7 +414,75 @@ impl Store {
                 });
             }
         }
+        self.kit_entries(&mut out)?;
         Ok(out)
+    }
+
+    /// The ModelKits of a store that KitOps' `kit` wrote (its `$KITOPS_HOME/storage`):
+    /// kit keeps the same blobs and index.json, and its tags per repository in
+    /// `<base64url(registry/repo)>-tags.json` (manifests in `-index.json`), so kitsnap reads
+    /// kit's kits where they are, without a registry.
+    fn kit_entries(&self, out: &mut Vec<Entry>) -> Result<()> {
+        use base64::Engine;
+        let dir = match fs::read_dir(&self.root) {
+            Ok(d) => d,
+            Err(_) => return Ok(()),
+        };
+        let mut files: Vec<String> = dir
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        files.sort();
+        let decode = |enc: &str| {
+            base64::engine::general_purpose::URL_SAFE
+                .decode(enc)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+        };
+        for f in &files {
+            let Some(repo) = f.strip_suffix("-tags.json").and_then(decode) else {
+                continue;
+            };
+            let p = self.root.join(f);
+            let tags: BTreeMap<String, Descriptor> = serde_json::from_slice(&fs::read(&p).at(&p)?)
+                .map_err(|source| Error::Json {
+                    what: p.display().to_string(),
+                    source,
+                })?;
+            for (tag, desc) in tags {
+                if !out
+                    .iter()
+                    .any(|e| e.name == repo && e.tag.as_deref() == Some(tag.as_str()))
+                {
+                    out.push(Entry {
+                        name: repo.clone(),
+                        tag: Some(tag),
+                        descriptor: desc,
+                    });
+                }
+            }
+        }
+        for f in &files {
+            let Some(repo) = f.strip_suffix("-index.json").and_then(decode) else {
+                continue;
+            };
+            let p = self.root.join(f);
+            let idx: Index = serde_json::from_slice(&fs::read(&p).at(&p)?).map_err(|source| {
+                Error::Json {
+                    what: p.display().to_string(),
+                    source,
+                }
+            })?;
+            for m in idx.manifests {
+                if !out.iter().any(|e| e.name == repo && e.descriptor.digest == m.digest) {
+                    out.push(Entry {
+                        name: repo.clone(),
+                        tag: None,
+                        descriptor: m,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Finds the manifest a reference names: by digest (anywhere in the store) or by tag.

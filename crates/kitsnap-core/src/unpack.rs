@@ -21,6 +21,8 @@ pub struct UnpackOptions {
     pub dest: PathBuf,
     pub filters: Vec<Filter>,
     pub overwrite: bool,
+    /// Leave files that already exist (kit's `-i`).
+    pub skip_existing: bool,
     pub progress: bool,
 }
 
@@ -65,10 +67,14 @@ pub fn unpack(
     let kitfile = match (want_kitfile, &kf) {
         (true, Some(kf)) => {
             let p = dest.join("Kitfile");
-            if fs::symlink_metadata(&p).is_ok() && !opts.overwrite {
+            let exists = fs::symlink_metadata(&p).is_ok();
+            if exists && opts.skip_existing {
+                None
+            } else if exists && !opts.overwrite {
                 return Err(Error::Exists(p));
+            } else {
+                Some((p, kf.to_yaml()?))
             }
-            Some((p, kf.to_yaml()?))
         }
         _ => None,
     };
@@ -140,7 +146,7 @@ pub fn unpack(
     // Every conflict in the target is found before the first byte is written: a run that
     // would stop half-way on an existing file never starts. An empty target has none.
     let target_empty = fs::read_dir(&dest).at(&dest)?.next().is_none();
-    if !opts.overwrite && !target_empty {
+    if !opts.overwrite && !opts.skip_existing && !target_empty {
         let mut found = Vec::new();
         for l in &work {
             for p in extract::conflicts(store.open_blob(&l.desc.digest)?, l, &dest)? {
@@ -166,6 +172,7 @@ pub fn unpack(
             &dest,
             extract::ExtractOptions {
                 overwrite: opts.overwrite,
+                skip_existing: opts.skip_existing,
                 max_bytes: None,
             },
         )?;

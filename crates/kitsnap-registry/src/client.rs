@@ -370,11 +370,19 @@ impl Registry {
                 plain_fallback: false.into(),
             });
         }
+        let explicit = opts.docker_config.is_some();
         let cfg_path = opts
             .docker_config
             .clone()
             .unwrap_or_else(crate::credentials::default_path);
-        let creds = DockerConfig::load(cfg_path)?.get(host)?;
+        let mut creds = DockerConfig::load(cfg_path)?.get(host)?;
+        if creds.is_none() && !explicit {
+            // `kit login` keeps its logins in the same format in $KITOPS_HOME.
+            let kit = kitsnap_core::store::kit_home().join("credentials.json");
+            if kit.is_file() {
+                creds = DockerConfig::load(kit)?.get(host)?;
+            }
+        }
         Ok(Registry {
             host: host.to_string(),
             endpoints,

@@ -189,6 +189,7 @@ impl Filler {
             let max_bytes = pull::layer_budget(&src.plan, self.limits.max_kit_bytes, self.limits.max_expansion);
             let eopts = extract::ExtractOptions {
                 overwrite: false,
+                skip_existing: false,
                 max_bytes: Some(max_bytes),
             };
             let progress = Progress::new(&Events::none(), 0, &src.plan);

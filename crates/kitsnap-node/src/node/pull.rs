@@ -385,6 +385,7 @@ async fn fill_layer(
 ) -> Result<(u64, Digest)> {
     let opts = extract::ExtractOptions {
         overwrite: false,
+        skip_existing: false,
         max_bytes: Some(max_bytes),
     };
     let (written, diff);

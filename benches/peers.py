@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""kitsnap against the tools users would pick instead, on the same 2 GiB model, the same
+local registry (Debian's docker-registry), in one run: KitOps' `kit` (when KITSNAP_KIT or
+--kit names a binary: the Go proxy refuses kitops, so the project's scripts cannot build
+it), the `oras` CLI, Dragonfly's `modctl` (both built by scripts/install-peers.sh), skopeo,
+and the physical floors (`tar | tee | openssl sha256`, `tar | zstd`, `cat`).
+
+Each row: wall time (best of --repeat), peak RSS of the command, bytes it wrote to disk
+(getrusage ru_oublock), and the ratio against the best peer. Page cache warm (the source
+is read once before). Every push starts from an empty registry, every pull/unpack from an
+empty destination.
+
+Usage: benches/peers.py [--size-mib 2048] [--repeat 1] [--kit PATH]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pack_unpack import ROOT  # noqa: E402
+from registry import Registry  # noqa: E402
+
+RUNNER = r"""
+import resource, subprocess, sys
+shell = sys.argv[1] == "1"
+args = sys.argv[2] if shell else sys.argv[2:]
+subprocess.run(args, shell=shell, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(r.ru_maxrss, r.ru_oublock)
+"""
+
+
+def measure(cmd, env, shell=False, cwd=None):
+    """(seconds, peak RSS MiB, MiB written) of one command and its children."""
+    wrapped = [sys.executable, "-c", RUNNER, "1" if shell else "0"] + ([cmd] if shell else cmd)
+    t0 = time.perf_counter()
+    out = subprocess.run(wrapped, env=env, capture_output=True, text=True, cwd=cwd)
+    dt = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"{cmd}: {out.stderr[-2000:]}")
+    rss, oublock = out.stdout.strip().splitlines()[-1].split()
+    return dt, int(rss) / 1024, int(oublock) * 512 / 2**20
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--size-mib", type=int, default=2048)
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/kitsnap"))
+    ap.add_argument("--kit", default=os.environ.get("KITSNAP_KIT", ""))
+    a = ap.parse_args()
+    peers = os.path.join(ROOT, ".cache/peers/bin")
+    oras, modctl = os.path.join(peers, "oras"), os.path.join(peers, "modctl")
+    kit = a.kit if a.kit and os.path.isfile(a.kit) else None
+    for need in (oras, modctl, a.bin):
+        if not os.path.isfile(need):
+            sys.exit(f"missing {need}: run scripts/install-peers.sh and cargo build --release")
+
+    work = tempfile.mkdtemp(prefix="kitsnap-peers-")
+    reg = Registry(work)
+    reg.restart()
+    addr = f"127.0.0.1:{reg.port}"
+    src = os.path.join(work, "src")
+    os.makedirs(src)
+    with open(os.path.join(src, "model.safetensors"), "wb") as f:
+        for _ in range(a.size_mib):
+            f.write(os.urandom(1 << 20))
+    with open(os.path.join(src, "Kitfile"), "w") as f:
+        f.write("manifestVersion: 1.0.0\npackage:\n  name: bench\nmodel:\n  name: m\n  path: model.safetensors\n")
+    with open(os.path.join(src, "Modelfile"), "w") as f:
+        f.write("NAME bench\nARCH transformer\nFAMILY bench\nFORMAT safetensors\nMODEL model.safetensors\n")
+    subprocess.run(["cat", os.path.join(src, "model.safetensors")], stdout=subprocess.DEVNULL, check=True)
+
+    d = lambda *p: os.path.join(work, *p)  # noqa: E731
+    env = dict(os.environ, KITSNAP_STORE=d("ks-store"), KITOPS_HOME=d("kit-home"),
+               DOCKER_CONFIG=d("docker"), HOME=d("home"))
+    os.makedirs(d("home"), exist_ok=True)
+
+    def fresh(*paths):
+        for p in paths:
+            shutil.rmtree(p, ignore_errors=True)
+
+    rows = []  # (operation, tool, seconds, rss, written)
+
+    def bench(op, tool, cmd, setup=None, shell=False, cwd=None):
+        best = None
+        for _ in range(a.repeat):
+            if setup:
+                setup()
+            r = measure(cmd, env, shell, cwd)
+            best = r if best is None or r[0] < best[0] else best
+        rows.append((op, tool) + best)
+        print(f"  {op:<22} {tool:<34} {best[0]:7.2f} s {best[1]:7.0f} MiB RSS {best[2]:8.0f} MiB written",
+              flush=True)
+
+    ks = a.bin
+    mc = [modctl, "--storage-dir", d("modctl"), "--no-progress", "--log-dir", d("modctl-logs")]
+    print(f"peers benchmark: {a.size_mib} MiB model, best of {a.repeat}, {os.cpu_count()} cores, "
+          f"kit {'at ' + kit if kit else 'absent'}")
+
+    # --- pack, uncompressed (and the floor)
+    bench("pack none", "floor: tar | tee blob | sha256",
+          f"tar -C {src} -cf - model.safetensors | tee {d('floor.tar')} | openssl sha256 >/dev/null",
+          shell=True)
+    bench("pack none", "kitsnap pack", [ks, "--no-progress", "pack", src, "-t", "bench:v1"],
+          setup=lambda: fresh(d("ks-store")))
+    if kit:
+        bench("pack none", "kit pack", [kit, "pack", src, "-t", "bench:v1", "--progress", "none"],
+              setup=lambda: fresh(d("kit-home")))
+    bench("pack none", "modctl build (raw)", mc + ["build", "-t", f"{addr}/mc/bench:v1", "-f",
+          os.path.join(src, "Modelfile"), "--no-creation-time", src],
+          setup=lambda: fresh(d("modctl")))
+    # --- pack, compressed
+    bench("pack gzip", "floor: tar | gzip -6", f"tar -C {src} -cf - model.safetensors | gzip -6 >{d('f.gz')}",
+          shell=True)
+    bench("pack gzip", "kitsnap pack --compression gzip",
+          [ks, "--no-progress", "pack", src, "-t", "gz:v1", "--compression", "gzip"],
+          setup=lambda: fresh(d("ks-store")))
+    if kit:
+        bench("pack gzip", "kit pack --compression gzip",
+              [kit, "pack", src, "-t", "gz:v1", "--compression", "gzip", "--progress", "none"],
+              setup=lambda: fresh(d("kit-home")))
+    bench("pack zstd", "floor: tar | zstd -3 -T2",
+          f"tar -C {src} -cf - model.safetensors | zstd -q -3 -T2 -o {d('f.zst')} -f", shell=True)
+    bench("pack zstd", "kitsnap pack --compression zstd (level 3)",
+          [ks, "--no-progress", "pack", src, "-t", "zs:v1", "--compression", "zstd"],
+          setup=lambda: fresh(d("ks-store")))
+
+    # Stores to push from: kitsnap's, kit's, modctl's.
+    subprocess.run([ks, "--no-progress", "pack", src, "-t", f"{addr}/ks/bench:v1"], env=env, check=True,
+                   capture_output=True)
+    if kit:
+        subprocess.run([kit, "pack", src, "-t", f"{addr}/kit/bench:v1", "--progress", "none"], env=env,
+                       check=True, capture_output=True)
+    subprocess.run(mc + ["build", "-t", f"{addr}/mc/bench:v1", "-f", os.path.join(src, "Modelfile"),
+                         "--no-creation-time", src], env=env, check=True, capture_output=True)
+
+    # --- push
+    bench("push", "kitsnap push", [ks, "--no-progress", "push", f"{addr}/ks/bench:v1", "--plain-http"],
+          setup=reg.restart)
+    if kit:
+        bench("push", "kit push", [kit, "push", f"{addr}/kit/bench:v1", "--plain-http", "--progress", "none"],
+              setup=reg.restart)
+    bench("push", "oras push (file)", [oras, "push", "--plain-http", "--no-tty", f"{addr}/oras/bench:v1",
+                                       "model.safetensors"], setup=reg.restart, cwd=src)
+    bench("push", "modctl push", mc + ["push", "--plain-http", f"{addr}/mc/bench:v1"], setup=reg.restart)
+    bench("push", "skopeo copy oci -> registry",
+          ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{d('ks-store')}:{addr}/ks/bench:v1",
+           f"docker://{addr}/sk/bench:v1"], setup=reg.restart)
+    # --- pack straight to the registry
+    bench("pack + push, no copy", "kitsnap pack --push",
+          [ks, "--no-progress", "pack", src, "-t", f"{addr}/ks/bench:v1", "--push", "--plain-http"],
+          setup=reg.restart)
+    bench("pack + push, no copy", "modctl build --output-remote",
+          mc + ["build", "-t", f"{addr}/mc/bench:v1", "-f", os.path.join(src, "Modelfile"),
+                "--no-creation-time", "--output-remote", "--plain-http", src], setup=reg.restart)
+
+    # One registry holding every tool's artifact for the pulls.
+    reg.restart()
+    subprocess.run([ks, "--no-progress", "push", f"{addr}/ks/bench:v1", "--plain-http"], env=env, check=True,
+                   capture_output=True)
+    if kit:
+        subprocess.run([kit, "push", f"{addr}/kit/bench:v1", "--plain-http", "--progress", "none"], env=env,
+                       check=True, capture_output=True)
+    subprocess.run([oras, "push", "--plain-http", "--no-tty", f"{addr}/oras/bench:v1", "model.safetensors"],
+                   env=env, check=True, capture_output=True, cwd=src)
+    subprocess.run(mc + ["push", "--plain-http", f"{addr}/mc/bench:v1"], env=env, check=True, capture_output=True)
+
+    # --- pull into each tool's store
+    bench("pull", "kitsnap pull", [ks, "--no-progress", "pull", f"{addr}/ks/bench:v1", "--plain-http"],
+          setup=lambda: fresh(d("ks-store")))
+    if kit:
+        bench("pull", "kit pull", [kit, "pull", f"{addr}/kit/bench:v1", "--plain-http", "--progress", "none"],
+              setup=lambda: fresh(d("kit-home")))
+    bench("pull", "modctl pull", mc + ["pull", "--plain-http", f"{addr}/mc/bench:v1"],
+          setup=lambda: fresh(d("modctl")))
+    bench("pull", "skopeo copy registry -> oci",
+          ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{addr}/ks/bench:v1",
+           f"oci:{d('sk-oci')}:bench"], setup=lambda: fresh(d("sk-oci")))
+    # --- from the registry to files in a directory
+    bench("unpack from registry", "kitsnap unpack REF -d",
+          [ks, "--no-progress", "unpack", f"{addr}/ks/bench:v1", "-d", d("out"), "--plain-http"],
+          setup=lambda: fresh(d("out"), d("ks-store")))
+    if kit:
+        bench("unpack from registry", "kit unpack REF -d",
+              [kit, "unpack", f"{addr}/kit/bench:v1", "-d", d("out"), "--plain-http", "--progress", "none"],
+              setup=lambda: fresh(d("out"), d("kit-home")))
+    bench("unpack from registry", "oras pull -o", [oras, "pull", "--plain-http", "--no-tty", "-o", d("out"),
+                                                    f"{addr}/oras/bench:v1"], setup=lambda: fresh(d("out")))
+    bench("unpack from registry", "modctl pull --extract-from-remote",
+          mc + ["pull", "--plain-http", "--extract-from-remote", "--extract-dir", d("out"),
+                f"{addr}/mc/bench:v1"], setup=lambda: fresh(d("out"), d("modctl")))
+
+    print()
+    print(f"| operation | tool | wall | ratio to best peer | peak RSS | written |")
+    print(f"|---|---|---|---|---|---|")
+    for op in dict.fromkeys(r[0] for r in rows):
+        group = [r for r in rows if r[0] == op]
+        peers_t = [r[2] for r in group if not r[1].startswith("kitsnap")]
+        best_peer = min(peers_t) if peers_t else None
+        for _, tool, t, rss, w in group:
+            ratio = f"**{t / best_peer:.2f}**" if best_peer and tool.startswith("kitsnap") else ""
+            print(f"| {op} | {tool} | {t:.2f} s | {ratio} | {rss:.0f} MiB | {w:.0f} MiB |")
+    reg.stop()
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
