@@ -49,6 +49,35 @@ pub fn run(a: UnpackArgs, ctx: &Ctx) -> Result<()> {
         Ok(d) => d,
         Err(kitsnap_core::Error::NotFound(_)) if r.registry != DEFAULT_REGISTRY => {
             let reg = a.registry.registry(&r.registry)?;
+            // Into an empty directory the layers stream straight from the registry into
+            // their files: written once, nothing stored.
+            let empty = std::fs::read_dir(&a.dir).map_or(true, |mut d| d.next().is_none());
+            if empty && !a.dir.is_file() {
+                let streamed = runtime()?
+                    .block_on(transfer::unpack_streaming(
+                        &reg,
+                        &r,
+                        &filters,
+                        &a.dir,
+                        ctx.progress,
+                    ))
+                    .with_context(|| format!("unpacking {r}"))?;
+                if let Some(rep) = streamed {
+                    for (k, p) in &rep.layers {
+                        eprintln!("  unpacked {:<9} {p}", k.user_str());
+                    }
+                    let secs = rep.elapsed.as_secs_f64();
+                    eprintln!(
+                        "Unpacked {} layer(s){} ({} in {secs:.1} s, streamed from {}) to {}",
+                        rep.layers.len(),
+                        if rep.kitfile_written { " and the Kitfile" } else { "" },
+                        human_bytes(rep.bytes),
+                        r.registry,
+                        a.dir.display()
+                    );
+                    return Ok(());
+                }
+            }
             let (d, rep) = runtime()?
                 .block_on(transfer::fetch_selected(
                     &store,

@@ -707,3 +707,133 @@ pub async fn pack_push(reg: &Registry, opts: &PackOptions) -> Result<PackPushRep
         warnings: plan.warnings.clone(),
     })
 }
+
+/// Feeds a download to an extracting thread (which checks the digest as it reads).
+struct ExtractFeed {
+    tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    started: bool,
+}
+
+impl crate::client::BlobSink for ExtractFeed {
+    async fn reset(&mut self) -> Result<()> {
+        if self.started {
+            return Err(Error::Aborted(
+                "the registry restarted a layer from byte 0 while it was being unpacked; run unpack again"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
+        self.started = true;
+        match &self.tx {
+            Some(tx) if tx.send(data).await.is_ok() => Ok(()),
+            _ => Err(Error::Aborted("extraction stopped".into())),
+        }
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.tx = None;
+        Ok(())
+    }
+
+    fn verifies(&self) -> bool {
+        true
+    }
+}
+
+/// What `unpack_streaming` wrote.
+#[derive(Debug, Default)]
+pub struct StreamedUnpack {
+    pub layers: Vec<(kitsnap_core::oci::LayerKind, String)>,
+    pub bytes: u64,
+    pub kitfile_written: bool,
+    pub elapsed: std::time::Duration,
+}
+
+/// `unpack` of a remote ModelKit into an empty directory without a local copy: each
+/// selected layer streams from the registry straight into extraction (digest checked as
+/// it goes), so the files are written once and nothing is stored. Returns None when this
+/// path does not apply (a parent ModelKit, no matching layer): the caller then goes
+/// through the store.
+pub async fn unpack_streaming(
+    reg: &Registry,
+    r: &Reference,
+    filters: &[Filter],
+    dest: &std::path::Path,
+    progress: bool,
+) -> Result<Option<StreamedUnpack>> {
+    check_remote(r)?;
+    let started = std::time::Instant::now();
+    let (_, m, _) = remote_manifest(reg, r).await?;
+    let kf = layers::kitfile_of(&m, || {
+        Err(CoreError::Invalid("config is fetched below".into()))
+    })
+    .ok()
+    .flatten();
+    let kf = match (kf, m.model_format()) {
+        (Some(k), _) => Some(k),
+        (None, Some(kitsnap_core::oci::ModelFormat::Kit)) => {
+            let cfg = reg.get_small_blob(&r.repository, &m.config).await?;
+            Some(kitsnap_core::kitfile::Kitfile::from_config_json(&cfg)?)
+        }
+        _ => None,
+    };
+    if kf.as_ref().is_some_and(|k| k.model_parent().is_some()) {
+        return Ok(None);
+    }
+    let want_kitfile = filters.is_empty() || filters.iter().any(|f| f.types.contains(&FilterType::Kitfile));
+    let plans: Vec<_> = layers::plan_layers(&m, kf.as_ref())?
+        .into_iter()
+        .filter(|l| layers::selected(filters, FilterType::for_kind(l.kind), &l.name, &l.path))
+        .collect();
+    if plans.is_empty() {
+        return Ok(None);
+    }
+    std::fs::create_dir_all(dest).map_err(|source| CoreError::IoAt {
+        path: dest.into(),
+        source,
+    })?;
+    let labels = blob_labels(&m, kf.as_ref());
+    let mp = progress::multi(progress);
+    let bars: Vec<_> = plans
+        .iter()
+        .map(|l| progress::multi_bytes(&mp, l.desc.size, label(&labels, &l.desc)))
+        .collect();
+    let mut out = StreamedUnpack::default();
+    for (l, bar) in plans.into_iter().zip(bars) {
+        let (tx, reader) = ChannelReader::pipe(8);
+        let (plan, to) = (l.clone(), dest.to_path_buf());
+        let extractor = tokio::task::spawn_blocking(move || {
+            kitsnap_core::extract::extract(
+                reader,
+                &plan,
+                &to,
+                kitsnap_core::extract::ExtractOptions::default(),
+            )
+        });
+        let mut feed = ExtractFeed {
+            tx: Some(tx),
+            started: false,
+        };
+        let fetched = reg.fetch_blob_into(&r.repository, &l.desc, &mut feed, &bar).await;
+        drop(feed);
+        let extracted = extractor
+            .await
+            .map_err(|e| Error::Aborted(format!("unpacking a layer: {e}")))?;
+        // The extractor's own error explains a download cut short by it.
+        extracted?;
+        fetched?;
+        bar.finish_with_message("unpacked");
+        out.bytes += l.desc.size;
+        out.layers.push((l.kind, l.path.clone()));
+    }
+    if let (true, Some(kf)) = (want_kitfile, &kf) {
+        let p = dest.join("Kitfile");
+        std::fs::write(&p, kf.to_yaml()?).map_err(|source| CoreError::IoAt { path: p, source })?;
+        out.kitfile_written = true;
+    }
+    out.elapsed = started.elapsed();
+    Ok(Some(out))
+}
