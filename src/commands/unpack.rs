@@ -70,7 +70,11 @@ pub fn run(a: UnpackArgs, ctx: &Ctx) -> Result<()> {
                     eprintln!(
                         "Unpacked {} layer(s){} ({} in {secs:.1} s, streamed from {}) to {}",
                         rep.layers.len(),
-                        if rep.kitfile_written { " and the Kitfile" } else { "" },
+                        if rep.kitfile_written {
+                            " and the Kitfile"
+                        } else {
+                            ""
+                        },
                         human_bytes(rep.bytes),
                         r.registry,
                         a.dir.display()

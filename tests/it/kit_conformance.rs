@@ -367,14 +367,25 @@ fn reads_kits_store_and_logins() {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             let o = Command::new(kit)
                 .env("KITOPS_HOME", &home)
-                .args(["login", &reg.addr(), "-u", "kituser", "-p", "kitpass", "--plain-http"])
+                .args([
+                    "login",
+                    &reg.addr(),
+                    "-u",
+                    "kituser",
+                    "-p",
+                    "kitpass",
+                    "--plain-http",
+                ])
                 .output()
                 .unwrap();
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         }
         None => {
             // kitsnap packs, then the store is rewritten into kit's layout.
-            ok(&storage, &["pack", tree.to_str().unwrap(), "-t", "parts:v1"]);
+            ok(
+                &storage,
+                &["pack", tree.to_str().unwrap(), "-t", "parts:v1"],
+            );
             let idx_path = storage.join("index.json");
             let mut idx: serde_json::Value =
                 serde_json::from_slice(&fs::read(&idx_path).unwrap()).unwrap();
@@ -417,9 +428,19 @@ fn reads_kits_store_and_logins() {
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
     let list = ks(&["--kit-store", "list"]);
-    assert!(list.lines().any(|l| l.starts_with("parts ") && l.contains(" v1 ")), "{list}");
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("parts ") && l.contains(" v1 ")),
+        "{list}"
+    );
     let out = t.path().join("out");
-    ks(&["--kit-store", "unpack", "parts:v1", "-d", out.to_str().unwrap()]);
+    ks(&[
+        "--kit-store",
+        "unpack",
+        "parts:v1",
+        "-d",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(
         fs::read(out.join("model/model-00001-of-00002.safetensors")).unwrap(),
         fs::read(tree.join("model/model-00001-of-00002.safetensors")).unwrap()
@@ -428,5 +449,11 @@ fn reads_kits_store_and_logins() {
     let r = format!("{}/kits/parts:v1", reg.addr());
     ks(&["--kit-store", "push", "parts:v1", &r, "--plain-http"]);
     let other = t.path().join("other-store");
-    ks(&["--store", other.to_str().unwrap(), "pull", &r, "--plain-http"]);
+    ks(&[
+        "--store",
+        other.to_str().unwrap(),
+        "pull",
+        &r,
+        "--plain-http",
+    ]);
 }

@@ -466,14 +466,16 @@ impl Store {
                 continue;
             };
             let p = self.root.join(f);
-            let idx: Index = serde_json::from_slice(&fs::read(&p).at(&p)?).map_err(|source| {
-                Error::Json {
+            let idx: Index =
+                serde_json::from_slice(&fs::read(&p).at(&p)?).map_err(|source| Error::Json {
                     what: p.display().to_string(),
                     source,
-                }
-            })?;
+                })?;
             for m in idx.manifests {
-                if !out.iter().any(|e| e.name == repo && e.descriptor.digest == m.digest) {
+                if !out
+                    .iter()
+                    .any(|e| e.name == repo && e.descriptor.digest == m.digest)
+                {
                     out.push(Entry {
                         name: repo.clone(),
                         tag: None,
