@@ -708,41 +708,6 @@ pub async fn pack_push(reg: &Registry, opts: &PackOptions) -> Result<PackPushRep
     })
 }
 
-/// Feeds a download to an extracting thread (which checks the digest as it reads).
-struct ExtractFeed {
-    tx: Option<tokio::sync::mpsc::Sender<bytes::Bytes>>,
-    started: bool,
-}
-
-impl crate::client::BlobSink for ExtractFeed {
-    async fn reset(&mut self) -> Result<()> {
-        if self.started {
-            return Err(Error::Aborted(
-                "the registry restarted a layer from byte 0 while it was being unpacked; run unpack again"
-                    .into(),
-            ));
-        }
-        Ok(())
-    }
-
-    async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
-        self.started = true;
-        match &self.tx {
-            Some(tx) if tx.send(data).await.is_ok() => Ok(()),
-            _ => Err(Error::Aborted("extraction stopped".into())),
-        }
-    }
-
-    async fn finish(&mut self) -> Result<()> {
-        self.tx = None;
-        Ok(())
-    }
-
-    fn verifies(&self) -> bool {
-        true
-    }
-}
-
 /// What `unpack_streaming` wrote.
 #[derive(Debug, Default)]
 pub struct StreamedUnpack {
@@ -816,7 +781,8 @@ pub async fn unpack_streaming(
                 kitsnap_core::extract::ExtractOptions::default(),
             )
         });
-        let mut feed = ExtractFeed {
+        // The extracting thread checks the digest as it reads.
+        let mut feed = PipeSink {
             tx: Some(tx),
             started: false,
         };
