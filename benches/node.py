@@ -7,6 +7,9 @@ Concurrency: 8 distinct ModelKits of --size-mib each (random weights, one layer)
   another, in total wall time.
 Scale: kits of 250, 500 and 1,000 layers (small files), each pulled into an empty
   namespace; layers/s must stay constant within 20% (pull time linear in layers).
+Layers at once: one kit of 4 layers of --size-mib each, pulled with `pull_concurrency = 1`
+  (one layer after another, as before 2026-12-05) and with the default (4), kitsnap serve
+  restarted in between. Target: concurrent <= one at a time.
 
 Needs root, containerd, runc, docker-registry and a release build.
 Usage: benches/node.py [--size-mib N] [--layers 250,500,1000] [--containerd-bin DIR]
@@ -77,15 +80,37 @@ def main():
             pack_push(src, ref)
             shutil.rmtree(src)
             many[n] = ref
+        src = os.path.join(work, "wide")
+        os.makedirs(src)
+        lines = ["manifestVersion: 1.0.0", "package:", "  name: wide", "datasets:"]
+        for j in range(4):
+            with open(os.path.join(src, f"{j}.bin"), "wb") as f:
+                for _ in range(a.size_mib):
+                    f.write(os.urandom(1 << 20))
+            lines += [f"  - name: d{j}", f"    path: {j}.bin"]
+        with open(os.path.join(src, "Kitfile"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        wide = f"{addr}/bench/wide:v1"
+        pack_push(src, wide)
+        shutil.rmtree(src)
         shutil.rmtree(os.path.join(work, "store"))
 
         ks_sock = os.path.join(work, "kitsnap.sock")
         ctd_sock = os.path.join(work, "containerd.sock")
-        procs.append(subprocess.Popen([a.bin, "serve", "--root", os.path.join(work, "ks"), "--address", ks_sock,
-                                       "--containerd-address", ctd_sock, "--mount-root",
-                                       os.path.join(work, "mounts"), "--no-docker-plugin", "--log-level", "warn"],
-                                      stderr=subprocess.DEVNULL))
-        wait_sock(ks_sock)
+
+        def start_ks(concurrency):
+            cfg = os.path.join(work, f"kitsnap-{concurrency}.toml")
+            with open(cfg, "w") as f:
+                f.write(f"pull_concurrency = {concurrency}\n")
+            p = subprocess.Popen([a.bin, "serve", "--config", cfg, "--root", os.path.join(work, "ks"),
+                                  "--address", ks_sock, "--containerd-address", ctd_sock, "--mount-root",
+                                  os.path.join(work, "mounts"), "--no-docker-plugin", "--log-level", "warn"],
+                                 stderr=subprocess.DEVNULL)
+            wait_sock(ks_sock)
+            return p
+
+        ks = start_ks(4)
+        procs.append(ks)
         with open(os.path.join(work, "config.toml"), "w") as f:
             f.write(f'version = 2\nroot = "{work}/root"\nstate = "{work}/state"\n'
                     f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{ctd_sock}"\n'
@@ -141,6 +166,22 @@ def main():
         print("\n| layers | pull time | layers/s | vs the smallest |\n|---|---|---|---|")
         for n, r in rates.items():
             print(f"| {n} | {n / r:.2f} s | {r:.1f} | **{r / base:.2f}** (target 0.8-1.2) |")
+        wide_times = {}
+        for conc in [1, 4]:
+            ks.terminate()
+            ks.wait(timeout=60)
+            procs.remove(ks)
+            ks = start_ks(conc)
+            procs.append(ks)
+            time.sleep(1)
+            subprocess.run(["sync"], check=True)
+            t = time.monotonic()
+            pull(wide, f"wide{conc}")
+            wide_times[conc] = time.monotonic() - t
+            clean(f"wide{conc}", [wide])
+        print("\n| 4 layers of %d MiB | one at a time | 4 at once | ratio |\n|---|---|---|---|" % a.size_mib)
+        print(f"| pull --containerd | {wide_times[1]:.2f} s | {wide_times[4]:.2f} s | "
+              f"**{wide_times[4] / wide_times[1]:.2f}** (target <= 1.0) |")
         if errors:
             raise RuntimeError(errors)
     finally:

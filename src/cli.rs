@@ -172,7 +172,7 @@ pull only) on --mirror-addr (default 127.0.0.1:5050): named in containerd's host
 so that ctr, nerdctl, Docker and kubelet unpack and mount ModelKits like images. Settings \
 come from --config (default /etc/kitsnap/config.toml: root, address, log_level, socket_gid, \
 containerd_address, mount_root, docker_plugin, hosts_dir, plain_http, mirror_addr, \
-max_layers, max_expansion, max_kit_gib), overridden by flags. Under systemd (Type=notify) it \
+max_layers, max_expansion, max_kit_gib, pull_concurrency), overridden by flags. Under systemd (Type=notify) it \
 reports readiness once the socket and the mirror listen."
     )]
     Serve(serve::ServeArgs),

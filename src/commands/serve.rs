@@ -182,10 +182,11 @@ fn check_config(path: &std::path::Path, s: &crate::settings::Serve) -> Result<()
     )?;
     writeln!(
         out,
-        "pull limits:        {} layers, {}x expansion, {} per kit",
+        "pull limits:        {} layers, {}x expansion, {} per kit, {} layer(s) at once",
         d.limits.max_layers,
         d.limits.max_expansion,
-        kitsnap_core::human_bytes(d.limits.max_kit_bytes)
+        kitsnap_core::human_bytes(d.limits.max_kit_bytes),
+        d.limits.concurrency
     )?;
     out.flush()?;
     if problems.is_empty() {

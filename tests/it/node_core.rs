@@ -695,6 +695,113 @@ fn mount_pulls_an_unpulled_kit_and_other_mounts_go_on_meanwhile() {
 // ---------------------------------------------------------------------------------------
 // 2. Content writes: several namespaces, concurrent pulls.
 
+/// `pull --containerd` downloads several layers at once (bounded by `pull_concurrency`),
+/// commits them in order, and leaves nothing in its staging area; a failure part-way
+/// leaves neither snapshots nor staged trees.
+#[test]
+fn pull_streams_several_layers_at_once_and_stages_nothing_for_good() {
+    require_containers!();
+    require_registry!();
+    let _heavy = heavy();
+    let t = tempfile::tempdir().unwrap();
+    let (_reg, proxy) = registry_and_proxy(t.path());
+    let store = t.path().join("store");
+    let src = t.path().join("many");
+    let mut kitfile = String::from(
+        "manifestVersion: 1.0.0\npackage:\n  name: many\nmodel:\n  name: m\n  path: model.bin\ndatasets:\n",
+    );
+    let mut files = vec![("model.bin".to_string(), support::bytes(512 << 10, 90))];
+    for i in 0..5 {
+        let rel = format!("d{i}.bin");
+        files.push((rel.clone(), support::bytes(512 << 10, 91 + i)));
+        kitfile.push_str(&format!("  - name: d{i}\n    path: {rel}\n"));
+    }
+    std::fs::create_dir_all(&src).unwrap();
+    for (rel, data) in &files {
+        std::fs::write(src.join(rel), data).unwrap();
+    }
+    std::fs::write(src.join("Kitfile"), kitfile).unwrap();
+    files.sort();
+    let reference = format!("{}/many/kit:v1", proxy.addr());
+    let kit = pack_push(
+        &store,
+        Tree {
+            dir: src.clone(),
+            files,
+        },
+        reference.clone(),
+        &[],
+    );
+    let cfg = t.path().join("kitsnap.toml");
+    std::fs::write(&cfg, "pull_concurrency = 3\n").unwrap();
+    let cfg_arg = cfg.to_str().unwrap().to_string();
+    each_version(test_name!(), |v| {
+        let n = Node::start(v, &["--config", &cfg_arg]);
+        let ctx = n.ctx.clone();
+        let staging = n.ks.root.join("staging");
+
+        // A failure part-way (one layer's bytes are wrong): nothing stays.
+        let bad = {
+            let m: serde_json::Value =
+                serde_json::from_str(&support::ok(&store, &["inspect", &reference])).unwrap();
+            m["manifest"]["layers"][4]["digest"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        *proxy.faults.corrupt_digest.lock().unwrap() = Some(bad.clone());
+        let o = n
+            .cli(
+                "ns-a",
+                &["pull", "--containerd", &reference, "--plain-http"],
+            )
+            .output()
+            .unwrap();
+        let err = text(&o.stderr);
+        assert!(
+            !o.status.success(),
+            "{ctx}: a corrupt layer must fail the pull"
+        );
+        assert!(
+            err.contains(&bad),
+            "{ctx}: the error names the bad layer: {err}"
+        );
+        *proxy.faults.corrupt_digest.lock().unwrap() = None;
+        assert!(
+            eventually(LIMIT, || support::files(&staging).is_empty()),
+            "{ctx}: staged trees left after a failed pull: {:?}",
+            support::files(&staging)
+                .iter()
+                .map(|f| &f.0)
+                .collect::<Vec<_>>()
+        );
+
+        // Slow downloads: several must be under way at once, never more than allowed.
+        proxy.faults.blob_gets_peak.store(0, Ordering::SeqCst);
+        proxy
+            .faults
+            .throttle_blob_bps
+            .store(1 << 20, Ordering::SeqCst);
+        let (_, err) = n.ok(
+            "ns-a",
+            &["pull", "--containerd", &reference, "--plain-http"],
+        );
+        proxy.faults.throttle_blob_bps.store(0, Ordering::SeqCst);
+        assert_eq!(pull_counts(&err), (6, 0), "{ctx}: {err}");
+        let peak = proxy.faults.blob_gets_peak.load(Ordering::SeqCst);
+        assert!(
+            (2..=3).contains(&peak),
+            "{ctx}: {peak} layer download(s) at once; want 2..=3 (pull_concurrency = 3)"
+        );
+        assert!(
+            support::files(&staging).is_empty(),
+            "{ctx}: staged trees left after a pull"
+        );
+        let (mnt, _) = n.ok("ns-a", &["mount", &kit.reference, "--plain-http"]);
+        assert_view(&ctx, Path::new(mnt.trim()), &kit);
+    });
+}
+
 #[test]
 fn pulls_into_several_namespaces_and_concurrent_pulls_unpack_each_layer_once() {
     require_containers!();

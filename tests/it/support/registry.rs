@@ -216,6 +216,26 @@ pub struct Faults {
     pub throttle_blob_bps: AtomicU64,
     /// Blob GET body bytes sent to clients so far (to see that a download is under way).
     pub blob_bytes_sent: AtomicU64,
+    /// Blob GET bodies being sent now, and the most at once so far.
+    pub blob_gets_in_flight: AtomicUsize,
+    pub blob_gets_peak: AtomicUsize,
+}
+
+/// Counts one blob GET body in flight for as long as it lives.
+struct InFlight(Arc<Faults>);
+
+impl InFlight {
+    fn new(f: Arc<Faults>) -> InFlight {
+        let n = f.blob_gets_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        f.blob_gets_peak.fetch_max(n, Ordering::SeqCst);
+        InFlight(f)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.blob_gets_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -483,9 +503,11 @@ async fn handle(
     let mut sent = 0u64;
     let mut flipped = false;
     let tf = f.clone();
+    let in_flight = full_get.then(|| InFlight::new(f.clone()));
     let stream = resp
         .bytes_stream()
         .map(move |chunk| -> Result<Bytes, BoxError> {
+            let _counted = &in_flight;
             let mut chunk: Vec<u8> = chunk.map_err(|e| Box::new(e) as BoxError)?.to_vec();
             if corrupt && !flipped && !chunk.is_empty() {
                 let i = chunk.len() / 2;

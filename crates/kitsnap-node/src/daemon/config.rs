@@ -34,6 +34,8 @@ pub struct Config {
     pub max_expansion: Option<u64>,
     /// Most GiB one ModelKit may unpack to (default 4096).
     pub max_kit_gib: Option<u64>,
+    /// Layers one pull downloads and unpacks at once (default 4).
+    pub pull_concurrency: Option<usize>,
     /// The registry mirror's address (`IP:PORT`, default 127.0.0.1:5050), or "off".
     pub mirror_addr: Option<crate::mirror::MirrorAddr>,
     /// Where Prometheus scrapes `/metrics` (`IP:PORT`); not served unless set.
@@ -50,6 +52,7 @@ impl Config {
             max_layers: self.max_layers.unwrap_or(d.max_layers),
             max_expansion: self.max_expansion.unwrap_or(d.max_expansion),
             max_kit_bytes: self.max_kit_gib.map_or(d.max_kit_bytes, |g| g << 30),
+            concurrency: self.pull_concurrency.unwrap_or(d.concurrency).max(1),
         }
     }
 }

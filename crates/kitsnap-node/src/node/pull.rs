@@ -17,8 +17,9 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -37,9 +38,11 @@ use crate::api::node as pb;
 use crate::containerd::{self, Containerd, ContentWriter};
 use crate::error::{Error, RegistryError, Result};
 use crate::labels as label;
+use crate::node::blocking;
 use crate::node::locks::KeyedLocks;
 use crate::snapshotter::Snapshotter;
 use crate::snapshotter::compose::{KitLayer, KitRecord};
+use tokio::sync::{Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
 
 /// Where a pull reports progress: a client's event stream, or nobody. Reporting never
@@ -82,6 +85,9 @@ pub struct PullLimits {
     pub max_expansion: u64,
     /// Bytes all the layers of one ModelKit may unpack to.
     pub max_kit_bytes: u64,
+    /// Layers one pull downloads and unpacks at once: a slow layer no longer holds up the
+    /// next ones, and a 64-layer kit still opens no more than this many connections.
+    pub concurrency: usize,
 }
 
 impl Default for PullLimits {
@@ -90,6 +96,7 @@ impl Default for PullLimits {
             max_layers: 4096,
             max_expansion: 200,
             max_kit_bytes: 4 << 40,
+            concurrency: 4,
         }
     }
 }
@@ -158,6 +165,7 @@ pub struct PullSpec {
 }
 
 /// Where blobs come from.
+#[derive(Clone)]
 enum Source {
     Store(Arc<Store>),
     Registry(Arc<Registry>, String),
@@ -269,6 +277,113 @@ impl Progress {
         }
         self.events.send(self.event()).await;
     }
+}
+
+/// One layer to unpack ahead of its turn (see [`Leased::stage_ahead`]).
+struct Stage {
+    ctr: Containerd,
+    src: Source,
+    l: LayerPlan,
+    /// The staging area.
+    root: PathBuf,
+    progress: Progress,
+    /// What is left of the kit's byte budget.
+    budget: Arc<AtomicU64>,
+    expansion: u64,
+    keep_all: bool,
+    cancel: CancellationToken,
+    tx: oneshot::Sender<Result<Staged>>,
+}
+
+impl Stage {
+    async fn run(self, permit: tokio::sync::OwnedSemaphorePermit) {
+        let Stage {
+            ctr,
+            src,
+            l,
+            root,
+            progress,
+            budget,
+            expansion,
+            keep_all,
+            cancel,
+            tx,
+        } = self;
+        let work = async {
+            let dir = StageDir(root.join(format!("{}-{}", nonce(), l.desc.digest.hex())));
+            let tree = dir.0.join("fs");
+            let t = tree.clone();
+            blocking(move || Ok(std::fs::create_dir_all(&t)?)).await?;
+            let max_bytes = layer_budget(&l, budget.load(Ordering::Relaxed), expansion);
+            let fill = fill_layer(&ctr, &src, &l, tree, progress, max_bytes, keep_all, &cancel);
+            let (written, diff) = tokio::select! {
+                r = fill => r?,
+                e = containerd_gone(&ctr, "kitsnap-staging") => return Err(e),
+                _ = cancel.cancelled() => return Err(Error::Aborted("pull stopped".into())),
+            };
+            spend(&budget, written, &l)?;
+            Ok(Staged { dir, diff })
+        };
+        let r = work.await;
+        drop(permit);
+        // Nobody waits any more (the pull failed): the staged tree is deleted on drop.
+        let _ = tx.send(r);
+    }
+}
+
+/// A layer unpacked in the staging area, waiting for its snapshot.
+struct Staged {
+    dir: StageDir,
+    diff: Digest,
+}
+
+impl Staged {
+    fn tree(&self) -> PathBuf {
+        self.dir.0.join("fs")
+    }
+}
+
+/// A directory of the staging area, deleted (off the async workers) when dropped.
+struct StageDir(PathBuf);
+
+impl Drop for StageDir {
+    fn drop(&mut self) {
+        let dir = std::mem::take(&mut self.0);
+        let rm = move || {
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %dir.display(), error = %e, "removing a staged layer");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => drop(h.spawn_blocking(rm)),
+            Err(_) => rm(),
+        }
+    }
+}
+
+/// Puts a staged tree in place of a new snapshot's empty directory: one rename on the same
+/// filesystem, keeping the directory's mode as the snapshotter made it.
+fn adopt(tree: &Path, dir: &Path) -> std::io::Result<()> {
+    let perm = std::fs::metadata(dir)?.permissions();
+    std::fs::rename(tree, dir)?;
+    std::fs::set_permissions(dir, perm)
+}
+
+/// Takes `written` bytes from what the kit may still unpack to.
+fn spend(budget: &AtomicU64, written: u64, l: &LayerPlan) -> Result<()> {
+    budget
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+            left.checked_sub(written)
+        })
+        .map(|_| ())
+        .map_err(|_| {
+            Error::invalid(format!(
+                "layer {}: the ModelKit unpacks to more than this node allows per kit (max_kit_gib)",
+                l.desc.digest
+            ))
+        })
 }
 
 /// Download side: feeds the extractor (which verifies the digest) and, for a blob kept in
@@ -703,7 +818,7 @@ impl Leased<'_> {
             ..
         } = *self;
         let mdesc = &kit.desc;
-        let mut budget = puller.limits.max_kit_bytes;
+        let budget = Arc::new(AtomicU64::new(puller.limits.max_kit_bytes));
         let mut result = pb::PullResult {
             image: spec.reference.to_string(),
             manifest_digest: mdesc.digest.to_string(),
@@ -712,8 +827,28 @@ impl Leased<'_> {
         let mut kept: Vec<bool> = Vec::with_capacity(plans.len());
         let mut diffs: Vec<Digest> = Vec::with_capacity(plans.len());
         let mut chain: Vec<Digest> = Vec::with_capacity(plans.len());
+        // Every layer blob of the kit is locked for the whole unpack, in digest order (two
+        // pulls then never wait on each other): one download and unpack per blob on the
+        // node; a concurrent pull of a layer waits, then finds it held.
+        let mut keys: Vec<&str> = plans.iter().map(|l| l.desc.digest.as_str()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let mut locks = Vec::with_capacity(keys.len());
+        for k in keys {
+            locks.push(puller.layers.lock(k).await);
+        }
+        // Layers are unpacked ahead, several at once, while they are committed in order.
+        let cancel = self.cancel.child_token();
+        let _stop = cancel.clone().drop_guard();
+        let mut staged = self.stage_ahead(budget.clone(), cancel).await?;
         for (i, l) in plans.iter().enumerate() {
-            let (diff, name, unpacked) = self.layer(i, chain.last(), &mut budget).await?;
+            let ahead = match staged[i].take() {
+                Some(rx) => Some(rx.await.map_err(|_| {
+                    Error::Internal(format!("layer {}: staging task ended", l.desc.digest))
+                })??),
+                None => None,
+            };
+            let (diff, name, unpacked) = self.layer(i, chain.last(), ahead, &budget).await?;
             if spec.keep_blobs && !unpacked {
                 blob_to_content(ctr, self.src, &l.desc, &diff).await?;
             }
@@ -727,6 +862,7 @@ impl Leased<'_> {
             diffs.push(diff);
             chain.push(name);
         }
+        drop(locks);
         let view = imageview::synthesize(kit, plans, &diffs, "")?;
         result.top_snapshot = chain.last().map(|c| c.to_string()).unwrap_or_default();
         result.view_digest = view.index.desc.digest.to_string();
@@ -750,13 +886,99 @@ impl Leased<'_> {
         Ok((result, layers, docs))
     }
 
+    /// Starts unpacking into the staging area, in manifest order and at most
+    /// `concurrency` at a time, every layer the node does not hold already (as far as its
+    /// chain ID is known in advance); each result comes back on its own channel. The
+    /// others are left to [`Leased::layer`]: reused, or unpacked there.
+    async fn stage_ahead(
+        &self,
+        budget: Arc<AtomicU64>,
+        cancel: CancellationToken,
+    ) -> Result<Vec<Option<oneshot::Receiver<Result<Staged>>>>> {
+        let Leased {
+            ctr,
+            src,
+            spec,
+            plans,
+            known,
+            puller,
+            events,
+            ..
+        } = *self;
+        let mut targets = Vec::with_capacity(plans.len());
+        let mut prev: Option<Digest> = None;
+        for (i, l) in plans.iter().enumerate() {
+            let d = known[i].clone().or_else(|| {
+                let m = puller.diff_ids.lock().ok()?;
+                m.get(&l.desc.digest).cloned()
+            });
+            // A chain ID needs every diff ID below it.
+            let t = match (i == 0 || prev.is_some(), d) {
+                (true, Some(d)) => Some(imageview::chain_id(prev.as_ref(), &d)),
+                _ => None,
+            };
+            prev = t.clone();
+            targets.push(t);
+        }
+        let snap = puller.snap.clone();
+        let held = blocking(move || {
+            targets
+                .iter()
+                .map(|t| match t {
+                    Some(t) => Ok(snap.holds_anywhere(t.as_str())?),
+                    None => Ok(false),
+                })
+                .collect::<Result<Vec<bool>>>()
+        })
+        .await?;
+        let mut rxs = Vec::with_capacity(plans.len());
+        let mut jobs = Vec::new();
+        for (i, l) in plans.iter().enumerate() {
+            if held[i] {
+                rxs.push(None);
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            rxs.push(Some(rx));
+            jobs.push(Stage {
+                ctr: ctr.clone(),
+                src: src.clone(),
+                l: l.clone(),
+                root: puller.snap.staging_dir(),
+                progress: Progress::new(events, i, l),
+                budget: budget.clone(),
+                expansion: puller.limits.max_expansion,
+                keep_all: spec.keep_blobs,
+                cancel: cancel.clone(),
+                tx,
+            });
+        }
+        let sem = Arc::new(Semaphore::new(puller.limits.concurrency.max(1)));
+        // Starts the layers in order as permits free up. It and what it started stop with
+        // `cancel`: the pull failed, was cancelled, or is done.
+        tokio::spawn(async move {
+            for job in jobs {
+                let permit = tokio::select! {
+                    p = sem.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = cancel.cancelled() => return,
+                };
+                tokio::spawn(job.run(permit));
+            }
+        });
+        Ok(rxs)
+    }
+
     /// Layer `i` as a committed snapshot on top of `parent`: reused when the node holds it,
-    /// else unpacked. Returns its diff ID, its chain ID, and whether it was unpacked here.
+    /// else moved in from `staged` or unpacked here. Returns its diff ID, its chain ID, and whether it was unpacked here.
     async fn layer(
         &self,
         i: usize,
         parent: Option<&Digest>,
-        budget: &mut u64,
+        staged: Option<Staged>,
+        budget: &AtomicU64,
     ) -> Result<(Digest, Digest, bool)> {
         let Leased {
             ctr,
@@ -771,9 +993,6 @@ impl Leased<'_> {
         let l = &plans[i];
         let progress = Progress::new(events, i, l);
         let parent_name = parent.map(|p| p.to_string()).unwrap_or_default();
-        // One download and unpack per layer blob on the node: concurrent pulls of the same
-        // layer wait here, then find it held (the Prepare below answers AlreadyExists).
-        let _layer = puller.layers.lock(l.desc.digest.as_str()).await;
         let known_i = known[i].clone().or_else(|| {
             let m = puller.diff_ids.lock().ok()?;
             m.get(&l.desc.digest).cloned()
@@ -807,12 +1026,28 @@ impl Leased<'_> {
                     "unexpected mounts from the kitsnap snapshotter: {mounts:?}"
                 ))
             })?;
-            let max_bytes = layer_budget(l, *budget, puller.limits.max_expansion);
-            let keep_all = self.spec.keep_blobs;
-            let fill = fill_layer(ctr, src, l, dir, progress, max_bytes, keep_all, cancel);
-            let (written, diff) = tokio::select! {
-                r = fill => r?,
-                e = containerd_gone(ctr, &key) => return Err(e),
+            let diff = match staged {
+                // Unpacked ahead: its tree becomes the snapshot's (a rename, no copy).
+                Some(st) => {
+                    let tree = st.tree();
+                    blocking(move || Ok(adopt(&tree, &dir)?)).await?;
+                    st.diff.clone()
+                }
+                None => {
+                    let max_bytes = layer_budget(
+                        l,
+                        budget.load(Ordering::Relaxed),
+                        puller.limits.max_expansion,
+                    );
+                    let keep_all = self.spec.keep_blobs;
+                    let fill = fill_layer(ctr, src, l, dir, progress, max_bytes, keep_all, cancel);
+                    let (written, diff) = tokio::select! {
+                        r = fill => r?,
+                        e = containerd_gone(ctr, &key) => return Err(e),
+                    };
+                    spend(budget, written, l)?;
+                    diff
+                }
             };
             if let Ok(mut m) = puller.diff_ids.lock() {
                 m.insert(l.desc.digest.clone(), diff.clone());
@@ -828,10 +1063,7 @@ impl Leased<'_> {
             let name = imageview::chain_id(parent, &diff);
             labels.insert(label::TARGET_REF.to_string(), name.to_string());
             match ctr.commit(name.as_str(), &key, labels.clone()).await {
-                Ok(()) => {
-                    *budget = budget.saturating_sub(written);
-                    Ok((diff, name, true))
-                }
+                Ok(()) => Ok((diff, name, true)),
                 Err(e) if e.is_already_exists() => {
                     // A concurrent pull committed the same layer first.
                     let _ = ctr.remove(&key).await;

@@ -201,6 +201,28 @@ pub(super) fn get(
 }
 
 /// Values of one multimap key, in ascending order.
+/// Whether any committed snapshot, on any parent, carries `target` (a scan: asked once
+/// per layer of a pull, to skip downloading a layer the node holds).
+pub(super) fn held_anywhere(
+    snaps: &impl ReadableTable<&'static str, &'static [u8]>,
+    targets: &impl ReadableMultimapTable<&'static str, &'static str>,
+    target: &str,
+) -> Result<bool> {
+    let suffix = format!("\0{target}");
+    for e in targets.iter()? {
+        let (k, vals) = e?;
+        if !k.value().ends_with(&suffix) {
+            continue;
+        }
+        for v in vals {
+            if get(snaps, v?.value())?.is_some_and(|r| r.kind == Kind::Committed) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
 pub(super) fn values(
     t: &impl ReadableMultimapTable<&'static str, &'static str>,
     key: &str,

@@ -1,7 +1,8 @@
 //! An overlay snapshotter with containerd's snapshot semantics, metadata in redb.
 //!
 //! Layout under the root (default `/var/lib/kitsnap`): `metadata.redb`,
-//! `snapshots/<id>/{fs,work}` and `trees/<name>` (ModelKit trees, see [`compose`]).
+//! `snapshots/<id>/{fs,work}`, `trees/<name>` (ModelKit trees, see [`compose`]) and
+//! `staging/` (layers being unpacked by pulls before their snapshot exists).
 //!
 //! Every lookup is indexed ([`index`]): parent -> children, (parent, target ref) ->
 //! snapshot, id -> key, tree -> users, (namespace, name) -> key, each kept in the same
@@ -277,6 +278,8 @@ impl Snapshotter {
         };
         // Finish what a crash interrupted.
         s.cleanup()?;
+        remove_tree(&s.staging_dir());
+        fs::create_dir_all(s.staging_dir())?;
         Ok(s)
     }
 
@@ -537,6 +540,19 @@ impl Snapshotter {
             },
         };
         Ok(vec![m])
+    }
+
+    /// Whether a committed snapshot on any parent carries `target` (see [`index::held_anywhere`]).
+    pub fn holds_anywhere(&self, target: &str) -> Result<bool> {
+        let t = self.read()?;
+        index::held_anywhere(&t.snaps, &t.targets, target)
+    }
+
+    /// Where pulls unpack layers before a snapshot exists for them (on the snapshots'
+    /// filesystem, so that a staged tree is renamed into its snapshot). Emptied at open:
+    /// only this daemon's running pulls use it.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join("staging")
     }
 
     /// Whether a committed snapshot on `parent` carries the remote-snapshot `target` label
