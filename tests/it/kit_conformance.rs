@@ -181,8 +181,10 @@ fn build(case: &Case, at: &Path) {
     fix_dir_modes(at);
 }
 
-/// The digest of kitsnap's only manifest in STORE, with its cli-version replaced by kit's.
-fn as_kit_would_write(store: &Path) -> String {
+/// The digest of kitsnap's only manifest in STORE, with its cli-version replaced by
+/// `kit_cli_version` (what kit stamps: "1.7.0" in a release build, "unknown" in one built
+/// without the release ldflags).
+fn as_kit_would_write(store: &Path, kit_cli_version: &str) -> String {
     let idx: serde_json::Value =
         serde_json::from_slice(&fs::read(store.join("index.json")).unwrap()).unwrap();
     let digest = idx["manifests"][0]["digest"].as_str().unwrap();
@@ -198,13 +200,14 @@ fn as_kit_would_write(store: &Path) -> String {
     assert!(text.contains(&needle), "{text}");
     let kitlike = text.replace(
         &needle,
-        &format!("\"ml.kitops.modelkit.cli-version\":\"{KIT_VERSION}\""),
+        &format!("\"ml.kitops.modelkit.cli-version\":\"{kit_cli_version}\""),
     );
     format!("sha256:{}", sha256_hex(kitlike.as_bytes()))
 }
 
-/// The manifest digest `kit pack` stored (kit's own index.json under KITOPS_HOME).
-fn kit_pack(kit: &Path, home: &Path, tree: &Path, args: &[&str]) -> String {
+/// The manifest digest `kit pack` stored (kit's own index.json under KITOPS_HOME) and
+/// the cli-version it stamped.
+fn kit_pack(kit: &Path, home: &Path, tree: &Path, args: &[&str]) -> (String, String) {
     let o = Command::new(kit)
         .env("KITOPS_HOME", home)
         .arg("pack")
@@ -219,7 +222,16 @@ fn kit_pack(kit: &Path, home: &Path, tree: &Path, args: &[&str]) -> String {
     );
     let idx: serde_json::Value =
         serde_json::from_slice(&fs::read(home.join("storage/index.json")).unwrap()).unwrap();
-    idx["manifests"][0]["digest"].as_str().unwrap().to_string()
+    let digest = idx["manifests"][0]["digest"].as_str().unwrap().to_string();
+    let blob = home
+        .join("storage/blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(blob).unwrap()).unwrap();
+    let version = m["annotations"]["ml.kitops.modelkit.cli-version"]
+        .as_str()
+        .expect("kit's cli-version annotation")
+        .to_string();
+    (digest, version)
 }
 
 #[test]
@@ -246,12 +258,16 @@ fn pack_writes_kits_bytes() {
                 "none",
             ],
         );
-        let ours = as_kit_would_write(&store);
+        let ours = as_kit_would_write(&store, KIT_VERSION);
         if let Some(kit) = &kit {
             let home = t.path().join(format!("{}-kit", case.name));
-            let theirs = kit_pack(kit, &home, &tree, &["-t", "conf:v1"]);
-            assert_eq!(ours, theirs, "{}: kitsnap and kit differ", case.name);
-            println!("{}: kit manifest {theirs}", case.name);
+            let (theirs, version) = kit_pack(kit, &home, &tree, &["-t", "conf:v1"]);
+            let ours_live = as_kit_would_write(&store, &version);
+            assert_eq!(ours_live, theirs, "{}: kitsnap and kit differ", case.name);
+            println!(
+                "{}: kit (cli-version {version}) manifest {theirs}",
+                case.name
+            );
         }
         assert_eq!(
             ours, case.kit_manifest,
@@ -456,4 +472,227 @@ fn reads_kits_store_and_logins() {
         &r,
         "--plain-http",
     ]);
+}
+
+/// kit v1.7.0 has no `mcpServers`, no `datasets[].remotePath`/`remoteHash` and no
+/// `pack --layer-format`: it refuses them ("field mcpServers not found in type
+/// artifact.KitFile", "unknown flag: --layer-format"), and so does kitsnap. With a kit
+/// binary the test checks kit still refuses each one.
+#[test]
+fn refuses_what_kit_refuses() {
+    let t = tempfile::tempdir().unwrap();
+    let kit = kit();
+    let tree = t.path().join("tree");
+    write(&tree, "d/train.csv", b"a\n", 0o644);
+    let kitfile = |extra: &str| {
+        format!(
+            "manifestVersion: \"1.0\"\npackage:\n  name: refuse\ndatasets:\n  - name: train\n    path: d\n{extra}"
+        )
+    };
+    let cases = [
+        (
+            kitfile("mcpServers:\n  - name: s\n"),
+            "mcpServers",
+            "field mcpServers not found in type artifact.KitFile",
+        ),
+        (
+            kitfile("  - name: remote\n    remotePath: s3://bucket/train\n"),
+            "remotePath",
+            "field remotePath not found in type artifact.DataSet",
+        ),
+        (
+            kitfile("  - name: remote\n    remoteHash: sha256:00\n"),
+            "remoteHash",
+            "field remoteHash not found in type artifact.DataSet",
+        ),
+    ];
+    let store = t.path().join("store");
+    for (i, (text, field, kit_says)) in cases.iter().enumerate() {
+        let kf = t.path().join(format!("Kitfile-{i}"));
+        fs::write(&kf, text).unwrap();
+        let args = [
+            "pack",
+            tree.to_str().unwrap(),
+            "-f",
+            kf.to_str().unwrap(),
+            "-t",
+            "refuse:v1",
+        ];
+        let e = crate::support::fails(&store, &args);
+        assert!(e.contains(&format!("unknown field `{field}`")), "{e}");
+        if let Some(kit) = &kit {
+            let o = Command::new(kit)
+                .env("KITOPS_HOME", t.path().join("kithome"))
+                .args(args)
+                .output()
+                .unwrap();
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && e.contains(kit_says), "kit: {e}");
+        }
+    }
+    fs::write(tree.join("Kitfile"), kitfile("")).unwrap();
+    let args = [
+        "pack",
+        tree.to_str().unwrap(),
+        "-t",
+        "refuse:v1",
+        "--layer-format",
+        "raw",
+    ];
+    let e = crate::support::fails(&store, &args);
+    assert!(e.contains("--layer-format"), "{e}");
+    if let Some(kit) = &kit {
+        let o = Command::new(kit)
+            .env("KITOPS_HOME", t.path().join("kithome"))
+            .args(args)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && e.contains("unknown flag: --layer-format"),
+            "kit: {e}"
+        );
+    }
+}
+
+/// A stored config with keys kit v1.7.0's structs lack (`mcpServers`, a dataset's
+/// `remotePath`/`remoteHash`, a layer-less dataset entry) is read as kit reads it: Go's
+/// `json.Unmarshal` drops unknown keys, so `info` and `unpack` work and print or write the
+/// Kitfile without them; the layer-less entry is listed and unpacks nothing. The kit is
+/// laid out in kit's store, pushed and pulled back through a registry; with a kit binary,
+/// `kit info` and `kit unpack` of the same store are checked too (same files).
+#[test]
+fn reads_configs_with_fields_kit_ignores() {
+    use base64::Engine;
+    require_registry!();
+    let t = tempfile::tempdir().unwrap();
+    let home = t.path().join("kitops-home");
+    let storage = home.join("storage");
+    let tree = t.path().join("tree");
+    build(&CASES[0], &tree);
+    ok(
+        &storage,
+        &[
+            "pack",
+            tree.to_str().unwrap(),
+            "-t",
+            "extra:v1",
+            "--compression",
+            "none",
+        ],
+    );
+
+    let blob = |d: &str| {
+        storage
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let put = |data: &[u8]| {
+        let d = format!("sha256:{}", sha256_hex(data));
+        fs::write(blob(&d), data).unwrap();
+        (d, data.len())
+    };
+    let idx: serde_json::Value =
+        serde_json::from_slice(&fs::read(storage.join("index.json")).unwrap()).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_slice(
+        &fs::read(blob(idx["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(
+        &fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    config["mcpServers"] = serde_json::json!([{"name": "srv", "path": "mcp"}]);
+    config["datasets"][0]["remoteHash"] = "sha256:1234".into();
+    let datasets = config["datasets"].as_array_mut().unwrap();
+    datasets.push(serde_json::json!({"name": "remote", "remotePath": "s3://bucket/remote.csv"}));
+    let (cd, cs) = put(&serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = cd.clone().into();
+    manifest["config"]["size"] = cs.into();
+    let (md, ms) = put(&serde_json::to_vec(&manifest).unwrap());
+    // kit's layout: index.json and the repository's index and tags, no annotations.
+    let desc = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms
+    });
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [desc]});
+    fs::write(storage.join("index.json"), index.to_string()).unwrap();
+    let enc = base64::engine::general_purpose::URL_SAFE.encode("localhost/extra");
+    fs::write(storage.join(format!("{enc}-index.json")), index.to_string()).unwrap();
+    fs::write(
+        storage.join(format!("{enc}-tags.json")),
+        serde_json::json!({ "v1": desc }).to_string(),
+    )
+    .unwrap();
+
+    let ks = |args: &[&str]| {
+        let o = Command::new(crate::support::bin())
+            .env("KITOPS_HOME", &home)
+            .arg("--kit-store")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "kitsnap {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let info = ks(&["info", "extra:v1"]);
+    assert!(info.contains("name: remote"), "{info}");
+    assert!(
+        !info.contains("mcp") && !info.contains("remoteHash") && !info.contains("s3:"),
+        "{info}"
+    );
+    let out = t.path().join("out");
+    ks(&["unpack", "extra:v1", "-d", out.to_str().unwrap()]);
+    let expect: Vec<_> = listing(&tree);
+    assert_eq!(listing(&out), expect);
+    let kitfile = fs::read_to_string(out.join("Kitfile")).unwrap();
+    assert!(
+        kitfile.contains("name: remote") && !kitfile.contains("mcp"),
+        "{kitfile}"
+    );
+
+    // Through a registry: push keeps the config as it is, pull reads it.
+    let reg = RegistryProc::start(&t.path().join("reg"), None, None);
+    let r = format!("{}/extra/kit:v1", reg.addr());
+    ks(&["push", "extra:v1", &r, "--plain-http"]);
+    let other = t.path().join("other-store");
+    ok(&other, &["pull", &r, "--plain-http"]);
+    let pulled = t.path().join("pulled");
+    ok(&other, &["unpack", &r, "-d", pulled.to_str().unwrap()]);
+    assert_eq!(listing(&pulled), expect);
+    let inspect = ok(&other, &["inspect", &r]);
+    assert!(inspect.contains(&cd), "{inspect}");
+
+    let Some(kit) = kit() else {
+        return;
+    };
+    let kit_cmd = |args: &[&str]| {
+        let o = Command::new(&kit)
+            .env("KITOPS_HOME", &home)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "kit {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let kit_info = kit_cmd(&["info", "extra:v1"]);
+    assert!(
+        kit_info.contains("name: remote") && !kit_info.contains("mcp"),
+        "{kit_info}"
+    );
+    let kit_out = t.path().join("kit-out");
+    kit_cmd(&["unpack", "extra:v1", "-d", kit_out.to_str().unwrap()]);
+    assert_eq!(listing(&kit_out), expect);
+    println!("kit info:\n{kit_info}\nkitsnap info:\n{info}");
+    println!(
+        "kit Kitfile:\n{}\nkitsnap Kitfile:\n{kitfile}",
+        fs::read_to_string(kit_out.join("Kitfile")).unwrap()
+    );
 }

@@ -166,6 +166,75 @@ pub struct Prompt {
     pub diff_id: Option<String>,
 }
 
+/// The JSON keys of each config object, as the structs above name them.
+const TOP_KEYS: &[&str] = &[
+    "manifestVersion",
+    "package",
+    "model",
+    "code",
+    "datasets",
+    "docs",
+    "prompts",
+];
+const PACKAGE_KEYS: &[&str] = &["name", "version", "description", "license", "authors"];
+const MODEL_KEYS: &[&str] = &[
+    "name",
+    "path",
+    "license",
+    "framework",
+    "format",
+    "version",
+    "description",
+    "parts",
+    "parameters",
+    "digest",
+    "diffId",
+];
+const PART_KEYS: &[&str] = &["name", "path", "license", "type", "digest", "diffId"];
+const CODE_KEYS: &[&str] = &["path", "description", "license", "digest", "diffId"];
+const DATASET_KEYS: &[&str] = &[
+    "name",
+    "path",
+    "description",
+    "license",
+    "parameters",
+    "digest",
+    "diffId",
+];
+const DOCS_KEYS: &[&str] = &["path", "description", "digest", "diffId"];
+const PROMPT_KEYS: &[&str] = &["name", "path", "description", "digest", "diffId"];
+
+/// Removes the keys no Kitfile struct has, as Go's decoder skips them; `parameters` stays
+/// whole (free-form). Values of the wrong type are left for serde to report.
+fn drop_unknown_config_keys(v: &mut serde_json::Value) {
+    use serde_json::{Map, Value};
+    fn keep(obj: &mut Map<String, Value>, known: &[&str]) {
+        obj.retain(|k, _| known.contains(&k.as_str()));
+    }
+    fn each(list: Option<&mut Value>, known: &[&str]) {
+        if let Some(Value::Array(items)) = list {
+            for obj in items.iter_mut().filter_map(Value::as_object_mut) {
+                keep(obj, known);
+            }
+        }
+    }
+    let Some(top) = v.as_object_mut() else {
+        return;
+    };
+    keep(top, TOP_KEYS);
+    if let Some(p) = top.get_mut("package").and_then(Value::as_object_mut) {
+        keep(p, PACKAGE_KEYS);
+    }
+    if let Some(m) = top.get_mut("model").and_then(Value::as_object_mut) {
+        keep(m, MODEL_KEYS);
+        each(m.get_mut("parts"), PART_KEYS);
+    }
+    each(top.get_mut("code"), CODE_KEYS);
+    each(top.get_mut("datasets"), DATASET_KEYS);
+    each(top.get_mut("docs"), DOCS_KEYS);
+    each(top.get_mut("prompts"), PROMPT_KEYS);
+}
+
 /// One Kitfile entry that becomes a layer, in the order KitOps packs them:
 /// model, model parts, code, datasets, docs, prompts.
 #[derive(Clone, Debug, PartialEq)]
@@ -249,12 +318,23 @@ impl Kitfile {
         Ok(kf)
     }
 
-    /// Parses the JSON config of a stored ModelKit.
+    /// Parses the JSON config of a stored ModelKit. Unknown keys are dropped, not refused:
+    /// kit reads configs with Go's `json.Unmarshal`, which ignores them, so a ModelKit whose
+    /// config carries fields kit does not know (e.g. `mcpServers`) still pulls and unpacks.
     pub fn from_config_json(data: &[u8]) -> Result<Kitfile> {
-        serde_json::from_slice(data).map_err(|source| Error::Json {
+        let json_err = |source| Error::Json {
             what: "ModelKit config (Kitfile)".into(),
             source,
-        })
+        };
+        let mut v: serde_json::Value = serde_json::from_slice(data).map_err(json_err)?;
+        if !v.is_object() {
+            // serde would take `[]` for a struct; Go's decoder refuses it.
+            return Err(json_err(serde::de::Error::custom(
+                "the config is not a JSON object",
+            )));
+        }
+        drop_unknown_config_keys(&mut v);
+        serde_json::from_value(v).map_err(json_err)
     }
 
     /// The config blob: Go-compatible JSON.
@@ -487,6 +567,92 @@ prompts:
         assert!(json.starts_with(r#"{"manifestVersion":"1.0.0","package":{"name":"demo","version":"1.2.3","authors":["Ada","Grace"]},"model":{"name":"tiny","path":"models/tiny.gguf","framework":"llama.cpp","parts":[{"name":"tok","path":"models/tokenizer.json","type":"tokenizer"}],"parameters":{"a":{"y":"\u003cx\u003e","z":1},"b":2}}"#), "{json}");
         let back = Kitfile::from_config_json(json.as_bytes()).unwrap();
         assert_eq!(back, kf);
+    }
+
+    /// Every key a full config holds is in the key lists, and every listed key occurs:
+    /// the lists cannot drift from the structs.
+    #[test]
+    fn config_key_lists_match_the_structs() {
+        let mut kf = Kitfile::from_yaml(FULL, "Kitfile").unwrap();
+        kf.package.description = "d".into();
+        kf.package.license = "l".into();
+        let m = kf.model.as_mut().unwrap();
+        for s in [
+            &mut m.license,
+            &mut m.format,
+            &mut m.version,
+            &mut m.description,
+        ] {
+            *s = "x".into();
+        }
+        m.parts[0].license = "l".into();
+        kf.code[0].description = "d".into();
+        kf.code[0].license = "l".into();
+        let d = &mut kf.datasets[0];
+        d.description = "d".into();
+        d.license = "l".into();
+        d.parameters = Some(serde_json::json!({"k": 1}));
+        kf.docs[0].description = "d".into();
+        kf.prompts[0].name = "p".into();
+        kf.prompts[0].description = "d".into();
+        for (_, _, (dg, di)) in kf.layer_slots() {
+            *dg = Some("sha256:00".into());
+            *di = Some("sha256:00".into());
+        }
+        let v: serde_json::Value = serde_json::from_slice(&kf.to_config_json().unwrap()).unwrap();
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let same = |v: &serde_json::Value, list: &[&str]| {
+            let mut a = keys(v);
+            let mut b: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+            a.sort();
+            b.sort();
+            assert_eq!(a, b);
+        };
+        same(&v, TOP_KEYS);
+        same(&v["package"], PACKAGE_KEYS);
+        same(&v["model"], MODEL_KEYS);
+        same(&v["model"]["parts"][0], PART_KEYS);
+        same(&v["code"][0], CODE_KEYS);
+        same(&v["datasets"][0], DATASET_KEYS);
+        same(&v["docs"][0], DOCS_KEYS);
+        same(&v["prompts"][0], PROMPT_KEYS);
+    }
+
+    /// kit v1.7.0 has no `mcpServers`, `datasets[].remotePath` or `remoteHash`: in a Kitfile
+    /// they are refused (kit: "field mcpServers not found in type artifact.KitFile"), in a
+    /// stored config they are ignored (kit decodes it with Go's json.Unmarshal).
+    #[test]
+    fn fields_kit_does_not_know() {
+        for (text, field) in [
+            ("manifestVersion: 1.0.0\nmcpServers: []\n", "mcpServers"),
+            (
+                "manifestVersion: 1.0.0\ndatasets:\n  - name: r\n    remotePath: s3://b/k\n",
+                "remotePath",
+            ),
+            (
+                "manifestVersion: 1.0.0\ndatasets:\n  - path: d\n    remoteHash: sha256:00\n",
+                "remoteHash",
+            ),
+        ] {
+            let e = Kitfile::from_yaml(text, "Kitfile").unwrap_err().to_string();
+            assert!(e.contains(&format!("unknown field `{field}`")), "{e}");
+        }
+        let config = br#"{"manifestVersion":"1.0.0","package":{"name":"p","x":1},"model":{"path":"m","parts":[{"path":"t","y":[]}],"parameters":{"keep":{"z":1}}},"datasets":[{"name":"r","remotePath":"s3://b/k","remoteHash":"sha256:00"},{"path":"d","digest":"sha256:11"}],"mcpServers":[{"name":"s"}]}"#;
+        let kf = Kitfile::from_config_json(config).unwrap();
+        assert_eq!(kf.package.name, "p");
+        assert_eq!(kf.datasets.len(), 2);
+        assert_eq!(kf.datasets[0].name, "r");
+        assert_eq!(kf.datasets[1].digest.as_deref(), Some("sha256:11"));
+        let m = kf.model.as_ref().unwrap();
+        assert_eq!(m.parts[0].path, "t");
+        assert_eq!(m.parameters, Some(serde_json::json!({"keep": {"z": 1}})));
+        let json = String::from_utf8(kf.to_config_json().unwrap()).unwrap();
+        assert!(!json.contains("remote") && !json.contains("mcp"), "{json}");
+        // Wrong types are still errors.
+        assert!(Kitfile::from_config_json(br#"{"package":{"name":3}}"#).is_err());
+        assert!(Kitfile::from_config_json(b"[]").is_err());
     }
 
     #[test]
