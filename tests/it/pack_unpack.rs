@@ -693,3 +693,63 @@ fn model_from_parent_modelkit() {
     );
     assert!(e.contains("parent ModelKit"), "{e}");
 }
+
+/// `unpack REF` from a registry into an empty directory downloads several layers at once
+/// (each written as it arrives, at most `TransferOptions::concurrency`), and a bad layer
+/// fails the unpack with its digest named.
+#[test]
+fn unpack_from_a_registry_streams_layers_at_once() {
+    use crate::support::registry::{Faults, RegistryProc, start_proxy};
+    use std::sync::atomic::Ordering;
+    require_registry!();
+    let t = tempfile::tempdir().unwrap();
+    let reg = RegistryProc::start(&t.path().join("registry"), None, None);
+    let proxy = start_proxy(&reg.addr(), Faults::default());
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    let mut kitfile = String::from(
+        "manifestVersion: 1.0.0\npackage:\n  name: wide\nmodel:\n  path: model.bin\ndatasets:\n",
+    );
+    fs::write(src.join("model.bin"), bytes(256 << 10, 70)).unwrap();
+    for i in 0..5u64 {
+        fs::write(src.join(format!("d/{i}.bin")), bytes(256 << 10, 71 + i)).unwrap();
+        kitfile.push_str(&format!("  - name: d{i}\n    path: d/{i}.bin\n"));
+    }
+    fs::write(src.join("Kitfile"), &kitfile).unwrap();
+    let store = t.path().join("store");
+    let r = format!("{}/wide/kit:v1", proxy.addr());
+    ok(&store, &["pack", src.to_str().unwrap(), "-t", &r]);
+    ok(&store, &["push", &r, "--plain-http"]);
+    let m = manifest(&store, &r);
+
+    let empty = t.path().join("empty-store");
+    let out = t.path().join("out");
+    proxy
+        .faults
+        .throttle_blob_bps
+        .store(1 << 20, Ordering::SeqCst);
+    ok(
+        &empty,
+        &["unpack", &r, "-d", out.to_str().unwrap(), "--plain-http"],
+    );
+    proxy.faults.throttle_blob_bps.store(0, Ordering::SeqCst);
+    let peak = proxy.faults.blob_gets_peak.load(Ordering::SeqCst);
+    assert!(
+        (2..=4).contains(&peak),
+        "{peak} layer download(s) at once; want 2..=4"
+    );
+    let mut want = files(&src);
+    want.retain(|(p, _)| p != "Kitfile");
+    let mut got = files(&out);
+    got.retain(|(p, _)| p != "Kitfile");
+    assert!(got == want, "unpacked files differ from the source");
+
+    let bad = m.layers[3].digest.to_string();
+    *proxy.faults.corrupt_digest.lock().unwrap() = Some(bad.clone());
+    let out2 = t.path().join("out2");
+    let e = fails(
+        &empty,
+        &["unpack", &r, "-d", out2.to_str().unwrap(), "--plain-http"],
+    );
+    assert!(e.contains(&bad), "the error names the bad layer: {e}");
+}

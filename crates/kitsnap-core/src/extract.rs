@@ -231,13 +231,29 @@ fn ensure_parents(
                 )));
             }
             Err(_) => {
-                fs::create_dir(&cur).at(&cur)?;
-                created.push(cur.clone());
+                if make_dir(&cur)? {
+                    created.push(cur.clone());
+                }
             }
         }
         checked.insert(cur.clone());
     }
     Ok(cur.join(parts.last().map(String::as_str).unwrap_or("")))
+}
+
+/// Creates a directory; false when another layer unpacking into the same tree at the same
+/// time made it first (a directory, not a symlink or a file: that stays an error).
+fn make_dir(p: &Path) -> Result<bool> {
+    match fs::create_dir(p) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::AlreadyExists
+                && fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(e).at(p),
+    }
 }
 
 /// Creates a new file, never following a symlink planted at `target`.
@@ -351,11 +367,12 @@ fn extract_tar<R: Read>(
                     )));
                 }
                 Err(_) => {
-                    fs::create_dir(&target).at(&target)?;
-                    created.push(target.clone());
-                    // Keep directories writable for the rest of the layer.
-                    fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
-                        .at(&target)?;
+                    if make_dir(&target)? {
+                        created.push(target.clone());
+                        // Keep directories writable for the rest of the layer.
+                        fs::set_permissions(&target, fs::Permissions::from_mode(mode | 0o700))
+                            .at(&target)?;
+                    }
                 }
             },
             tar::EntryType::Regular | tar::EntryType::Continuous => {

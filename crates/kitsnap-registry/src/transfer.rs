@@ -770,33 +770,64 @@ pub async fn unpack_streaming(
         .map(|l| progress::multi_bytes(&mp, l.desc.size, label(&labels, &l.desc)))
         .collect();
     let mut out = StreamedUnpack::default();
-    for (l, bar) in plans.into_iter().zip(bars) {
-        let (tx, reader) = ChannelReader::pipe(8);
-        let (plan, to) = (l.clone(), dest.to_path_buf());
-        let extractor = tokio::task::spawn_blocking(move || {
-            kitsnap_core::extract::extract(
-                reader,
-                &plan,
-                &to,
-                kitsnap_core::extract::ExtractOptions::default(),
-            )
-        });
-        // The extracting thread checks the digest as it reads.
-        let mut feed = PipeSink {
-            tx: Some(tx),
-            started: false,
-        };
-        let fetched = reg
-            .fetch_blob_into(&r.repository, &l.desc, &mut feed, &bar)
-            .await;
-        drop(feed);
-        let extracted = extractor
-            .await
-            .map_err(|e| Error::Aborted(format!("unpacking a layer: {e}")))?;
-        // The extractor's own error explains a download cut short by it.
-        extracted?;
-        fetched?;
-        bar.finish_with_message("unpacked");
+    // Several layers at once, each written as it arrives. The first failure stops the
+    // others, and every extracting thread has ended before this returns (nothing writes
+    // into `dest` behind the caller's cleanup).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let first_error: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    let done: Vec<Option<layers::LayerPlan>> = stream::iter(plans.into_iter().zip(bars))
+        .map(|(l, bar)| {
+            let (stop, first_error) = (&stop, &first_error);
+            async move {
+                let (tx, reader) = ChannelReader::pipe(8);
+                let (plan, to) = (l.clone(), dest.to_path_buf());
+                let extractor = tokio::task::spawn_blocking(move || {
+                    kitsnap_core::extract::extract(
+                        reader,
+                        &plan,
+                        &to,
+                        kitsnap_core::extract::ExtractOptions::default(),
+                    )
+                });
+                // The extracting thread checks the digest as it reads.
+                let mut feed = PipeSink {
+                    tx: Some(tx),
+                    started: false,
+                };
+                let fetched = tokio::select! {
+                    r = reg.fetch_blob_into(&r.repository, &l.desc, &mut feed, &bar) => r,
+                    _ = stop.cancelled() => Err(Error::Aborted("another layer failed".into())),
+                };
+                drop(feed);
+                let extracted = extractor
+                    .await
+                    .map_err(|e| Error::Aborted(format!("unpacking a layer: {e}")));
+                // The extractor's own error explains a download cut short by it.
+                let res = extracted.and_then(|x| x.map_err(Error::from)).and(fetched);
+                match res {
+                    Ok(()) => {
+                        bar.finish_with_message("unpacked");
+                        Some(l)
+                    }
+                    Err(e) => {
+                        if !stop.is_cancelled()
+                            && let Ok(mut f) = first_error.lock()
+                        {
+                            f.get_or_insert(e);
+                        }
+                        stop.cancel();
+                        None
+                    }
+                }
+            }
+        })
+        .buffered(TransferOptions::default().concurrency)
+        .collect()
+        .await;
+    if let Some(e) = first_error.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    for l in done.into_iter().flatten() {
         out.bytes += l.desc.size;
         out.layers.push((l.kind, l.path.clone()));
     }
