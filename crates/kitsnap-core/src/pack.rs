@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -567,7 +567,8 @@ fn write_tar<W: Write>(w: W, items: &[Item], bar: &ProgressBar) -> Result<W> {
             continue;
         }
         let f = File::open(&it.abs).at(&it.abs)?;
-        let mut r = ProgressReader::new(BufReader::with_capacity(IO_BUF, f), bar.clone());
+        // Unbuffered: the tar writer reads 1 MiB at a time into its own buffer.
+        let mut r = ProgressReader::new(f, bar.clone());
         // `append` takes exactly the header's size, so a file that grew is cut; one that
         // shrank is caught here.
         let n = tw.append(&entry, &mut r).at(&it.abs)?;

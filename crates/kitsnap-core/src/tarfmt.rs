@@ -206,11 +206,38 @@ fn path_join(parts: &[&str]) -> String {
 /// blocks at the end.
 pub struct Writer<W: Write> {
     w: W,
+    /// File bodies go through this one buffer: a read fills it, and a write of a whole
+    /// buffer passes a `BufWriter` of the same capacity without another copy (`io::copy`
+    /// would add two, through an 8 KiB stack buffer). Allocated on the first file.
+    buf: Vec<u8>,
 }
+
+/// Size of [`Writer`]'s body buffer.
+const BODY_BUF: usize = 1 << 20;
 
 impl<W: Write> Writer<W> {
     pub fn new(w: W) -> Self {
-        Writer { w }
+        Writer { w, buf: Vec::new() }
+    }
+
+    /// Copies at most `size` bytes of `data` into the archive; returns how many it gave.
+    fn body(&mut self, data: &mut dyn Read, size: u64) -> io::Result<u64> {
+        if self.buf.is_empty() && size > 0 {
+            self.buf = vec![0u8; BODY_BUF];
+        }
+        let mut done = 0u64;
+        while done < size {
+            let want = (size - done).min(self.buf.len() as u64) as usize;
+            let n = match data.read(&mut self.buf[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.w.write_all(&self.buf[..n])?;
+            done += n as u64;
+        }
+        Ok(done)
     }
 
     /// Writes `e`'s header and, for a file, exactly `e.size` bytes from `data`.
@@ -220,7 +247,7 @@ impl<W: Write> Writer<W> {
         if e.dir {
             return Ok(0);
         }
-        let n = io::copy(&mut data.take(e.size), &mut self.w)?;
+        let n = self.body(data, e.size)?;
         if n < e.size {
             // Keep the archive well-formed; the caller reports the short read.
             io::copy(&mut io::repeat(0).take(e.size - n), &mut self.w)?;
