@@ -21,8 +21,8 @@ artifact with one layer per model, dataset, code, docs and prompts entry. ModelK
 local OCI image-layout store (no daemon) and are byte-compatible with KitOps' `kit`.\n\n\
 Quick start:\n  kitsnap init ./my-model\n  kitsnap pack ./my-model -t my-model:v1\n  kitsnap list\n  \
 kitsnap unpack my-model:v1 -d /tmp/out --filter model",
-    after_help = "Store location: --store, else $KITSNAP_HOME/storage, else $XDG_DATA_HOME/kitsnap/storage \
-(~/.local/share/kitsnap/storage)."
+    after_help = "Store location: --store, else --config DIR/storage, else $KITSNAP_HOME/storage, else \
+$XDG_DATA_HOME/kitsnap/storage (~/.local/share/kitsnap/storage)."
 )]
 pub struct Cli {
     /// Local store directory (an OCI image layout).
@@ -39,8 +39,73 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub no_progress: bool,
 
+    /// Progress bars, as kit's flag: `none` draws none; `plain` and `fancy` both draw
+    /// kitsnap's bars when stderr is a terminal.
+    #[arg(long, global = true, value_enum, value_name = "MODE")]
+    pub progress: Option<ProgressMode>,
+
+    /// Diagnostics at or above LEVEL (trace, debug, info, warn, error) on stderr; the
+    /// default is warn, and KITSNAP_LOG (a tracing filter) wins. For `serve`: the
+    /// daemon's log level (or filter).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// More diagnostics, as kit's: -v debug, -vv trace, -vvv trace without progress bars.
+    #[arg(short = 'v', long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// kit's configuration directory: the store is DIR/storage, as kit keeps it
+    /// (`--config ~/.local/share/kitops` works on kit's own store), over --store and
+    /// KITSNAP_STORE. For `serve`: its configuration file (TOML) [default:
+    /// /etc/kitsnap/config.toml].
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "kit_store")]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// kit's `--progress` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressMode {
+    None,
+    Plain,
+    Fancy,
+}
+
+impl Cli {
+    /// Parses the process's arguments, also taking `--tls-verify BOOL` (kitsnap's older
+    /// form) now that `--tls-verify` is a flag that takes no separate value (kit's form:
+    /// `--tls-verify REF` must leave REF alone).
+    pub fn parse_args() -> Cli {
+        Cli::parse_from(join_tls_verify(std::env::args_os()))
+    }
+}
+
+/// `--tls-verify true|false` as `--tls-verify=true|false`; nothing after `--` is touched.
+pub fn join_tls_verify(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    let mut args = args.into_iter().peekable();
+    while let Some(a) = args.next() {
+        if a == "--" {
+            out.push(a);
+            out.extend(args);
+            break;
+        }
+        if a == "--tls-verify"
+            && let Some(v) = args.next_if(|v| v == "true" || v == "false")
+        {
+            let mut joined = a;
+            joined.push("=");
+            joined.push(v);
+            out.push(joined);
+            continue;
+        }
+        out.push(a);
+    }
+    out
 }
 
 #[derive(Subcommand, Debug)]
@@ -231,18 +296,47 @@ pub struct RegistryArgs {
     /// Use plain HTTP (no TLS) for the registry.
     #[arg(long)]
     pub plain_http: bool,
-    /// Verify the registry's TLS certificate.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    /// Verify the registry's TLS certificate (the default); `--tls-verify=false` turns
+    /// it off (`--tls-verify false` works too).
+    #[arg(
+        long,
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
     pub tls_verify: bool,
     /// Extra CA certificate (PEM) to trust; repeatable.
     #[arg(long = "ca-file", value_name = "PEM")]
     pub ca_files: Vec<PathBuf>,
+    /// Client certificate (PEM) for registries that require mutual TLS; needs --key.
+    #[arg(
+        long,
+        env = "KITOPS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of the --cert client certificate.
+    #[arg(
+        long,
+        env = "KITOPS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "cert"
+    )]
+    pub key: Option<PathBuf>,
+    /// Proxy for every registry connection (e.g. http://proxy:3128); overrides the
+    /// environment's HTTP_PROXY, HTTPS_PROXY and NO_PROXY.
+    #[arg(long, value_name = "URL")]
+    pub proxy: Option<String>,
     /// containerd hosts directory with per-registry hosts.toml (mirrors).
     #[arg(long, value_name = "DIR", env = "KITSNAP_HOSTS_DIR")]
     pub hosts_dir: Option<PathBuf>,
-    /// Blobs transferred at once.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
+    /// Blobs transferred at once (kit's default, 5).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
+    pub concurrency: u16,
     /// Upload blobs larger than this in chunks of this many MiB.
     #[arg(long, default_value_t = 64, value_name = "MIB")]
     pub chunk_size_mib: u64,

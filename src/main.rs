@@ -9,31 +9,35 @@ mod front;
 mod output;
 mod settings;
 
-use clap::Parser;
-
 use crate::cli::{Cli, Command};
 
 fn main() {
     // Installed as `nerdctl` (`kitsnap front install`): the nerdctl front.
     let argv0 = std::env::args_os().next().unwrap_or_default();
     if std::path::Path::new(&argv0).file_name() == Some(std::ffi::OsStr::new(front::NAME)) {
-        init_diagnostics();
+        init_diagnostics(None);
         front::main(std::env::args_os().collect());
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse_args();
+    let level = match settings::log_level(&cli) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let ctx = settings::Ctx::from_cli(&cli);
     // SIGPIPE stays ignored (Rust's default): a daemon closing its socket must be an
     // error, not a silent death. A closed stdout ends the command quietly instead
     // (`output::stdout`).
-    if !matches!(cli.command, Command::Serve(_)) {
-        init_diagnostics();
+    if let Command::Serve(a) = &mut cli.command {
+        // The global --config and --log-level are serve's file and level.
+        a.config = cli.config.take();
+        a.log_level = level;
+    } else {
+        init_diagnostics(level.as_deref());
         clean_up_on_interrupt();
     }
-    let store = if cli.kit_store {
-        Some(settings::kit_store_root())
-    } else {
-        cli.store
-    };
-    let ctx = settings::Ctx::new(store, cli.no_progress);
     if let Err(e) = commands::run(cli.command, &ctx) {
         if output::is_stdout_closed(&e) {
             return;
@@ -80,13 +84,18 @@ fn clean_up_on_interrupt() {
 }
 
 /// Diagnostics (retries, credential helpers, ...) go to stderr through `tracing`: quiet
-/// by default, `KITSNAP_LOG=info` (or any tracing filter) shows them; `KITSNAP_DEBUG`
-/// is the older switch for the same.
-fn init_diagnostics() {
-    let default = if std::env::var_os("KITSNAP_DEBUG").is_some() {
-        "info"
-    } else {
-        "warn"
+/// by default, `--log-level`/`-v` or `KITSNAP_LOG=info` (or any tracing filter) shows
+/// them; `KITSNAP_DEBUG` is the older switch for info.
+fn init_diagnostics(level: Option<&str>) {
+    let default = match level {
+        // kitsnap's own messages at that level; the libraries under it (hyper, rustls,
+        // ...) stay at warn, as kit's -v shows kit's messages, not its HTTP stack's.
+        Some(l) => {
+            let others = if l == "error" { "error" } else { "warn" };
+            format!("{others},kitsnap={l},kitsnap_core={l},kitsnap_registry={l},kitsnap_node={l}")
+        }
+        None if std::env::var_os("KITSNAP_DEBUG").is_some() => "info".to_string(),
+        None => "warn".to_string(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KITSNAP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));

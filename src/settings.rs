@@ -9,11 +9,11 @@ use anyhow::{Context, Result};
 use kitsnap_core::store::Store;
 use kitsnap_node::api::node as pb;
 use kitsnap_node::daemon::{self, Config};
-use kitsnap_registry::client::{ClientOptions, Registry};
+use kitsnap_registry::client::{ClientCert, ClientOptions, Registry};
 use kitsnap_registry::hosts::DEFAULT_HOSTS_DIR;
 use kitsnap_registry::transfer::TransferOptions;
 
-use crate::cli::RegistryArgs;
+use crate::cli::{Cli, Command, ProgressMode, RegistryArgs};
 use crate::commands::serve::ServeArgs;
 
 /// Where KitOps' `kit` keeps its store.
@@ -28,11 +28,26 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(store: Option<PathBuf>, no_progress: bool) -> Ctx {
+    pub fn new(store: Option<PathBuf>, progress: bool) -> Ctx {
         Ctx {
             store_root: store.unwrap_or_else(Store::default_root),
-            progress: !no_progress,
+            progress,
         }
+    }
+
+    /// The global flags: the store is --store, kit's store (--kit-store), or kit's
+    /// layout under --config DIR (DIR/storage; `serve` reads --config as its file);
+    /// bars are off with --no-progress, --progress none or -vvv (as kit's).
+    pub fn from_cli(cli: &Cli) -> Ctx {
+        let serve = matches!(cli.command, Command::Serve(_));
+        let store = match (&cli.config, cli.kit_store) {
+            (_, true) => Some(kit_store_root()),
+            (Some(dir), false) if !serve => Some(dir.join("storage")),
+            _ => cli.store.clone(),
+        };
+        let progress =
+            !(cli.no_progress || cli.progress == Some(ProgressMode::None) || cli.verbose >= 3);
+        Ctx::new(store, progress)
     }
 
     pub fn open_store(&self) -> Result<Store> {
@@ -44,6 +59,29 @@ impl Ctx {
     pub fn existing_store(&self) -> Option<PathBuf> {
         self.store_root.is_dir().then(|| self.store_root.clone())
     }
+}
+
+/// kit's log levels.
+const LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+/// The diagnostics level the global flags ask for, if any: `-v` debug, `-vv` trace (over
+/// --log-level, as kit applies them), else --log-level, which must be one of kit's
+/// levels unless `serve` reads it (the daemon also takes tracing filters).
+pub fn log_level(cli: &Cli) -> Result<Option<String>> {
+    let level = match cli.verbose {
+        0 => cli.log_level.clone(),
+        1 => Some("debug".to_string()),
+        _ => Some("trace".to_string()),
+    };
+    if let Some(l) = &level
+        && !matches!(cli.command, Command::Serve(_))
+        && !LEVELS.contains(&l.as_str())
+    {
+        anyhow::bail!(
+            "invalid log level '{l}'. Options are 'trace', 'debug', 'info', 'warn', 'error'"
+        );
+    }
+    Ok(level)
 }
 
 /// A small runtime for the CLI's network verbs (two workers: transfers are I/O-bound).
@@ -65,6 +103,14 @@ impl RegistryArgs {
             docker_config: None,
             retries: self.retries,
             chunk_size: self.chunk_size_mib.max(1) << 20,
+            proxy: self.proxy.clone(),
+            client_cert: match (&self.cert, &self.key) {
+                (Some(cert), Some(key)) => Some(ClientCert {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                }),
+                _ => None,
+            },
             ..Default::default()
         }
     }
@@ -74,9 +120,19 @@ impl RegistryArgs {
             .with_context(|| format!("setting up a client for {host}"))
     }
 
-    /// The same settings for a pull that kitsnap serve makes.
-    pub fn node_options(&self) -> pb::RegistryOptions {
-        pb::RegistryOptions {
+    /// The same settings for a pull that kitsnap serve makes. The daemon's API has no
+    /// place for a proxy or a client certificate, so they are refused rather than
+    /// silently dropped.
+    pub fn node_options(&self) -> Result<pb::RegistryOptions> {
+        if self.proxy.is_some() || self.cert.is_some() {
+            anyhow::bail!(
+                "--proxy, --cert and --key (or KITOPS_CLIENT_CERT/KITOPS_CLIENT_KEY) apply to \
+                 this process's own registry connections; kitsnap serve makes this pull with \
+                 its own settings (give its environment HTTPS_PROXY, or pull into the local \
+                 store first and let serve take the ModelKit from there)"
+            );
+        }
+        Ok(pb::RegistryOptions {
             plain_http: self.plain_http,
             insecure_skip_verify: !self.tls_verify,
             ca_files: self
@@ -89,13 +145,13 @@ impl RegistryArgs {
                 .as_ref()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            concurrency: self.concurrency as u32,
-        }
+            concurrency: u32::from(self.concurrency),
+        })
     }
 
     pub fn transfer(&self, progress: bool) -> TransferOptions {
         TransferOptions {
-            concurrency: self.concurrency,
+            concurrency: usize::from(self.concurrency),
             progress,
         }
     }
@@ -184,11 +240,16 @@ pub fn default_hosts_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::{Cli, Command};
     use clap::Parser;
 
+    fn parse(args: &[&str]) -> Cli {
+        Cli::parse_from(crate::cli::join_tls_verify(
+            args.iter().map(std::ffi::OsString::from),
+        ))
+    }
+
     fn serve_args(args: &[&str]) -> ServeArgs {
-        let cli = Cli::parse_from([&["kitsnap", "serve"], args].concat());
+        let cli = parse(&[&["kitsnap", "serve"], args].concat());
         match cli.command {
             Command::Serve(a) => a,
             _ => unreachable!(),
@@ -237,7 +298,7 @@ mod tests {
 
     #[test]
     fn registry_flags() {
-        let cli = Cli::parse_from([
+        let cli = parse(&[
             "kitsnap",
             "push",
             "a:1",
@@ -261,7 +322,7 @@ mod tests {
         assert_eq!(o.ca_files.len(), 2);
         assert_eq!(o.chunk_size, 1 << 20, "chunk size is at least 1 MiB");
         assert_eq!(o.retries, 2);
-        let n = p.registry.node_options();
+        let n = p.registry.node_options().expect("no proxy or certificate");
         assert!(n.plain_http && n.insecure_skip_verify);
         assert_eq!(
             n.ca_files,
@@ -272,8 +333,90 @@ mod tests {
 
     #[test]
     fn store_root_from_flag() {
-        let c = Ctx::new(Some("/s".into()), true);
+        let c = Ctx::new(Some("/s".into()), false);
         assert_eq!(c.store_root, PathBuf::from("/s"));
         assert!(!c.progress);
+    }
+
+    #[test]
+    fn tls_verify_as_kit_and_as_before() {
+        let verify = |args: &[&str]| {
+            let Command::Pull(p) = parse(&[&["kitsnap", "pull"], args].concat()).command else {
+                unreachable!()
+            };
+            (p.registry.tls_verify, p.reference)
+        };
+        assert_eq!(verify(&["r/m:1"]), (true, "r/m:1".into()));
+        assert_eq!(verify(&["--tls-verify", "r/m:1"]), (true, "r/m:1".into()));
+        assert_eq!(
+            verify(&["--tls-verify=false", "r/m:1"]),
+            (false, "r/m:1".into())
+        );
+        assert_eq!(
+            verify(&["r/m:1", "--tls-verify", "false"]),
+            (false, "r/m:1".into())
+        );
+        assert_eq!(
+            verify(&["r/m:1", "--tls-verify", "true"]),
+            (true, "r/m:1".into())
+        );
+    }
+
+    #[test]
+    fn global_flags_as_kit() {
+        // Before or after the verb.
+        for args in [
+            &[
+                "kitsnap",
+                "--config",
+                "/k",
+                "-vv",
+                "--progress",
+                "none",
+                "list",
+            ][..],
+            &[
+                "kitsnap",
+                "list",
+                "--config",
+                "/k",
+                "-v",
+                "-v",
+                "--progress=none",
+            ][..],
+        ] {
+            let cli = parse(args);
+            let ctx = Ctx::from_cli(&cli);
+            assert_eq!(ctx.store_root, PathBuf::from("/k/storage"));
+            assert!(!ctx.progress);
+            assert_eq!(log_level(&cli).unwrap().as_deref(), Some("trace"));
+        }
+        let cli = parse(&[
+            "kitsnap",
+            "list",
+            "--log-level",
+            "error",
+            "--progress",
+            "fancy",
+        ]);
+        assert_eq!(log_level(&cli).unwrap().as_deref(), Some("error"));
+        assert!(Ctx::from_cli(&cli).progress);
+        assert!(!Ctx::from_cli(&parse(&["kitsnap", "-vvv", "list"])).progress);
+        assert!(log_level(&parse(&["kitsnap", "list", "--log-level", "loud"])).is_err());
+        // serve: --config is its file, --log-level may be a tracing filter.
+        let cli = parse(&[
+            "kitsnap",
+            "serve",
+            "--config",
+            "/etc/k.toml",
+            "--log-level",
+            "kitsnap=debug",
+        ]);
+        assert_eq!(log_level(&cli).unwrap().as_deref(), Some("kitsnap=debug"));
+        assert_ne!(
+            Ctx::from_cli(&cli).store_root,
+            PathBuf::from("/etc/k.toml/storage")
+        );
+        assert_eq!(cli.config.as_deref(), Some(Path::new("/etc/k.toml")));
     }
 }

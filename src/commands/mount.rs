@@ -61,7 +61,7 @@ pub fn run(a: MountArgs, ctx: &Ctx) -> Result<()> {
                 filters: a.filters.clone(),
                 name: a.name.clone(),
                 store: ctx.existing_store(),
-                registry: a.registry.node_options(),
+                registry: a.registry.node_options()?,
             },
         ))
         .with_context(|| format!("mounting {r}"))?;

@@ -68,7 +68,7 @@ fn into_containerd(a: PullArgs, ctx: &Ctx) -> Result<()> {
                 reference: r.to_string(),
                 namespace: a.daemon.namespace.clone(),
                 store: ctx.existing_store(),
-                registry: a.registry.node_options(),
+                registry: a.registry.node_options()?,
                 keep_blobs: a.keep_blobs,
                 progress: ctx.progress,
             },

@@ -6,8 +6,11 @@ use clap::Args;
 use kitsnap_core::human_bytes;
 use kitsnap_core::reference::Reference;
 
+use kitsnap_registry::transfer;
+
+use crate::cli::RegistryArgs;
 use crate::commands::parse_ref;
-use crate::settings::Ctx;
+use crate::settings::{Ctx, runtime};
 
 #[derive(Args, Debug)]
 pub struct RemoveArgs {
@@ -23,6 +26,12 @@ pub struct RemoveArgs {
     /// Also remove untagged ModelKits (as --all does without --force).
     #[arg(long)]
     pub prune: bool,
+    /// Delete the ModelKits from their registry instead (the manifest, by digest: every
+    /// tag of it goes too); the local store is left alone.
+    #[arg(long, short = 'r', conflicts_with_all = ["all", "force", "prune"])]
+    pub remote: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// Splits kit's `repo:tag1,tag2` into one reference per tag.
@@ -57,6 +66,9 @@ pub fn run(a: RemoveArgs, ctx: &Ctx) -> Result<()> {
         .iter()
         .map(|r| expand(r))
         .collect::<Result<Vec<_>>>()?;
+    if a.remote {
+        return remove_remote(&a.registry, refs.iter().flatten());
+    }
     let store = ctx.open_store()?;
     let mut removed = 0;
     if a.all && a.force {
@@ -96,6 +108,31 @@ pub fn run(a: RemoveArgs, ctx: &Ctx) -> Result<()> {
         human_bytes(st.bytes_freed),
         st.blobs_removed
     );
+    Ok(())
+}
+
+/// `DELETE`s each manifest from its registry, with kit's messages for what is not there
+/// and for registries that do not delete.
+fn remove_remote<'a>(args: &RegistryArgs, refs: impl Iterator<Item = &'a Reference>) -> Result<()> {
+    let rt = runtime()?;
+    for r in refs {
+        transfer::check_remote(r)?;
+        let reg = args.registry(&r.registry)?;
+        let reference = match &r.digest {
+            Some(d) => d.to_string(),
+            None => r.tag_or_default().unwrap_or_default().to_string(),
+        };
+        match rt.block_on(reg.delete_manifest(&r.repository, &reference)) {
+            Ok(d) => eprintln!("Removed {r} from {} (digest {d})", r.registry),
+            Err(kitsnap_registry::Error::Status { status: 404, .. }) => {
+                bail!("model {r} not found")
+            }
+            Err(kitsnap_registry::Error::Status { status: 405, .. }) => {
+                bail!("removing models is unsupported by registry {}", r.registry)
+            }
+            Err(e) => return Err(e).with_context(|| format!("failed to remove remote model {r}")),
+        }
+    }
     Ok(())
 }
 

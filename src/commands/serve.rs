@@ -10,8 +10,9 @@ use crate::settings::{Ctx, default_hosts_dir};
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Configuration file (TOML).
-    #[arg(long, value_name = "FILE")]
+    /// Configuration file (TOML): the global `--config`, which is kit's config
+    /// directory for the other verbs.
+    #[arg(skip)]
     pub config: Option<PathBuf>,
     /// State directory (metadata and snapshot contents).
     #[arg(long, value_name = "DIR")]
@@ -19,8 +20,9 @@ pub struct ServeArgs {
     /// Unix socket to serve on.
     #[arg(long, value_name = "SOCKET")]
     pub address: Option<PathBuf>,
-    /// Log level: error, warn, info, debug, trace (or a tracing filter; KITSNAP_LOG overrides).
-    #[arg(long, value_name = "LEVEL")]
+    /// Log level: error, warn, info, debug, trace, or a tracing filter (KITSNAP_LOG
+    /// overrides): the global `--log-level` (or `-v`).
+    #[arg(skip)]
     pub log_level: Option<String>,
     /// containerd's socket (for ModelKit pulls and views) [default: /run/containerd/containerd.sock]
     #[arg(long, value_name = "SOCKET")]

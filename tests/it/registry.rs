@@ -44,6 +44,19 @@ impl Ctx {
             None => c.output().unwrap(),
         }
     }
+    /// Like `run_in`, with more environment variables.
+    fn run_env(&self, store: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        Command::new(bin())
+            .env("KITSNAP_STORE", self.p(store))
+            .env("DOCKER_CONFIG", self.p("docker"))
+            .env("KITSNAP_HOSTS_DIR", self.p("hosts"))
+            .env_remove("KITSNAP_LOG")
+            .env_remove("KITSNAP_DEBUG")
+            .envs(env.iter().copied())
+            .args(args)
+            .output()
+            .unwrap()
+    }
     fn ok(&self, store: &str, args: &[&str]) -> String {
         let o = self.run_in(store, args, None);
         assert!(
@@ -788,4 +801,540 @@ fn uploads_fall_back_when_chunks_are_refused() {
         404,
         "nothing tagged after a failed pack --push"
     );
+}
+
+/// A minimal HTTP forward proxy (absolute-form requests; no CONNECT), counting the
+/// requests it forwards. Bodies are buffered: the test kits are small.
+struct ForwardProxy {
+    port: u16,
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start_forward_proxy() -> ForwardProxy {
+    use http_body_util::{BodyExt, Full};
+    type Resp = hyper::Response<Full<bytes::Bytes>>;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = forwarded.clone();
+    rt.spawn(async move {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (seen, client) = (seen.clone(), client.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (seen, client) = (seen.clone(), client.clone());
+                        async move {
+                            let status = |code: u16, msg: String| -> Resp {
+                                hyper::Response::builder()
+                                    .status(code)
+                                    .body(Full::new(msg.into()))
+                                    .unwrap()
+                            };
+                            // A request sent to a proxy names the whole URL; one that does not
+                            // was meant for the registry itself.
+                            if req.uri().scheme().is_none() {
+                                return Ok::<_, std::convert::Infallible>(status(
+                                    400,
+                                    "not a proxy request".into(),
+                                ));
+                            }
+                            seen.fetch_add(1, Ordering::SeqCst);
+                            let mut up =
+                                client.request(req.method().clone(), req.uri().to_string());
+                            for (k, v) in req.headers() {
+                                if k != "host" && k != "proxy-connection" {
+                                    up = up.header(k, v);
+                                }
+                            }
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let resp = match up.body(body).send().await {
+                                Ok(r) => r,
+                                Err(e) => return Ok(status(502, e.to_string())),
+                            };
+                            let mut out = hyper::Response::builder().status(resp.status().as_u16());
+                            for (k, v) in resp.headers() {
+                                if k != "transfer-encoding" && k != "connection" {
+                                    out = out.header(k, v);
+                                }
+                            }
+                            let body = resp.bytes().await.unwrap_or_default();
+                            Ok(out.body(Full::new(body)).unwrap())
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    ForwardProxy {
+        port,
+        forwarded,
+        _rt: rt,
+    }
+}
+
+/// kit's network flags: `--proxy` (over the environment's proxies), `--tls-verify` as a
+/// plain flag, `--concurrency`.
+#[test]
+fn proxy_tls_verify_and_concurrency_flags_as_kit() {
+    require_registry!();
+    let c = Ctx::new();
+    let reg = RegistryProc::start(&c.p("reg"), None, None);
+    let proxy = start_forward_proxy();
+    let via = format!("http://127.0.0.1:{}", proxy.port);
+    let r = format!("{}/prox/m:v1", reg.addr());
+    let d = c.pack(&r, &[]);
+
+    // `--tls-verify` alone is kit's form (true); `--concurrency N` bounds the transfers.
+    assert_eq!(
+        c.ok(
+            "s1",
+            &[
+                "push",
+                &r,
+                "--tls-verify",
+                "--plain-http",
+                "--proxy",
+                &via,
+                "--concurrency",
+                "2"
+            ]
+        ),
+        d
+    );
+    let pushed = proxy.forwarded.load(Ordering::SeqCst);
+    assert!(
+        pushed > 8,
+        "the push went through the proxy ({pushed} requests)"
+    );
+
+    // --proxy wins over the environment's proxies (which point nowhere here).
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let env = [
+        ("HTTP_PROXY", dead.as_str()),
+        ("http_proxy", dead.as_str()),
+        ("ALL_PROXY", dead.as_str()),
+    ];
+    let o = c.run_env(
+        "s2",
+        &[
+            "pull",
+            &r,
+            "--plain-http",
+            "--proxy",
+            &via,
+            "--tls-verify=true",
+        ],
+        &env,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d);
+    assert!(
+        proxy.forwarded.load(Ordering::SeqCst) > pushed,
+        "the pull too"
+    );
+
+    // A proxy that is not there fails the pull: the connections really go to it.
+    let e = c.fails(
+        "s3",
+        &[
+            "pull",
+            &r,
+            "--plain-http",
+            "--proxy",
+            &dead,
+            "--retries",
+            "0",
+        ],
+    );
+    assert!(e.contains("error"), "{e}");
+    let e = c.fails(
+        "s3",
+        &["pull", &r, "--plain-http", "--proxy", "http://[bad"],
+    );
+    assert!(e.contains("proxy"), "{e}");
+    let e = c.fails("s3", &["pull", &r, "--plain-http", "--concurrency", "0"]);
+    assert!(e.contains("--concurrency"), "{e}");
+}
+
+/// Makes a client certificate signed by the test CA in `dir` (see `make_tls`).
+fn make_client_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let sh = |args: &[&str]| {
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    sh(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.csr",
+        "-subj",
+        "/CN=kitsnap test client",
+    ]);
+    fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    sh(&[
+        "x509",
+        "-req",
+        "-in",
+        "client.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "client.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "client.ext",
+    ]);
+    (dir.join("client.crt"), dir.join("client.key"))
+}
+
+/// A registry that demands a client certificate from `tls.ca` (distribution's
+/// `http.tls.clientcas`); killed when dropped.
+struct MtlsRegistry {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for MtlsRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_mtls_registry(dir: &Path, tls: &Tls) -> MtlsRegistry {
+    fs::create_dir_all(dir).unwrap();
+    let port = free_port();
+    let cfg = format!(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  secret: kitsnap-test\n  tls:\n    certificate: {}\n    key: {}\n    clientcas:\n      - {}\n",
+        dir.join("data").display(),
+        tls.cert.display(),
+        tls.key.display(),
+        tls.ca.display()
+    );
+    fs::write(dir.join("config.yml"), cfg).unwrap();
+    let child = Command::new(REGISTRY_BIN)
+        .args(["serve", dir.join("config.yml").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(fs::File::create(dir.join("registry.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let reg = MtlsRegistry { port, child };
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(15),
+            "the mTLS registry did not start: {}",
+            fs::read_to_string(dir.join("registry.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    reg
+}
+
+/// `--cert`/`--key` (or KITOPS_CLIENT_CERT/KITOPS_CLIENT_KEY, as kit reads them) present a
+/// client certificate to a registry that requires one.
+#[test]
+fn client_certificates_for_mutual_tls() {
+    require_registry!();
+    require!(
+        have_cmd("openssl"),
+        "the openssl CLI (apt-get install openssl)"
+    );
+    let c = Ctx::new();
+    fs::create_dir_all(c.p("tls")).unwrap();
+    let tls = make_tls(&c.p("tls"));
+    let (cert, key) = make_client_cert(&c.p("tls"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let reg = start_mtls_registry(&c.p("reg"), &tls);
+    let r = format!("127.0.0.1:{}/mtls/m:v1", reg.port);
+    let ca = tls.ca.to_str().unwrap();
+    let d = c.pack(&r, &[]);
+
+    let e = c.fails("s1", &["push", &r, "--ca-file", ca, "--retries", "0"]);
+    assert!(
+        e.starts_with("error: pushing"),
+        "no certificate, no entry: {e}"
+    );
+    assert_eq!(
+        c.ok(
+            "s1",
+            &["push", &r, "--ca-file", ca, "--cert", cert, "--key", key]
+        ),
+        d
+    );
+    let env = [("KITOPS_CLIENT_CERT", cert), ("KITOPS_CLIENT_KEY", key)];
+    let o = c.run_env("s2", &["pull", &r, "--ca-file", ca], &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d);
+    let o = c.run_env("s2", &["inspect", "-r", &r, "--ca-file", ca], &env);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // Half a client certificate is a mistake, said before anything is sent.
+    let e = c.fails("s3", &["pull", &r, "--cert", cert]);
+    assert!(e.contains("--key"), "{e}");
+    let e = c.fails("s3", &["pull", &r, "--cert", ca, "--key", ca]);
+    assert!(e.contains("client certificate"), "{e}");
+}
+
+/// `info --remote` and `--filter`, `list REGISTRY/REPO`, `remove --remote`: kit's verbs
+/// against a registry, with kit's table, messages and errors.
+#[test]
+fn remote_info_list_and_remove_as_kit() {
+    require_registry!();
+    let c = Ctx::new();
+    let reg = RegistryProc::start(&c.p("reg"), None, None);
+    let repo = format!("{}/org/demo", reg.addr());
+    let (v1, v2) = (format!("{repo}:v1"), format!("{repo}:v2"));
+    let d = c.pack(&v1, &[]);
+    c.ok("s1", &["tag", &v1, &v2]);
+    c.ok("s1", &["push", &v1, "--plain-http"]);
+    c.ok("s1", &["push", &v2, "--plain-http"]);
+    // Not a ModelKit: left out of the listing.
+    push_plain_image(&reg.addr(), "org/demo", "not-a-kit");
+
+    // info --remote prints what info prints for the local copy; nothing is pulled.
+    let local = c.ok("s1", &["info", &v1]);
+    assert_eq!(c.ok("s2", &["info", "-r", &v1, "--plain-http"]), local);
+    assert_eq!(
+        c.ok("s2", &["list", "-q"]),
+        "",
+        "info --remote pulled nothing"
+    );
+    let name = c.ok(
+        "s2",
+        &[
+            "info",
+            "--remote",
+            &v1,
+            "--plain-http",
+            "-f",
+            ".package.name",
+        ],
+    );
+    assert_eq!(name, c.ok("s1", &["info", &v1, "--filter", "package.name"]));
+    assert!(!name.is_empty() && !name.contains(':'), "{name}");
+    let e = c.fails("s2", &["info", &v1, "-f", "model[0]"]);
+    assert!(e.contains("array access"), "{e}");
+    let e = c.fails("s2", &["info", "-r", "demo:v1"]);
+    assert!(e.contains("not a registry"), "{e}");
+
+    // list REPO: one line per tag, REPOSITORY without the registry, as kit prints it.
+    let table = c.ok("s2", &["list", &repo, "--plain-http"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(
+        lines[0].starts_with("REPOSITORY") && lines[0].ends_with("DIGEST"),
+        "{table}"
+    );
+    let mut tags = Vec::new();
+    for line in &lines[1..] {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[0], "org/demo", "{table}");
+        tags.push(cols[1]);
+        assert_eq!(cols.last().copied(), Some(d.as_str()), "{table}");
+    }
+    tags.sort();
+    assert_eq!(tags, ["v1", "v2"], "{table}");
+    let json: serde_json::Value =
+        serde_json::from_str(&c.ok("s2", &["list", &repo, "--plain-http", "--format", "json"]))
+            .unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{json}");
+    assert!(
+        rows.iter()
+            .all(|r| r["repo"] == "org/demo" && r["tags"].as_array().map(Vec::len) == Some(1))
+    );
+    let one = c.ok("s2", &["list", &v2, "--plain-http", "-q"]);
+    assert_eq!(one, d);
+
+    // remove --remote deletes the manifest by digest: both tags go.
+    let o = c.run_in("s2", &["remove", "-r", &v1, "--plain-http"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&d));
+    let e = c.fails("s2", &["info", "-r", &v2, "--plain-http"]);
+    assert!(e.contains("404"), "{e}");
+    let e = c.fails("s2", &["remove", "--remote", &v1, "--plain-http"]);
+    assert!(e.contains(&format!("model {v1} not found")), "{e}");
+    let e = c.fails("s2", &["remove", "--remote", "--all"]);
+    assert!(e.contains("cannot be used"), "{e}");
+    // The local store is untouched.
+    assert!(c.ok("s1", &["list", "-q"]).contains(&d));
+}
+
+/// Pushes a minimal OCI image (config `{}`, no layers) as REPO:TAG.
+fn push_plain_image(addr: &str, repo: &str, tag: &str) {
+    let http = reqwest::blocking::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let config = b"{}".to_vec();
+    let digest = format!("sha256:{}", sha256_hex(&config));
+    let up = http
+        .post(format!("http://{addr}/v2/{repo}/blobs/uploads/"))
+        .send()
+        .unwrap();
+    let loc = up.headers()["location"].to_str().unwrap().to_string();
+    let loc = if loc.starts_with('/') {
+        format!("http://{addr}{loc}")
+    } else {
+        loc
+    };
+    let sep = if loc.contains('?') { '&' } else { '?' };
+    let put = http
+        .put(format!("{loc}{sep}digest={digest}"))
+        .body(config.clone())
+        .send()
+        .unwrap();
+    assert!(put.status().is_success(), "{:?}", put.status());
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": digest, "size": config.len()},
+        "layers": []
+    });
+    let put = http
+        .put(format!("http://{addr}/v2/{repo}/manifests/{tag}"))
+        .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+        .body(manifest.to_string())
+        .send()
+        .unwrap();
+    assert!(put.status().is_success(), "{:?}", put.status());
+}
+
+/// A registry that refuses deletes (distribution's default) gets kit's message.
+#[test]
+fn remove_remote_where_the_registry_refuses_deletes() {
+    require_registry!();
+    let c = Ctx::new();
+    let dir = c.p("reg");
+    fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    fs::write(
+        dir.join("config.yml"),
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(REGISTRY_BIN)
+        .args(["serve", dir.join("config.yml").to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _reg = MtlsRegistry { port, child };
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(15));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let r = format!("127.0.0.1:{port}/nodel/m:v1");
+    c.pack(&r, &[]);
+    c.ok("s1", &["push", &r, "--plain-http"]);
+    let e = c.fails("s1", &["remove", "-r", &r, "--plain-http"]);
+    assert!(
+        e.contains(&format!(
+            "removing models is unsupported by registry 127.0.0.1:{port}"
+        )),
+        "{e}"
+    );
+}
+
+/// kit's global flags, before or after the verb: --config DIR (the store is DIR/storage),
+/// --log-level and -v (diagnostics), --progress.
+#[test]
+fn global_flags_as_kit() {
+    require_registry!();
+    let c = Ctx::new();
+    let reg = RegistryProc::start(&c.p("reg"), None, None);
+    let proxy = start_proxy(&reg.addr(), Faults::default());
+    let r = format!("{}/glob/m:v1", proxy.addr());
+    let d = c.pack(&r, &[]);
+    c.ok("s1", &["push", &r, "--plain-http"]);
+
+    let home = c.p("kit-config");
+    let home = home.to_str().unwrap();
+    let pull = |store: &str, args: &[&str]| {
+        proxy.faults.blob_get_500s.store(1, Ordering::SeqCst);
+        let o = c.run_env(store, args, &[]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d);
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // A retry is a warning: shown by default and with -v, not at --log-level error.
+    let quiet = pull(
+        "s2",
+        &[
+            "--config",
+            home,
+            "--log-level",
+            "error",
+            "--progress",
+            "none",
+            "pull",
+            &r,
+            "--plain-http",
+        ],
+    );
+    assert!(!quiet.contains("retrying"), "{quiet}");
+    assert!(
+        Path::new(home).join("storage/index.json").is_file(),
+        "--config DIR keeps the store in DIR/storage"
+    );
+    let loud = pull(
+        "s3",
+        &[
+            "pull",
+            &r,
+            "--plain-http",
+            "-v",
+            "--progress=plain",
+            "--retries",
+            "3",
+        ],
+    );
+    assert!(loud.contains("retrying"), "{loud}");
+    let listed = c.ok("elsewhere", &["list", "-q", "--config", home]);
+    assert_eq!(
+        listed, d,
+        "the store under --config, whatever KITSNAP_STORE says"
+    );
+
+    let e = c.fails("s2", &["--log-level", "loud", "list"]);
+    assert!(e.contains("invalid log level 'loud'"), "{e}");
+    let e = c.fails("s2", &["list", "--progress", "sparkly"]);
+    assert!(e.contains("none, plain, fancy"), "{e}");
 }

@@ -56,6 +56,18 @@ pub struct ClientOptions {
     /// then would otherwise hold a pull forever).
     pub stall_window: Duration,
     pub stall_bytes: u64,
+    /// Send every request through this proxy (`--proxy`); it replaces the proxies the
+    /// environment names (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as kit's `--proxy` does.
+    pub proxy: Option<String>,
+    /// Client certificate for registries that require mutual TLS.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// A client certificate chain and its private key, both PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Default for ClientOptions {
@@ -71,6 +83,8 @@ impl Default for ClientOptions {
             backoff: Duration::from_millis(200),
             stall_window: Duration::from_secs(30),
             stall_bytes: 64 << 10,
+            proxy: None,
+            client_cert: None,
         }
     }
 }
@@ -355,7 +369,38 @@ pub fn http_client(opts: &ClientOptions, cfg: &hosts::HostEndpoint) -> Result<Cl
         })?;
         b = b.add_root_certificate(cert);
     }
+    if let Some(p) = &opts.proxy {
+        let proxy = reqwest::Proxy::all(p).map_err(|source| Error::ClientSetup {
+            what: format!("proxy {p} is not usable"),
+            source,
+        })?;
+        b = b.proxy(proxy);
+    }
+    if let Some(c) = &opts.client_cert {
+        b = b.identity(client_identity(c)?);
+    }
     b.build().map_err(|e| http_err(&cfg.api, e))
+}
+
+/// The identity rustls presents: the certificate chain and the key in one PEM buffer.
+fn client_identity(c: &ClientCert) -> Result<reqwest::Identity> {
+    let read = |p: &PathBuf| {
+        std::fs::read(p).map_err(|source| CoreError::IoAt {
+            path: p.clone(),
+            source,
+        })
+    };
+    let mut pem = read(&c.cert)?;
+    pem.push(b'\n');
+    pem.extend(read(&c.key)?);
+    reqwest::Identity::from_pem(&pem).map_err(|source| Error::ClientSetup {
+        what: format!(
+            "client certificate {} with key {} is not a PEM certificate and private key",
+            c.cert.display(),
+            c.key.display()
+        ),
+        source,
+    })
 }
 
 impl Registry {
@@ -889,6 +934,99 @@ impl Registry {
             .ok_or_else(|| self.no_endpoint("accept pushes"))
     }
 
+    /// The tags of `repo` (`GET /v2/REPO/tags/list`, following `Link: rel="next"`
+    /// pages), from the upstream registry: mirrors do not list.
+    pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        // A registry whose pages point at each other must not keep us forever.
+        const MAX_PAGES: usize = 10_000;
+        let ep = self.push_endpoint()?;
+        let scope = format!("repository:{repo}:pull");
+        let mut url = self.url(ep, &format!("{repo}/tags/list"));
+        let mut tags = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let resp = self.send(ep, &scope, true, &|c| Ok(c.get(&url))).await?;
+            if !resp.status().is_success() {
+                return Err(error_of("GET", resp).await);
+            }
+            let next = resp
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+                .map(|target| {
+                    Url::parse(&url)
+                        .and_then(|u| u.join(&target))
+                        .map_err(|e| protocol(&url, format!("bad Link header {target:?}: {e}")))
+                })
+                .transpose()?;
+            let page: TagList = resp.json().await.map_err(|e| http_err(&url, e))?;
+            tags.extend(page.tags.unwrap_or_default());
+            match next {
+                Some(n) => url = n.to_string(),
+                None => return Ok(tags),
+            }
+        }
+        Err(protocol(
+            url,
+            format!("more than {MAX_PAGES} pages of tags"),
+        ))
+    }
+
+    /// Deletes the manifest `reference` (a tag or a digest) names from the upstream
+    /// registry, as `kit remove --remote` does: by digest, so every tag of that manifest
+    /// goes with it. Returns the digest.
+    pub async fn delete_manifest(&self, repo: &str, reference: &str) -> Result<Digest> {
+        let ep = self.push_endpoint()?;
+        let scope = format!("repository:{repo}:pull,delete");
+        let digest = match reference.parse::<Digest>() {
+            Ok(d) if reference.starts_with("sha256:") => d,
+            // A tag: the digest of what the registry itself holds (not a mirror's copy).
+            _ => {
+                let url = self.url(ep, &format!("{repo}/manifests/{reference}"));
+                let resp = self
+                    .send(ep, &scope, true, &|c| {
+                        Ok(c.get(&url).header(
+                            ACCEPT,
+                            [
+                                MEDIA_TYPE_MANIFEST,
+                                MEDIA_TYPE_INDEX,
+                                DOCKER_MANIFEST,
+                                DOCKER_LIST,
+                            ]
+                            .join(", "),
+                        ))
+                    })
+                    .await?;
+                if !resp.status().is_success() {
+                    return Err(error_of("GET", resp).await);
+                }
+                if resp
+                    .content_length()
+                    .is_some_and(|l| l > MAX_MANIFEST as u64)
+                {
+                    return Err(protocol(
+                        &url,
+                        format!("manifest is over the {MAX_MANIFEST} byte limit"),
+                    ));
+                }
+                let body = resp.bytes().await.map_err(|e| http_err(&url, e))?;
+                Digest::of(&body)
+            }
+        };
+        let url = self.url(ep, &format!("{repo}/manifests/{digest}"));
+        let resp = self.send(ep, &scope, true, &|c| Ok(c.delete(&url))).await?;
+        if resp.status().is_success() {
+            Ok(digest)
+        } else {
+            Err(error_of("DELETE", resp).await)
+        }
+    }
+
     pub async fn blob_exists(&self, repo: &str, digest: &Digest) -> Result<bool> {
         let ep = self.push_endpoint()?;
         let url = self.url(ep, &format!("{repo}/blobs/{digest}"));
@@ -1318,6 +1456,25 @@ impl Registry {
     }
 }
 
+/// The target of a `Link: <URL>; rel="next"` header (the distribution spec's pagination).
+fn next_link(h: &str) -> Option<String> {
+    h.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|p| {
+            p.trim()
+                .strip_prefix("rel=")
+                .is_some_and(|v| v.trim_matches('"') == "next")
+        });
+        is_next.then(|| {
+            target
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        })
+    })
+}
+
 /// `rb` sent to the same place over `http://` (a local registry without TLS).
 fn to_plain_http(rb: RequestBuilder) -> Result<RequestBuilder> {
     let (client, req) = rb.build_split();
@@ -1348,6 +1505,19 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_link_of_tag_pages() {
+        assert_eq!(
+            next_link(r#"</v2/r/tags/list?last=b&n=2>; rel="next""#).as_deref(),
+            Some("/v2/r/tags/list?last=b&n=2")
+        );
+        assert_eq!(
+            next_link(r#"<https://x/a>; rel="prev", <https://x/b>; rel=next"#).as_deref(),
+            Some("https://x/b")
+        );
+        assert_eq!(next_link("garbage"), None);
+    }
 
     #[test]
     fn challenges() {

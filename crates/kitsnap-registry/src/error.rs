@@ -82,6 +82,14 @@ pub enum Error {
         source: Option<std::io::Error>,
     },
 
+    /// A proxy URL or client certificate the HTTP client refuses.
+    #[error("{what}")]
+    ClientSetup {
+        what: String,
+        #[source]
+        source: reqwest::Error,
+    },
+
     /// Configuration (hosts.toml, Docker config, CA files) that cannot be used.
     #[error("{what}: {msg}")]
     Config { what: String, msg: String },
