@@ -7,6 +7,8 @@ bash scripts/install-deps.sh
 # containerd 1.7 and 2.x for the snapshotter tests. Without them those versions are skipped
 # loudly on a developer machine, and fail the run under CI (CI=true): the rest still runs.
 bash scripts/fetch-containerd.sh || echo "test.sh: WARNING: could not fetch containerd 1.7/2.x" >&2
+# Docker 28 (containerd image store, `--mount type=image`) from sid, for the image-mount test.
+bash scripts/fetch-docker.sh || echo "test.sh: WARNING: could not fetch Docker 28" >&2
 # The real nerdctl for the native-pull tests (built from the Go module proxy, cached under
 # .cache/). Without it that test is skipped loudly, or fails under CI.
 bash scripts/install-peers.sh nerdctl || echo "test.sh: WARNING: could not build nerdctl" >&2
