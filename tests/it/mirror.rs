@@ -2,7 +2,7 @@
 //! real components: Debian's docker-registry, containerd 1.6 / 1.7 / 2.x with `ctr` (its
 //! own resolver, fetcher and unpacker), runc and busybox containers, skopeo.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use crate::support::containerd::*;
@@ -1134,4 +1134,115 @@ fn nerdctl_front_mounts_modelkits_as_typed() {
         &["run", "--rm", "--mount", &mount, IMAGE, "true"],
     );
     assert!(!o.status.success());
+}
+
+/// nerdctl's own `--mount type=image` (nerdctl's main branch, PR 4990; in no release up to
+/// v2.3.5) with a ModelKit, on the kitsnap and on the overlayfs snapshotter: pulled natively
+/// (`nerdctl pull` through the mirror: the image view) and by `kitsnap pull --containerd
+/// --keep-blobs`. The container reads the model's bytes and cannot write them.
+///
+/// Needs a nerdctl built from main: the Go module proxy serves nerdctl's tags but no
+/// pseudo-version of main, so the project's scripts cannot build it and CI does not run
+/// this test (it says so loudly). Set `KITSNAP_NERDCTL_MAIN=/path/to/nerdctl`, or put it at
+/// `.cache/peers/bin/nerdctl-main`.
+#[test]
+fn nerdctl_main_mounts_a_modelkit_with_type_image() {
+    require_containers!();
+    require_registry!();
+    let real = std::env::var_os("KITSNAP_NERDCTL_MAIN")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| support::peer("nerdctl-main"));
+    let Some(real) = real else {
+        eprintln!(
+            "!!! SKIPPED {}: no nerdctl built from main (KITSNAP_NERDCTL_MAIN); the Go proxy has no pseudo-version of nerdctl's main, so CI cannot build one",
+            test_name!()
+        );
+        return;
+    };
+    let Some(v) = versions(test_name!())
+        .into_iter()
+        .find(|v| v.name.starts_with('2'))
+    else {
+        require!(false, "containerd 2.x (run scripts/fetch-containerd.sh)");
+        return;
+    };
+    let _heavy = heavy();
+    let s = setup(&v, None);
+    let model_sha = sha256_hex(&s.model);
+    let img = s.dir.join("busybox.tar");
+    busybox_image(&img);
+    for snapshotter in ["kitsnap", "overlayfs"] {
+        let ns = format!("img-{snapshotter}");
+        let nerd = |args: &[&str]| {
+            let o = Command::new(&real)
+                .env("PATH", s.ctd.path_env())
+                .args([
+                    "--address",
+                    s.ctd.sock.to_str().unwrap(),
+                    "--namespace",
+                    &ns,
+                ])
+                .args(["--snapshotter", snapshotter])
+                .args(["--hosts-dir", s.hosts.to_str().unwrap()])
+                .args(["--data-root", s.dir.join("nerdctl").to_str().unwrap()])
+                .args(args)
+                .output()
+                .unwrap();
+            let out = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                o.status.success(),
+                "nerdctl --snapshotter {snapshotter} {args:?}: {out}\n--- kitsnap log:\n{}",
+                tail(&s.ks.log())
+            );
+            out
+        };
+        let o = s.ctd.ctr_ns(
+            &ns,
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                snapshotter,
+                img.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        // Natively (the mirror answers with the image view), then a kit kitsnap pulled.
+        nerd(&["pull", &s.plain]);
+        let pulled = Command::new(support::bin())
+            .env("KITSNAP_ADDRESS", &s.ks.sock)
+            .env("KITSNAP_STORE", s.dir.join("empty"))
+            .args(["pull", "--containerd", "-n", &ns, &s.gz, "--plain-http"])
+            .arg("--keep-blobs")
+            .output()
+            .unwrap();
+        assert!(
+            pulled.status.success(),
+            "{}",
+            String::from_utf8_lossy(&pulled.stderr)
+        );
+        for kit in [&s.plain, &s.gz] {
+            let out = nerd(&[
+                "run",
+                "--rm",
+                "--net",
+                "host",
+                "--mount",
+                &format!("type=image,src={kit},dst=/models"),
+                IMAGE,
+                "sh",
+                "-c",
+                "sha256sum /models/model.bin; touch /models/x 2>/dev/null && echo WRITABLE || echo READONLY",
+            ]);
+            assert!(
+                out.contains(&model_sha) && out.contains("READONLY"),
+                "{snapshotter}, {kit}: {out}"
+            );
+        }
+    }
 }

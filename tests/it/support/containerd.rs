@@ -312,9 +312,10 @@ state = "{state}"
         let mut cfg = cfg;
         if v2 && cri_config.is_none() && !register {
             // containerd 2's ctr imports through the transfer service, which unpacks only
-            // for the platform/snapshotter pairs configured here (a CRI config sets its own).
+            // for the platform/snapshotter pairs configured here (a CRI config sets its own);
+            // overlayfs too, for the tests that compare with it.
             cfg.push_str(
-                "[plugins.\"io.containerd.transfer.v1.local\"]\n  unpack_config = [{ platform = \"linux/amd64\", snapshotter = \"kitsnap\" }]\n",
+                "[plugins.\"io.containerd.transfer.v1.local\"]\n  unpack_config = [{ platform = \"linux/amd64\", snapshotter = \"kitsnap\" }, { platform = \"linux/amd64\", snapshotter = \"overlayfs\" }]\n",
             );
         }
         cfg.push_str(cri_config.unwrap_or_default());
