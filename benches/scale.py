@@ -10,6 +10,8 @@ For each kit: `kitsnap pack`, `push` (to an empty local docker-registry), `pull`
 empty store) and `unpack REF -d` (from the registry into an empty directory). The table
 gives each time, the rate (MiB/s or files/s) and the big kit's rate over the
 small one's: 1.0 is linear; the target is >= 0.8 (no worse than 25% slower per unit).
+Each time includes a `sync` after the command: otherwise the page cache absorbs all of a
+1 GiB kit's writes but not a 10 GiB one's, and the ratio would measure the cache.
 Peak RSS of every command is printed too: it must not grow with the kit.
 
 Needs docker-registry and a release build; about 60 GiB of free disk in /var/tmp with
@@ -17,6 +19,7 @@ the default sizes. Usage: benches/scale.py [--small-gib 1] [--skip bytes,files,l
 """
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -67,7 +70,8 @@ def main():
             ("unpack", ks + ["unpack", ref, "-d", d("out"), "--plain-http"], dict(env, KITSNAP_STORE=d("none"))),
         ]
         for op, cmd, e in steps:
-            t, rss, _ = measure(cmd, e)
+            subprocess.run(["sync"], check=True)
+            t, rss, _ = measure(" ".join(shlex.quote(x) for x in cmd) + " && sync", e, shell=True)
             results.append((dim, label, units, op, t, rss))
             print(f"  {dim:<7} {label:<22} {op:<7} {t:8.2f} s  {units / t:10.1f} /s  {rss:6.0f} MiB RSS", flush=True)
             if op == "pull":

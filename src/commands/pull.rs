@@ -53,9 +53,23 @@ fn into_store(a: PullArgs, ctx: &Ctx) -> Result<()> {
         ))
         .with_context(|| format!("pulling {r}"))?;
     eprintln!("{r}: {}", rep.summary("pulled", "already stored"));
-    if let Some(d) = rep.manifest {
-        writeln!(crate::output::stdout(), "{}", d.digest)?;
+    // As kit does: the parent ModelKits its model.path names come too.
+    let Some(d) = rep.manifest else {
+        return Ok(());
+    };
+    let parents = runtime()?
+        .block_on(transfer::pull_parents(
+            &store,
+            &r,
+            &d,
+            &a.registry.client_options(),
+            &a.registry.transfer(ctx.progress),
+        ))
+        .with_context(|| format!("pulling the parent ModelKits of {r}"))?;
+    for p in parents {
+        eprintln!("{p}: pulled (parent ModelKit)");
     }
+    writeln!(crate::output::stdout(), "{}", d.digest)?;
     Ok(())
 }
 

@@ -1338,3 +1338,89 @@ fn global_flags_as_kit() {
     let e = c.fails("s2", &["list", "--progress", "sparkly"]);
     assert!(e.contains("none, plain, fancy"), "{e}");
 }
+
+/// Parent ModelKits as kit reads and fetches them: `model.path` naming a ModelKit (kit's
+/// rule: a `:` or `@` and a reference that parses, registry `localhost` by default) is
+/// pulled with its child, and fetched from its registry by `unpack` when the store lacks
+/// it; `demo:v1` (no registry) comes from the store only, and its absence is an error.
+#[test]
+fn parent_modelkits_are_pulled_and_unpacked_as_kit_does() {
+    require_registry!();
+    let c = Ctx::new();
+    let reg = RegistryProc::start(&c.p("registry"), None, None);
+    let base = format!("{}/org/base:v1", reg.addr());
+    c.pack(&base, &[]);
+    c.ok("s1", &["push", &base, "--plain-http"]);
+    let child_src = c.p("child");
+    fs::create_dir_all(child_src.join("src")).unwrap();
+    fs::write(child_src.join("src/finetune.py"), b"train()\n").unwrap();
+    fs::write(
+        child_src.join("Kitfile"),
+        format!("manifestVersion: 1.0.0\nmodel:\n  path: {base}\ncode:\n  - path: src\n"),
+    )
+    .unwrap();
+    let child = format!("{}/org/child:v1", reg.addr());
+    c.ok("s1", &["pack", child_src.to_str().unwrap(), "-t", &child]);
+    c.ok("s1", &["push", &child, "--plain-http"]);
+    let weights = fs::read(c.p("src/models/weights.safetensors")).unwrap();
+
+    // pull brings the parent too.
+    let o = c.run_in("s2", &["pull", &child, "--plain-http"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{base}: pulled (parent ModelKit)")),
+        "{err}"
+    );
+    let out = c.p("out2");
+    c.ok("s2", &["unpack", &child, "-d", out.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(out.join("models/weights.safetensors")).unwrap(),
+        weights
+    );
+    assert_eq!(fs::read(out.join("src/finetune.py")).unwrap(), b"train()\n");
+
+    // unpack of the child from the registry, into a store without either.
+    let out = c.p("out3");
+    c.ok(
+        "s3",
+        &[
+            "unpack",
+            &child,
+            "-d",
+            out.to_str().unwrap(),
+            "--plain-http",
+        ],
+    );
+    assert_eq!(
+        fs::read(out.join("models/weights.safetensors")).unwrap(),
+        weights
+    );
+
+    // kit's short form: `demo:v1` is localhost/demo:v1, from the store.
+    c.pack("demo:v1", &[]);
+    fs::write(
+        child_src.join("Kitfile"),
+        "manifestVersion: 1.0.0\nmodel:\n  path: demo:v1\ncode:\n  - path: src\n",
+    )
+    .unwrap();
+    c.ok(
+        "s1",
+        &["pack", child_src.to_str().unwrap(), "-t", "child2:v1"],
+    );
+    let out = c.p("out4");
+    c.ok("s1", &["unpack", "child2:v1", "-d", out.to_str().unwrap()]);
+    assert_eq!(
+        fs::read(out.join("models/weights.safetensors")).unwrap(),
+        weights
+    );
+    c.ok("s1", &["remove", "demo:v1"]);
+    let e = c.fails(
+        "s1",
+        &["unpack", "child2:v1", "-d", c.p("out5").to_str().unwrap()],
+    );
+    assert!(
+        e.contains("parent ModelKit localhost/demo:v1") && e.contains("pack or pull it first"),
+        "{e}"
+    );
+}

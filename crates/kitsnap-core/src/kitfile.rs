@@ -466,15 +466,15 @@ impl Kitfile {
     }
 }
 
-/// True when `s` names a ModelKit (`registry/repo:tag` or `...@sha256:...`) rather than a
-/// path: KitOps accepts this in `model.path` to build on a parent ModelKit.
+/// True when `s` names a ModelKit rather than a path, by kit's rule (`IsModelKitReference`):
+/// it holds `:` or `@` and parses as a reference, the registry defaulting to `localhost`
+/// (`demo:v1`, `org/base:v1`, `registry.example.com/org/base@sha256:...`). KitOps accepts
+/// this in `model.path` to build on a parent ModelKit. So, as with kit, a model file whose
+/// name has a colon (`weights:v2`) cannot be packed by that name.
 pub fn is_modelkit_reference(s: &str) -> bool {
-    if !(s.contains(':') || s.contains('@')) || s.starts_with('.') || s.starts_with('/') {
-        return false;
-    }
-    let first = s.split('/').next().unwrap_or("");
-    s.contains('/')
-        && (first.contains('.') || first.contains(':') || first == "localhost")
+    // `./x:y` and `/x:y` are paths however they parse.
+    !s.starts_with(['.', '/'])
+        && (s.contains(':') || s.contains('@'))
         && s.parse::<Reference>().is_ok()
 }
 
@@ -697,8 +697,18 @@ prompts:
         let kf = Kitfile::from_yaml(t, "K").unwrap();
         assert!(kf.model_parent().is_some());
         assert!(kf.layer_entries().is_empty());
+        // kit's rule: a `:` or `@` and a reference that parses (registry `localhost`).
         assert!(!is_modelkit_reference("models/a.bin"));
-        assert!(!is_modelkit_reference("model:v1"));
+        assert!(is_modelkit_reference("demo:v1"));
+        assert!(is_modelkit_reference("org/base:v1"));
+        assert!(!is_modelkit_reference("./weights:v2"));
+        assert!(!is_modelkit_reference("Models/a:b"));
+        let kf =
+            Kitfile::from_yaml("manifestVersion: 1.0.0\nmodel:\n  path: demo:v1\n", "K").unwrap();
+        assert_eq!(
+            kf.model_parent().map(|r| r.to_string()).as_deref(),
+            Some("localhost/demo:v1")
+        );
     }
 
     #[test]

@@ -299,6 +299,68 @@ pub async fn pull(
     Ok(report)
 }
 
+/// The parent ModelKits up the chain from `r` (stored as `desc`; a Kitfile's `model.path`
+/// naming a ModelKit, as kit reads it), each pulled into the store unless it is there
+/// already. A parent without a registry (kit's default, `localhost`) can only come from the
+/// store. Returns the parents pulled.
+pub async fn pull_parents(
+    store: &Store,
+    r: &Reference,
+    desc: &Descriptor,
+    client: &crate::client::ClientOptions,
+    opts: &TransferOptions,
+) -> Result<Vec<Reference>> {
+    let mut pulled = Vec::new();
+    let mut chain = vec![r.clone()];
+    let mut cur_desc = desc.clone();
+    loop {
+        let cur = chain[chain.len() - 1].clone();
+        let m = store.manifest(&cur_desc)?;
+        let Some(parent) = store.kitfile(&m)?.and_then(|k| k.model_parent()) else {
+            return Ok(pulled);
+        };
+        let names = || {
+            chain
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" -> ")
+        };
+        if chain.contains(&parent) {
+            return Err(CoreError::Invalid(format!(
+                "parent ModelKits form a cycle: {} -> {parent}",
+                names()
+            ))
+            .into());
+        }
+        if chain.len() > kitsnap_core::unpack::MAX_PARENT_CHAIN {
+            return Err(CoreError::Invalid(format!(
+                "more than {} chained parent ModelKits: {}",
+                kitsnap_core::unpack::MAX_PARENT_CHAIN,
+                names()
+            ))
+            .into());
+        }
+        if store.resolve(&parent).is_err() {
+            if parent.registry == DEFAULT_REGISTRY {
+                return Err(CoreError::NotFound(format!(
+                    "parent ModelKit {parent} (the model.path of {cur}) is not in the local store and names no registry to pull it from: pack or pull it first"
+                ))
+                .into());
+            }
+            let (host, copts) = (parent.registry.clone(), client.clone());
+            // Credentials may come from a helper process: off the async workers.
+            let reg = tokio::task::spawn_blocking(move || Registry::new(&host, copts))
+                .await
+                .map_err(|e| Error::Aborted(format!("setting up a registry client: {e}")))??;
+            pull(store, &reg, &parent, opts).await?;
+            pulled.push(parent.clone());
+        }
+        cur_desc = store.resolve(&parent)?;
+        chain.push(parent);
+    }
+}
+
 /// For `unpack` of a remote reference: fetches the manifest, the config and only the
 /// layers the filters select. The manifest is stored untagged; returns its descriptor.
 pub async fn fetch_selected(
