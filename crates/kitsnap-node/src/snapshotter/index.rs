@@ -38,7 +38,8 @@ pub(super) const NAMED: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("idx_named");
 
 /// Bumped whenever what [`entries`] derives changes: the indexes are then rebuilt at open.
-pub(super) const INDEX_VERSION: u64 = 1;
+/// 2: targets also under [`any_parent_key`].
+pub(super) const INDEX_VERSION: u64 = 2;
 const INDEX_VERSION_KEY: &str = "index_version";
 const NEXT_ID_KEY: &str = "next_id";
 
@@ -46,6 +47,12 @@ const NEXT_ID_KEY: &str = "next_id";
 /// this parent?) as one key.
 pub(super) fn target_key(parent: &str, target: &str) -> String {
     format!("{parent}\0{target}")
+}
+
+/// `\u{1}\0target`: a target on any parent (no parent key starts with U+0001), so that a
+/// pull asks "is this chain held anywhere on the node?" without a scan.
+pub(super) fn any_parent_key(target: &str) -> String {
+    format!("\u{1}\0{target}")
 }
 
 /// containerd names backend keys `<namespace>/<seq>/<name>`: `namespace\0name`.
@@ -62,7 +69,8 @@ pub(super) fn named_key(key: &str) -> Option<String> {
 pub(super) struct Entries {
     pub id: u64,
     pub parent: String,
-    pub target: Option<String>,
+    /// [`target_key`] and [`any_parent_key`] of a target label, or nothing.
+    pub target: Vec<String>,
     pub tree: Option<String>,
     pub named: Option<String>,
 }
@@ -74,7 +82,8 @@ pub(super) fn entries(key: &str, r: &Record) -> Entries {
         target: r
             .labels
             .get(label::TARGET_REF)
-            .map(|t| target_key(&r.parent, t)),
+            .map(|t| vec![target_key(&r.parent, t), any_parent_key(t)])
+            .unwrap_or_default(),
         tree: r.tree.clone(),
         named: named_key(key),
     }
@@ -140,7 +149,7 @@ impl<'t> Tables<'t> {
         self.ids.insert(e.id, key)?;
         self.links.insert(key, (e.id, e.parent.as_str()))?;
         self.children.insert(e.parent.as_str(), key)?;
-        if let Some(t) = &e.target {
+        for t in &e.target {
             self.targets.insert(t.as_str(), key)?;
         }
         if let Some(t) = &e.tree {
@@ -157,7 +166,7 @@ impl<'t> Tables<'t> {
         self.ids.remove(e.id)?;
         self.links.remove(key)?;
         self.children.remove(e.parent.as_str(), key)?;
-        if let Some(t) = &e.target {
+        for t in &e.target {
             self.targets.remove(t.as_str(), key)?;
         }
         if let Some(t) = &e.tree {
@@ -201,23 +210,16 @@ pub(super) fn get(
 }
 
 /// Values of one multimap key, in ascending order.
-/// Whether any committed snapshot, on any parent, carries `target` (a scan: asked once
-/// per layer of a pull, to skip downloading a layer the node holds).
+/// Whether any committed snapshot, on any parent, carries `target` (asked once per layer
+/// of a pull, to skip downloading a layer the node holds).
 pub(super) fn held_anywhere(
     snaps: &impl ReadableTable<&'static str, &'static [u8]>,
     targets: &impl ReadableMultimapTable<&'static str, &'static str>,
     target: &str,
 ) -> Result<bool> {
-    let suffix = format!("\0{target}");
-    for e in targets.iter()? {
-        let (k, vals) = e?;
-        if !k.value().ends_with(&suffix) {
-            continue;
-        }
-        for v in vals {
-            if get(snaps, v?.value())?.is_some_and(|r| r.kind == Kind::Committed) {
-                return Ok(true);
-            }
+    for key in values(targets, &any_parent_key(target))? {
+        if get(snaps, &key)?.is_some_and(|r| r.kind == Kind::Committed) {
+            return Ok(true);
         }
     }
     Ok(false)

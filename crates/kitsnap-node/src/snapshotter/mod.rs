@@ -1141,7 +1141,9 @@ mod tests {
             links.insert(k.clone(), (e.id, e.parent.clone()));
             ids.insert((e.id, k.clone()));
             children.insert((e.parent, k.clone()));
-            e.target.map(|t| targets.insert((t, k.clone())));
+            for t in e.target {
+                targets.insert((t, k.clone()));
+            }
             e.tree.map(|t| trees.insert((t, k.clone())));
             e.named.map(|n| named.insert((n, k.clone())));
         }
