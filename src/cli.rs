@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    containerd, df, front, hosts, info, init, inspect, list, login, logout, mount, pack, pull,
-    push, remove, serve, tag, umount, unpack, version,
+    containerd, df, diff, front, hosts, info, init, inspect, list, login, logout, mount, pack,
+    pull, push, remove, serve, tag, umount, unpack, version,
 };
 
 #[derive(Parser, Debug)]
@@ -141,6 +141,8 @@ kitsnap pack . -t my-model:mp --use-model-pack"
     Inspect(inspect::InspectArgs),
     /// Print a ModelKit's Kitfile (YAML).
     Info(info::InfoArgs),
+    /// Compare two ModelKits (config, annotations, shared and unique layers), as kit's diff.
+    Diff(diff::DiffArgs),
     /// Give a ModelKit another name or tag.
     Tag(tag::TagArgs),
     /// Remove ModelKits from the local store and free the space they used.

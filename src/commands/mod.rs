@@ -3,6 +3,7 @@
 pub mod completions;
 pub mod containerd;
 pub mod df;
+pub mod diff;
 pub mod front;
 pub mod hosts;
 pub mod info;
@@ -35,6 +36,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<()> {
         Command::List(a) => list::run(a, ctx),
         Command::Inspect(a) => inspect::run(a, ctx),
         Command::Info(a) => info::run(a, ctx),
+        Command::Diff(a) => diff::run(a, ctx),
         Command::Tag(a) => tag::run(a, ctx),
         Command::Remove(a) => remove::run(a, ctx),
         Command::Unpack(a) => unpack::run(a, ctx),

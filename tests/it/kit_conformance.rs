@@ -696,3 +696,115 @@ fn reads_configs_with_fields_kit_ignores() {
         fs::read_to_string(kit_out.join("Kitfile")).unwrap()
     );
 }
+
+/// `kitsnap diff` prints what `kit diff` prints, byte for byte (kit's capitalised lines,
+/// 17-character digests, its size format); identical kits are one line; `local://` and
+/// `remote://` choose the source. The recorded text is kit v1.7.0's output for these trees.
+#[test]
+fn diff_prints_what_kit_prints() {
+    const KIT_DIFF: &str = r#"Comparing:
+  ModelKit1: reg.example.com/org/a:v1
+  ModelKit2: reg.example.com/org/b:v1
+
+Configurations:
+---------------------------------------
+Configs differ:
+  ModelKit1 Config Digest: sha256:834a08cf7f
+  ModelKit2 Config Digest: sha256:54b26e6988
+
+Annotations:
+---------------------------------------
+  Annotations are identical 
+
+Shared Layers
+---------------------------------------
+Type    | Digest             | Size
+Docs    | sha256:9e2acce646  | 2.0 KiB
+Model   | sha256:b546349193  | 294.5 KiB
+
+Unique Layers to ModelKit1 (reg.example.com/org/a:v1)
+---------------------------------------
+Type    | Digest             | Size
+Dataset | sha256:9f52330ef2  | 2.5 KiB
+
+Unique Layers to ModelKit2 (reg.example.com/org/b:v1)
+---------------------------------------
+Type    | Digest             | Size
+Dataset | sha256:b4b9b0bc1a  | 2.5 KiB
+
+"#;
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    for (name, csv) in [("a", "x,y\n"), ("b", "x,z\n")] {
+        let d = t.path().join(name);
+        write(&d, "model.bin", &bytes(300_000, 7), 0o644);
+        write(&d, "data/t.csv", csv.as_bytes(), 0o644);
+        write(&d, "README.md", b"# a\n", 0o644);
+        write(
+            &d,
+            "Kitfile",
+            format!("manifestVersion: 1.0.0\npackage:\n  name: {name}\nmodel:\n  path: model.bin\ndatasets:\n  - name: t\n    path: data/t.csv\ndocs:\n  - path: README.md\n").as_bytes(),
+            0o644,
+        );
+        fix_dir_modes(&d);
+    }
+    let (a, b) = ("reg.example.com/org/a:v1", "reg.example.com/org/b:v1");
+    for (name, r) in [("a", a), ("b", b)] {
+        let d = t.path().join(name);
+        crate::support::ok(&store, &["pack", d.to_str().unwrap(), "-t", r]);
+    }
+    let ours = crate::support::ok(&store, &["diff", a, b]);
+    if let Some(kit) = kit() {
+        let home = t.path().join("kit-home");
+        for (name, r) in [("a", a), ("b", b)] {
+            kit_pack(&kit, &home, &t.path().join(name), &["-t", r]);
+        }
+        let o = Command::new(&kit)
+            .env("KITOPS_HOME", &home)
+            .args(["diff", a, b])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "kit diff: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert_eq!(
+            ours,
+            String::from_utf8_lossy(&o.stdout),
+            "kitsnap diff vs kit diff"
+        );
+    }
+    assert_eq!(
+        ours, KIT_DIFF,
+        "kitsnap diff vs kit v1.7.0's recorded output"
+    );
+    assert_eq!(
+        crate::support::ok(&store, &["diff", a, &format!("local://{a}")]),
+        "ModelKits are identical\n"
+    );
+
+    require_registry!();
+    let reg = RegistryProc::start(&t.path().join("registry"), None, None);
+    let ra = format!("{}/org/a:v1", reg.addr());
+    crate::support::ok(&store, &["tag", a, &ra]);
+    crate::support::ok(&store, &["push", &ra, "--plain-http"]);
+    let remote = format!("remote://{ra}");
+    assert_eq!(
+        crate::support::ok(
+            &store,
+            &["diff", &format!("local://{ra}"), &remote, "--plain-http"]
+        ),
+        "ModelKits are identical\n"
+    );
+    let e = crate::support::fails(
+        &store,
+        &[
+            "diff",
+            &format!("local://{}/org/b:v1", reg.addr()),
+            &remote,
+            "--plain-http",
+        ],
+    );
+    assert!(e.contains("ModelKit1"), "{e}");
+}
