@@ -42,6 +42,10 @@ pub struct ListArgs {
 
 /// kit shows the default registry's repositories without `localhost/`.
 fn display_repo(name: &str) -> &str {
+    // An untagged pack (no --tag) has no repository at all.
+    if name.is_empty() {
+        return "<none>";
+    }
     name.strip_prefix("localhost/").unwrap_or(name)
 }
 

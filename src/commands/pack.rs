@@ -20,12 +20,14 @@ pub struct PackArgs {
     /// Context directory: Kitfile paths are relative to it.
     #[arg(default_value = ".")]
     pub dir: PathBuf,
-    /// Kitfile to use (default: Kitfile, kitfile or .kitfile in DIR).
+    /// Kitfile to use (default: Kitfile, kitfile or .kitfile in DIR; `-` reads it from
+    /// standard input).
     #[arg(short = 'f', long = "file")]
     pub kitfile: Option<PathBuf>,
-    /// Name for the ModelKit, NAME[:TAG] (tag defaults to latest).
-    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
-    pub tag: String,
+    /// Name for the ModelKit, NAME[:TAG[,TAG...]] (tag defaults to latest; more tags after
+    /// commas). Without it the ModelKit is stored untagged, as kit does (listed as <none>).
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG[,TAG...]]")]
+    pub tag: Option<String>,
     /// Layer compression.
     #[arg(long, default_value = "none", value_parser = ["none", "gzip", "gzip-fastest", "zstd"])]
     pub compression: String,
@@ -42,10 +44,38 @@ pub struct PackArgs {
 }
 
 pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
-    let reference = parse_ref(&a.tag)?;
+    // kit's `-t name:v1,v2`: the first tag names the pack, the others are added.
+    let (first, extra) = match &a.tag {
+        Some(t) => {
+            let (name, tags) = t
+                .rsplit_once(':')
+                .filter(|(_, t)| !t.contains('/'))
+                .map_or((t.as_str(), ""), |(n, t)| (n, t));
+            let mut tags = tags.split(',').filter(|t| !t.is_empty());
+            let first = match tags.next() {
+                Some(tag) => format!("{name}:{tag}"),
+                None => name.to_string(),
+            };
+            let extra: Vec<String> = tags.map(|t| format!("{name}:{t}")).collect();
+            (Some(first), extra)
+        }
+        None => (None, Vec::new()),
+    };
+    let untagged = first.is_none();
+    // An untagged pack still needs a reference for the code below; nothing is tagged.
+    let reference = parse_ref(first.as_deref().unwrap_or("untagged"))?;
     if reference.digest.is_some() {
         bail!("--tag takes NAME[:TAG], not a digest");
     }
+    if a.push && (untagged || !extra.is_empty()) {
+        bail!(
+            "--push needs exactly one REGISTRY/REPO:TAG in --tag (push more tags afterwards with `kitsnap push`)"
+        );
+    }
+    let extra = extra
+        .iter()
+        .map(|t| parse_ref(t))
+        .collect::<Result<Vec<_>>>()?;
     let opts = PackOptions {
         context: a.dir.clone(),
         kitfile: a.kitfile.clone(),
@@ -62,7 +92,15 @@ pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
         return push(&a, &opts);
     }
     let store = ctx.open_store()?;
-    let res = pack::pack(&store, &opts).with_context(|| format!("packing {}", a.dir.display()))?;
+    let res = if untagged {
+        pack::pack_untagged(&store, &opts)
+    } else {
+        pack::pack(&store, &opts)
+    }
+    .with_context(|| format!("packing {}", a.dir.display()))?;
+    for r in &extra {
+        store.tag(r, &res.manifest)?;
+    }
     for w in &res.warnings {
         eprintln!("warning: {w}");
     }
@@ -76,9 +114,17 @@ pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
         );
     }
     let tag = reference.tag_or_default().unwrap_or("latest");
+    let named = if untagged {
+        "an untagged ModelKit".to_string()
+    } else {
+        let mut n = format!("{}:{tag}", reference.name());
+        for r in &extra {
+            n.push_str(&format!(", :{}", r.tag_or_default().unwrap_or("latest")));
+        }
+        n
+    };
     eprintln!(
-        "Packed {}:{tag} ({} layers, {} already stored)",
-        reference.name(),
+        "Packed {named} ({} layers, {} already stored)",
         res.layers.len(),
         res.reused
     );

@@ -808,3 +808,104 @@ Dataset | sha256:b4b9b0bc1a  | 2.5 KiB
     );
     assert!(e.contains("ModelKit1"), "{e}");
 }
+
+/// kit's pack rules where kitsnap was stricter: no manifestVersion packs (with a warning;
+/// same config digest as kit's), `-t NAME:T1,T2` tags both, `-f -` reads the Kitfile from
+/// standard input, and no `-t` stores the ModelKit untagged (`<none>`, gone with
+/// `remove --all`).
+#[test]
+fn pack_accepts_what_kit_accepts() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let d = t.path().join("tree");
+    write(&d, "model.bin", b"hi\n", 0o644);
+    write(
+        &d,
+        "Kitfile",
+        b"package:\n  name: x\nmodel:\n  path: model.bin\n",
+        0o644,
+    );
+    fix_dir_modes(&d);
+    let o = crate::support::run(&store, &["pack", d.to_str().unwrap(), "-t", "a:v1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no manifestVersion"),
+        "a warning names the missing manifestVersion"
+    );
+    let cfg = |r: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(&ok(&store, &["inspect", r])).unwrap();
+        v["manifest"]["config"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // kit v1.7.0 packs this Kitfile (no manifestVersion) into this config.
+    assert_eq!(
+        cfg("a:v1"),
+        "sha256:666d3b9cf1512825e14978402d0cc058f6ccaddd190adc11fded96808e047144"
+    );
+    if let Some(kit) = kit() {
+        let home = t.path().join("kit-home");
+        kit_pack(&kit, &home, &d, &["-t", "a:v1"]);
+        let o = Command::new(&kit)
+            .env("KITOPS_HOME", &home)
+            .args(["inspect", "a:v1"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(
+            v["manifest"]["config"]["digest"].as_str(),
+            Some(cfg("a:v1").as_str())
+        );
+    }
+
+    write(
+        &d,
+        "Kitfile",
+        b"manifestVersion: 1.0.0\nmodel:\n  path: model.bin\n",
+        0o644,
+    );
+    ok(&store, &["pack", d.to_str().unwrap(), "-t", "b:v1,v2"]);
+    let list = ok(&store, &["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("b ") && l.contains(" v1 "))
+            && list
+                .lines()
+                .any(|l| l.starts_with("b ") && l.contains(" v2 ")),
+        "{list}"
+    );
+
+    let mut c = Command::new(crate::support::bin())
+        .env("KITSNAP_STORE", &store)
+        .args(["pack", d.to_str().unwrap(), "-f", "-", "-t", "c:v1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"manifestVersion: 1.0.0\npackage:\n  name: from-stdin\nmodel:\n  path: model.bin\n",
+        )
+        .unwrap();
+    let o = c.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(ok(&store, &["info", "c:v1"]).contains("from-stdin"));
+
+    write(&d, "model.bin", b"other\n", 0o644);
+    let o = crate::support::run(&store, &["pack", d.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let untagged = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let list = ok(&store, &["list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("<none>") && l.contains(&untagged)),
+        "{list}"
+    );
+    ok(&store, &["remove", "--all"]);
+    assert!(!ok(&store, &["list"]).contains(&untagged));
+}

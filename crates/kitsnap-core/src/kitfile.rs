@@ -432,9 +432,7 @@ impl Kitfile {
 
     /// Checks what can be checked without the filesystem.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.manifest_version.trim().is_empty() {
-            return Err("manifestVersion is required (use \"1.0.0\")".into());
-        }
+        // A missing manifestVersion is accepted, as kit accepts it; pack warns.
         let mut seen: Vec<(String, String)> = Vec::new();
         let parent = self.model_parent();
         for e in self.layer_entries() {
@@ -684,10 +682,11 @@ prompts:
     }
 
     #[test]
-    fn refuses_layer_info_and_missing_version() {
+    fn refuses_layer_info_accepts_a_missing_version() {
         let t = "manifestVersion: 1.0.0\ncode:\n  - path: src\n    digest: sha256:00\n";
         assert!(Kitfile::from_yaml(t, "K").is_err());
-        assert!(Kitfile::from_yaml("package:\n  name: x\n", "K").is_err());
+        // As kit: no manifestVersion parses (pack warns).
+        assert!(Kitfile::from_yaml("package:\n  name: x\n", "K").is_ok());
         assert!(Kitfile::from_yaml("   \n", "K").is_err());
     }
 

@@ -82,7 +82,13 @@ pub fn find_kitfile(context: &Path, given: Option<&Path>) -> Result<PathBuf> {
         })
 }
 
+/// Reads and parses a Kitfile; `-` is standard input (kit's `-f -`).
 pub fn load_kitfile(path: &Path) -> Result<Kitfile> {
+    if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).at("standard input")?;
+        return Kitfile::from_yaml(&text, "Kitfile from standard input");
+    }
     let text = fs::read_to_string(path).at(path)?;
     Kitfile::from_yaml(&text, &path.display().to_string())
 }
@@ -127,6 +133,13 @@ pub fn plan(opts: &PackOptions) -> Result<Plan> {
     }
     let kf_path = find_kitfile(&context, opts.kitfile.as_deref())?;
     let kf = load_kitfile(&kf_path)?;
+    let mut early_warnings = Vec::new();
+    if kf.manifest_version.trim().is_empty() {
+        early_warnings.push(format!(
+            "{}: no manifestVersion (packed as kit packs it; the Kitfile format wants \"1.0.0\")",
+            kf_path.display()
+        ));
+    }
     let ignore = match fs::read_to_string(context.join(IGNORE_FILE)) {
         Ok(t) => IgnoreRules::parse(&t)?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => IgnoreRules::default(),
@@ -138,7 +151,7 @@ pub fn plan(opts: &PackOptions) -> Result<Plan> {
         }
     };
     let entries = kf.layer_entries();
-    let mut warnings = Vec::new();
+    let mut warnings = early_warnings;
 
     // As kit does: the root Kitfile (any default name) and .kitignore never go into a
     // layer, whichever Kitfile -f names; the Kitfile travels as the config.
@@ -318,6 +331,16 @@ pub fn assemble(plan: &Plan, written: &[Written], format: ModelFormat) -> Result
 }
 
 pub fn pack(store: &Store, opts: &PackOptions) -> Result<PackResult> {
+    pack_into(store, opts, true)
+}
+
+/// [`pack`] without a tag, as `kit pack` without `-t`: the ModelKit is stored untagged
+/// (listed as `<none>`, removed by `remove --all`).
+pub fn pack_untagged(store: &Store, opts: &PackOptions) -> Result<PackResult> {
+    pack_into(store, opts, false)
+}
+
+fn pack_into(store: &Store, opts: &PackOptions, tagged: bool) -> Result<PackResult> {
     // Walk everything first: this checks every path before any blob is written, and
     // gives the progress bar its total.
     let plan = plan(opts)?;
@@ -340,7 +363,11 @@ pub fn pack(store: &Store, opts: &PackOptions) -> Result<PackResult> {
     let a = assemble(&plan, &written, opts.format)?;
     store.put_bytes(&a.config.media_type, &a.config_bytes)?;
     let mdesc = store.put_bytes(MEDIA_TYPE_MANIFEST, &a.manifest_bytes)?;
-    store.tag(&opts.reference, &mdesc)?;
+    if tagged {
+        store.tag(&opts.reference, &mdesc)?;
+    } else {
+        store.add_untagged("", &mdesc)?;
+    }
     Ok(PackResult {
         manifest: mdesc,
         layers: plan
