@@ -453,6 +453,26 @@ impl Kitfile {
             }
             seen.push((norm, what));
         }
+        // kit's part type rule: `^[\w][\w.-]*$`, at most 64 characters.
+        for p in self.model.iter().flat_map(|m| &m.parts) {
+            let t = &p.part_type;
+            let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+            if !t.is_empty()
+                && !(t.starts_with(word) && t.chars().all(|c| word(c) || c == '.' || c == '-'))
+            {
+                return Err(format!(
+                    "model part {:?} has an invalid type {t:?} (letters, digits, '_', '.' and '-', starting with a letter, digit or '_')",
+                    p.name
+                ));
+            }
+            if t.len() > 64 {
+                return Err(format!(
+                    "model part {:?}: type is {} characters long (at most 64)",
+                    p.name,
+                    t.len()
+                ));
+            }
+        }
         if let Some(m) = &self.model
             && m.path.is_empty()
             && m.parts.is_empty()
@@ -467,8 +487,8 @@ impl Kitfile {
 /// True when `s` names a ModelKit rather than a path, by kit's rule (`IsModelKitReference`):
 /// it holds `:` or `@` and parses as a reference, the registry defaulting to `localhost`
 /// (`demo:v1`, `org/base:v1`, `registry.example.com/org/base@sha256:...`). KitOps accepts
-/// this in `model.path` to build on a parent ModelKit. So, as with kit, a model file whose
-/// name has a colon (`weights:v2`) cannot be packed by that name.
+/// this in `model.path` to build on a parent ModelKit. A model file whose name has a colon
+/// is packed as `./weights:v2` (kit cannot pack it at all).
 pub fn is_modelkit_reference(s: &str) -> bool {
     // `./x:y` and `/x:y` are paths however they parse.
     !s.starts_with(['.', '/'])
@@ -679,6 +699,21 @@ prompts:
         assert!(e.contains("already used"), "{e}");
         assert_eq!(check_relative_path("a/./b/../c").unwrap(), "a/c");
         assert_eq!(check_relative_path(".").unwrap(), ".");
+    }
+
+    #[test]
+    fn part_types_as_kit_checks_them() {
+        let k = |t: &str| {
+            Kitfile::from_yaml(
+                &format!(
+                    "manifestVersion: 1.0.0\nmodel:\n  path: m\n  parts:\n    - path: p\n      type: \"{t}\"\n"
+                ),
+                "K",
+            )
+        };
+        assert!(k("tokenizer").is_ok() && k("lora_v1.2-x").is_ok() && k("_a").is_ok());
+        assert!(k("bad type").is_err() && k("-lead").is_err() && k(".x").is_err());
+        assert!(k(&"a".repeat(64)).is_ok() && k(&"a".repeat(65)).is_err());
     }
 
     #[test]
