@@ -457,9 +457,8 @@ impl Kitfile {
         for p in self.model.iter().flat_map(|m| &m.parts) {
             let t = &p.part_type;
             let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
-            if !t.is_empty()
-                && !(t.starts_with(word) && t.chars().all(|c| word(c) || c == '.' || c == '-'))
-            {
+            let valid = t.starts_with(word) && t.chars().all(|c| word(c) || c == '.' || c == '-');
+            if !t.is_empty() && !valid {
                 return Err(format!(
                     "model part {:?} has an invalid type {t:?} (letters, digits, '_', '.' and '-', starting with a letter, digit or '_')",
                     p.name
