@@ -319,7 +319,9 @@ impl Stage {
             let (written, diff) = tokio::select! {
                 r = fill => r?,
                 e = containerd_gone(&ctr, "kitsnap-staging") => return Err(e),
-                _ = cancel.cancelled() => return Err(Error::Aborted("pull stopped".into())),
+                _ = cancel.cancelled() => return Err(Error::Aborted(
+                    "pull cancelled (the client went away, kitsnap serve is stopping, or another layer failed)".into()
+                )),
             };
             spend(&budget, written, &l)?;
             Ok(Staged { dir, diff })
@@ -751,12 +753,15 @@ pub async fn pull(
     };
     // Cancelled (the client went away, the daemon stops): the lease is deleted below,
     // synchronously, so nothing of this pull stays.
+    // Cancellation first: the staging tasks stop with it too, and their error must not
+    // be the one reported.
     let res = tokio::select! {
-        r = leased.run(&mbytes) => r,
+        biased;
         _ = cancel.cancelled() => Err(Error::Aborted(format!(
             "pull of {} cancelled (the client went away or kitsnap serve is stopping)",
             spec.reference
         ))),
+        r = leased.run(&mbytes) => r,
     };
     match res {
         Ok((mut r, layers, view)) => {
