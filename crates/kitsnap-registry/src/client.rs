@@ -661,6 +661,62 @@ impl Registry {
         }
     }
 
+    /// GET of one manifest from one endpoint, within the size limit: its bytes and media type.
+    async fn manifest_at(
+        &self,
+        ep: usize,
+        scope: &str,
+        repo: &str,
+        reference: &str,
+    ) -> Result<(Vec<u8>, String)> {
+        let url = self.url(ep, &format!("{repo}/manifests/{reference}"));
+        let resp = self
+            .send(ep, scope, true, &|c| {
+                Ok(c.get(&url).header(
+                    ACCEPT,
+                    [
+                        MEDIA_TYPE_MANIFEST,
+                        MEDIA_TYPE_INDEX,
+                        DOCKER_MANIFEST,
+                        DOCKER_LIST,
+                    ]
+                    .join(", "),
+                ))
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(error_of("GET", resp).await);
+        }
+        if resp
+            .content_length()
+            .is_some_and(|l| l > MAX_MANIFEST as u64)
+        {
+            return Err(protocol(
+                &url,
+                format!("manifest is over the {MAX_MANIFEST} byte limit"),
+            ));
+        }
+        let mt = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut body = Vec::new();
+        let mut s = resp.bytes_stream();
+        while let Some(chunk) = s.next().await {
+            let chunk = chunk.map_err(|e| http_err(&url, e))?;
+            if body.len() + chunk.len() > MAX_MANIFEST {
+                return Err(protocol(
+                    &url,
+                    format!("manifest is over the {MAX_MANIFEST} byte limit"),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok((body, mt))
+    }
+
     /// Fetches a manifest by tag or digest, trying mirrors first. Returns its bytes, media
     /// type and digest (verified when the reference was a digest).
     pub async fn get_manifest(
@@ -672,52 +728,8 @@ impl Registry {
         let mut last = None;
         for ep in self.endpoints_for(|e| e.resolve || (e.pull && reference.starts_with("sha256:")))
         {
-            let url = self.url(ep, &format!("{repo}/manifests/{reference}"));
             let res = async {
-                let resp = self
-                    .send(ep, &scope, true, &|c| {
-                        Ok(c.get(&url).header(
-                            ACCEPT,
-                            [
-                                MEDIA_TYPE_MANIFEST,
-                                MEDIA_TYPE_INDEX,
-                                DOCKER_MANIFEST,
-                                DOCKER_LIST,
-                            ]
-                            .join(", "),
-                        ))
-                    })
-                    .await?;
-                if !resp.status().is_success() {
-                    return Err(error_of("GET", resp).await);
-                }
-                if resp
-                    .content_length()
-                    .is_some_and(|l| l > MAX_MANIFEST as u64)
-                {
-                    return Err(protocol(
-                        &url,
-                        format!("manifest is over the {MAX_MANIFEST} byte limit"),
-                    ));
-                }
-                let mt = resp
-                    .headers()
-                    .get(CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_string();
-                let mut body = Vec::new();
-                let mut s = resp.bytes_stream();
-                while let Some(chunk) = s.next().await {
-                    let chunk = chunk.map_err(|e| http_err(&url, e))?;
-                    if body.len() + chunk.len() > MAX_MANIFEST {
-                        return Err(protocol(
-                            &url,
-                            format!("manifest is over the {MAX_MANIFEST} byte limit"),
-                        ));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
+                let (body, mt) = self.manifest_at(ep, &scope, repo, reference).await?;
                 let d = Digest::of(&body);
                 if reference.starts_with("sha256:") && d.as_str() != reference {
                     return Err(CoreError::DigestMismatch {
@@ -986,37 +998,7 @@ impl Registry {
         let digest = match reference.parse::<Digest>() {
             Ok(d) if reference.starts_with("sha256:") => d,
             // A tag: the digest of what the registry itself holds (not a mirror's copy).
-            _ => {
-                let url = self.url(ep, &format!("{repo}/manifests/{reference}"));
-                let resp = self
-                    .send(ep, &scope, true, &|c| {
-                        Ok(c.get(&url).header(
-                            ACCEPT,
-                            [
-                                MEDIA_TYPE_MANIFEST,
-                                MEDIA_TYPE_INDEX,
-                                DOCKER_MANIFEST,
-                                DOCKER_LIST,
-                            ]
-                            .join(", "),
-                        ))
-                    })
-                    .await?;
-                if !resp.status().is_success() {
-                    return Err(error_of("GET", resp).await);
-                }
-                if resp
-                    .content_length()
-                    .is_some_and(|l| l > MAX_MANIFEST as u64)
-                {
-                    return Err(protocol(
-                        &url,
-                        format!("manifest is over the {MAX_MANIFEST} byte limit"),
-                    ));
-                }
-                let body = resp.bytes().await.map_err(|e| http_err(&url, e))?;
-                Digest::of(&body)
-            }
+            _ => Digest::of(&self.manifest_at(ep, &scope, repo, reference).await?.0),
         };
         let url = self.url(ep, &format!("{repo}/manifests/{digest}"));
         let resp = self.send(ep, &scope, true, &|c| Ok(c.delete(&url))).await?;
