@@ -57,19 +57,32 @@ fn into_store(a: PullArgs, ctx: &Ctx) -> Result<()> {
     let Some(d) = rep.manifest else {
         return Ok(());
     };
-    let parents = runtime()?
+    parents(&store, &r, &d, &a.registry, ctx)?;
+    writeln!(crate::output::stdout(), "{}", d.digest)?;
+    Ok(())
+}
+
+/// The parent ModelKits of `r` (stored as `d`) into the store, as kit fetches them on pull
+/// and unpack; each one pulled is reported.
+pub(crate) fn parents(
+    store: &kitsnap_core::store::Store,
+    r: &kitsnap_core::reference::Reference,
+    d: &kitsnap_core::oci::Descriptor,
+    registry: &RegistryArgs,
+    ctx: &Ctx,
+) -> Result<()> {
+    let pulled = runtime()?
         .block_on(transfer::pull_parents(
-            &store,
-            &r,
-            &d,
-            &a.registry.client_options(),
-            &a.registry.transfer(ctx.progress),
+            store,
+            r,
+            d,
+            &registry.client_options(),
+            &registry.transfer(ctx.progress),
         ))
         .with_context(|| format!("pulling the parent ModelKits of {r}"))?;
-    for p in parents {
+    for p in pulled {
         eprintln!("{p}: pulled (parent ModelKit)");
     }
-    writeln!(crate::output::stdout(), "{}", d.digest)?;
     Ok(())
 }
 

@@ -103,23 +103,8 @@ pub fn run(a: UnpackArgs, ctx: &Ctx) -> Result<()> {
     };
     // Parent ModelKits (model.path naming one) come from their registry when the store
     // lacks them, as kit's unpack fetches them; only when the model is wanted.
-    let model_wanted = filters.is_empty()
-        || filters
-            .iter()
-            .any(|f| f.types.contains(&kitsnap_core::layers::FilterType::Model));
-    if model_wanted {
-        let parents = runtime()?
-            .block_on(transfer::pull_parents(
-                &store,
-                &r,
-                &d,
-                &a.registry.client_options(),
-                &a.registry.transfer(ctx.progress),
-            ))
-            .with_context(|| format!("fetching the parent ModelKits of {r}"))?;
-        for p in parents {
-            eprintln!("Pulled parent ModelKit {p}");
-        }
+    if kitsnap_core::layers::wants(&filters, kitsnap_core::layers::FilterType::Model) {
+        crate::commands::pull::parents(&store, &r, &d, &a.registry, ctx)?;
     }
     let rep = unpack::unpack(
         &store,

@@ -102,6 +102,12 @@ pub fn parse_filters<S: AsRef<str>>(values: &[S]) -> Result<(Vec<Filter>, String
     Ok((filters, pieces.join(" ")))
 }
 
+/// Whether anything of type `t` can be selected: no filters select everything, else some
+/// filter must name the type.
+pub fn wants(filters: &[Filter], t: FilterType) -> bool {
+    filters.is_empty() || filters.iter().any(|f| f.types.contains(&t))
+}
+
 /// No filters selects everything; otherwise an item is selected when any filter names its
 /// type and either lists no ids or lists its name or path.
 pub fn selected(filters: &[Filter], t: FilterType, name: &str, path: &str) -> bool {

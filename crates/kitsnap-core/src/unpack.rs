@@ -57,11 +57,7 @@ pub fn unpack(
     let manifest = store.manifest(manifest_desc)?;
     let kf = store.kitfile(&manifest)?;
 
-    let want_kitfile = opts.filters.is_empty()
-        || opts
-            .filters
-            .iter()
-            .any(|f| f.types.contains(&FilterType::Kitfile));
+    let want_kitfile = layers::wants(&opts.filters, FilterType::Kitfile);
     // Checked now, written last: a failed unpack leaves no Kitfile describing files
     // that are not there.
     let kitfile = match (want_kitfile, &kf) {
@@ -83,11 +79,7 @@ pub fn unpack(
     let mut chain = Vec::new();
     if let Some(kf) = &kf {
         let mut parent = kf.model_parent();
-        let model_wanted = opts.filters.is_empty()
-            || opts
-                .filters
-                .iter()
-                .any(|f| f.types.contains(&FilterType::Model));
+        let model_wanted = layers::wants(&opts.filters, FilterType::Model);
         while let (Some(r), true) = (parent.take(), model_wanted) {
             if chain.len() >= MAX_PARENT_CHAIN {
                 return Err(Error::Invalid(format!(

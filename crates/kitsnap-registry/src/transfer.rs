@@ -810,10 +810,7 @@ pub async fn unpack_streaming(
     if kf.as_ref().is_some_and(|k| k.model_parent().is_some()) {
         return Ok(None);
     }
-    let want_kitfile = filters.is_empty()
-        || filters
-            .iter()
-            .any(|f| f.types.contains(&FilterType::Kitfile));
+    let want_kitfile = layers::wants(filters, FilterType::Kitfile);
     let plans: Vec<_> = layers::plan_layers(&m, kf.as_ref())?
         .into_iter()
         .filter(|l| layers::selected(filters, FilterType::for_kind(l.kind), &l.name, &l.path))
