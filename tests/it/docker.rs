@@ -139,6 +139,30 @@ impl Drop for Dockerd {
     }
 }
 
+/// A registry holding `REG/kits/NAME:v1`, a ModelKit of one 2 MiB model (bytes from
+/// `seed`), packed in the returned store; with the model's sha256.
+fn model_kit(
+    dir: &Path,
+    name: &str,
+    seed: u64,
+) -> (registry::RegistryProc, PathBuf, String, String) {
+    let reg = registry::RegistryProc::start(&dir.join("registry"), None, None);
+    let store = dir.join("store");
+    let tree = dir.join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    let model = support::bytes(2 << 20, seed);
+    std::fs::write(tree.join("model.bin"), &model).unwrap();
+    std::fs::write(
+        tree.join("Kitfile"),
+        format!("manifestVersion: 1.0.0\npackage:\n  name: {name}\nmodel:\n  name: {name}\n  path: model.bin\n"),
+    )
+    .unwrap();
+    let r = format!("{}/kits/{name}:v1", reg.addr());
+    support::ok(&store, &["pack", tree.to_str().unwrap(), "-t", &r]);
+    support::ok(&store, &["push", &r, "--plain-http"]);
+    (reg, store, r, sha256_hex(&model))
+}
+
 fn holders(ks: &Kitsnap, name: &str) -> Option<usize> {
     let o = Command::new(support::bin())
         .env("KITSNAP_ADDRESS", &ks.sock)
@@ -170,21 +194,7 @@ fn docker_volume_plugin_shares_a_modelkit() {
     let _heavy = heavy();
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let reg = registry::RegistryProc::start(&dir.join("registry"), None, None);
-    let store = dir.join("store");
-    let tree = dir.join("tree");
-    std::fs::create_dir_all(&tree).unwrap();
-    let model = support::bytes(2 << 20, 5);
-    std::fs::write(tree.join("model.bin"), &model).unwrap();
-    std::fs::write(
-        tree.join("Kitfile"),
-        "manifestVersion: 1.0.0\npackage:\n  name: dv\nmodel:\n  name: dv\n  path: model.bin\n",
-    )
-    .unwrap();
-    let r = format!("{}/kits/docker:v1", reg.addr());
-    support::ok(&store, &["pack", tree.to_str().unwrap(), "-t", &r]);
-    support::ok(&store, &["push", &r, "--plain-http"]);
-    let want = sha256_hex(&model);
+    let (_reg, _store, r, want) = model_kit(dir, "docker", 5);
 
     // A plugin name of our own: Docker discovers plugins by socket name in a fixed dir.
     let driver = format!("kitsnap-test-{}", std::process::id());
@@ -287,21 +297,8 @@ fn docker_28_mounts_a_modelkit_with_type_image() {
     let _heavy = heavy();
     let t = tempfile::tempdir().unwrap();
     let dir = t.path();
-    let reg = registry::RegistryProc::start(&dir.join("registry"), None, None);
-    let store = dir.join("store");
-    let tree = dir.join("tree");
-    std::fs::create_dir_all(&tree).unwrap();
-    let model = support::bytes(2 << 20, 28);
-    std::fs::write(tree.join("model.bin"), &model).unwrap();
-    std::fs::write(
-        tree.join("Kitfile"),
-        "manifestVersion: 1.0.0\npackage:\n  name: d28\nmodel:\n  name: d28\n  path: model.bin\n",
-    )
-    .unwrap();
-    let r = format!("{}/kits/docker28:v1", reg.addr());
-    support::ok(&store, &["pack", tree.to_str().unwrap(), "-t", &r]);
-    support::ok(&store, &["push", &r, "--plain-http"]);
-    let want = sha256_hex(&model);
+    let (reg, store, r, want) = model_kit(dir, "docker28", 28);
+    let model_len = 2u64 << 20;
 
     let ks = Kitsnap::start(dir);
     let ctd = Containerd::start(&v, &dir.join("containerd"), &ks.sock);
@@ -367,9 +364,9 @@ fn docker_28_mounts_a_modelkit_with_type_image() {
         .filter_map(|k| k["snapshotBytes"].as_u64())
         .sum();
     assert!(
-        both.len() == 2 && total >= model.len() as u64 && total < model.len() as u64 * 3 / 2,
+        both.len() == 2 && total >= model_len && total < model_len * 3 / 2,
         "one copy of the {}-byte model for both namespaces: {df}",
-        model.len()
+        model_len
     );
     let images = d.ok(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
     assert!(images.contains(&r), "docker images lists the kit: {images}");

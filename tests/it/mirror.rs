@@ -960,13 +960,25 @@ fn nerdctl_pulls_runs_and_removes_a_modelkit_through_the_mirror() {
 /// Runs `program` (nerdctl, or kitsnap's front for it) against the test's containerd in
 /// namespace `ns`, on the kitsnap snapshotter, with the test's hosts directory.
 fn nerdctl(s: &Setup, program: &Path, path: &str, ns: &str, args: &[&str]) -> Output {
+    nerdctl_on(s, program, path, ns, "kitsnap", args)
+}
+
+/// [`nerdctl`] on another snapshotter.
+fn nerdctl_on(
+    s: &Setup,
+    program: &Path,
+    path: &str,
+    ns: &str,
+    snapshotter: &str,
+    args: &[&str],
+) -> Output {
     Command::new(program)
         .env("PATH", path)
         .env("KITSNAP_ADDRESS", &s.ks.sock)
         .args(["--address", s.ctd.sock.to_str().unwrap(), "--namespace", ns])
         .args([
             "--snapshotter",
-            "kitsnap",
+            snapshotter,
             "--hosts-dir",
             s.hosts.to_str().unwrap(),
         ])
@@ -1175,20 +1187,7 @@ fn nerdctl_main_mounts_a_modelkit_with_type_image() {
     for snapshotter in ["kitsnap", "overlayfs"] {
         let ns = format!("img-{snapshotter}");
         let nerd = |args: &[&str]| {
-            let o = Command::new(&real)
-                .env("PATH", s.ctd.path_env())
-                .args([
-                    "--address",
-                    s.ctd.sock.to_str().unwrap(),
-                    "--namespace",
-                    &ns,
-                ])
-                .args(["--snapshotter", snapshotter])
-                .args(["--hosts-dir", s.hosts.to_str().unwrap()])
-                .args(["--data-root", s.dir.join("nerdctl").to_str().unwrap()])
-                .args(args)
-                .output()
-                .unwrap();
+            let o = nerdctl_on(&s, &real, &s.ctd.path_env(), &ns, snapshotter, args);
             let out = format!(
                 "{}{}",
                 String::from_utf8_lossy(&o.stdout),
