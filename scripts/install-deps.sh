@@ -9,6 +9,9 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v zstd >/dev/null || need+=(zstd)
 command -v python3 >/dev/null || need+=(python3)
 command -v tar >/dev/null || need+=(tar)
+# git and git-lfs: `kitsnap import --tool git` runs them (as kit does), and its tests.
+command -v git >/dev/null || need+=(git)
+command -v git-lfs >/dev/null || need+=(git-lfs)
 command -v openssl >/dev/null || need+=(openssl)
 # protoc: the containerd-client crate generates its gRPC code at build time.
 command -v protoc >/dev/null || need+=(protobuf-compiler)
@@ -44,6 +47,14 @@ if ! python3 -c 'import oras.client' 2>/dev/null; then
   echo "install-deps: pip install oras" >&2
   python3 -m pip install --quiet oras 2>/dev/null ||
     python3 -m pip install --quiet --break-system-packages oras
+fi
+
+# The KitOps Python SDK (pinned): it shells out to `kit`; the conformance test runs it with
+# kitsnap in kit's place.
+if ! python3 -c 'import kitops.cli.kit' 2>/dev/null; then
+  echo "install-deps: pip install kitops==1.5.0" >&2
+  python3 -m pip install --quiet kitops==1.5.0 2>/dev/null ||
+    python3 -m pip install --quiet --break-system-packages kitops==1.5.0
 fi
 
 if ! command -v cargo >/dev/null; then

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    containerd, df, diff, front, hosts, info, init, inspect, list, login, logout, mount, pack,
-    pull, push, remove, serve, tag, umount, unpack, version,
+    cache, containerd, df, diff, front, hosts, import, info, init, inspect, list, login, logout,
+    mount, pack, pull, push, remove, serve, tag, umount, unpack, version,
 };
 
 #[derive(Parser, Debug)]
@@ -135,6 +135,34 @@ kitsnap pack . -t my-model:v1\n  kitsnap pack ./dir -f ./dir/Kitfile.prod -t reg
 kitsnap pack . -t my-model:mp --use-model-pack"
     )]
     Pack(pack::PackArgs),
+    /// Import a Hugging Face (or Git) repository as a ModelKit, as `kit import`.
+    #[command(
+        long_about = "Downloads REPOSITORY into a working directory under the store and packs \
+it (no compression) into the local store as a ModelKit tagged --tag (default ORG/REPO:latest, \
+lowercased, from the repository's path). REPOSITORY is ORG/REPO on Hugging Face or a URL. The \
+Kitfile is --file (`-` reads standard input), else the repository's own, else one generated as \
+`kitsnap init` generates it (package name and author from the repository's path; on a \
+terminal you are offered to edit it). The working directory is removed afterwards.\n\n\
+--tool hf (the default for ORG/REPO and huggingface URLs) lists the repository through the \
+Hugging Face API at $HF_ENDPOINT (default https://huggingface.co) and downloads the files the \
+Kitfile needs, --concurrency at once, with --token as a Bearer token. --tool git (the default \
+for other URLs) runs `git clone --depth 1` and `git lfs pull` (git and git-lfs must be \
+installed; ORG/REPO is cloned from $HF_ENDPOINT/ORG/REPO) and drops .git, .gitattributes and \
+.gitignore; --token is given to git as the password of user `token`.\n\nExamples:\n  \
+kitsnap import myorg/myrepo\n  kitsnap import myorg/myrepo --ref v1.0.0 -t myrepository:mytag\n  \
+kitsnap import https://github.com/org/repo.git -t repo:v1 -f ./Kitfile\n  \
+HF_ENDPOINT=https://hf-mirror.example kitsnap import myorg/myrepo --token \"$HF_TOKEN\""
+    )]
+    Import(import::ImportArgs),
+    /// Manage temporary files: partial downloads and import working directories.
+    #[command(
+        long_about = "kit's `cache` verbs. kitsnap's temporary files are the partial blobs of \
+interrupted transfers (STORE/ingest) and the working directories of `kitsnap import` \
+(STORE/import); both are normally empty. `clear` waits for running transfers and skips \
+imports in progress, so it never deletes a file in use.\n\nExamples:\n  kitsnap cache info\n  \
+kitsnap cache clear"
+    )]
+    Cache(cache::CacheArgs),
     /// List the ModelKits in the local store.
     List(list::ListArgs),
     /// Print a ModelKit's manifest (JSON), from the store or (--remote) a registry.

@@ -29,6 +29,8 @@ mod docker;
 mod errors;
 #[path = "it/hostile.rs"]
 mod hostile;
+#[path = "it/import.rs"]
+mod import;
 #[path = "it/init.rs"]
 mod init;
 #[path = "it/interrupts.rs"]

@@ -169,15 +169,10 @@ fn filtered(kf: &Kitfile, filter: &str) -> Result<String> {
             _ => None,
         };
     }
-    Ok(match value {
-        // yaml.v3 writes an empty string as "" (serde_yaml_ng as '').
-        Value::String(s) if s.is_empty() => "\"\"\n".to_string(),
-        mut v => {
-            // Layer digests are not part of the Kitfile kit prints (yaml:"-").
-            strip_digests(&mut v);
-            serde_yaml_ng::to_string(&v).context("encoding the Kitfile node")?
-        }
-    })
+    // Layer digests are not part of the Kitfile kit prints (yaml:"-").
+    strip_digests(&mut value);
+    let in_parameters = body.split('.').any(|s| title(s) == "Parameters");
+    Ok(kitsnap_core::goyaml::node_to_string(&value, in_parameters))
 }
 
 fn strip_digests(v: &mut Value) {

@@ -1,11 +1,13 @@
 //! One file per verb, each with its arguments and `run(args, &Ctx)`.
 
+pub mod cache;
 pub mod completions;
 pub mod containerd;
 pub mod df;
 pub mod diff;
 pub mod front;
 pub mod hosts;
+pub mod import;
 pub mod info;
 pub mod init;
 pub mod inspect;
@@ -33,6 +35,8 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<()> {
     match command {
         Command::Init(a) => init::run(a, ctx),
         Command::Pack(a) => pack::run(a, ctx),
+        Command::Import(a) => import::run(a, ctx),
+        Command::Cache(a) => cache::run(a, ctx),
         Command::List(a) => list::run(a, ctx),
         Command::Inspect(a) => inspect::run(a, ctx),
         Command::Info(a) => info::run(a, ctx),

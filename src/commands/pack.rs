@@ -7,7 +7,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use kitsnap_core::human_bytes;
 use kitsnap_core::oci::ModelFormat;
-use kitsnap_core::pack::{self, PackOptions};
+use kitsnap_core::pack::{self, PackOptions, PackResult};
+use kitsnap_core::reference::Reference;
+use kitsnap_core::store::Store;
 
 use kitsnap_registry::transfer;
 
@@ -98,21 +100,7 @@ pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
         pack::pack(&store, &opts)
     }
     .with_context(|| format!("packing {}", a.dir.display()))?;
-    for r in &extra {
-        store.tag(r, &res.manifest)?;
-    }
-    for w in &res.warnings {
-        eprintln!("warning: {w}");
-    }
-    for (kind, path, d) in &res.layers {
-        eprintln!(
-            "  {:<9} {:<40} {:>10}  {}",
-            kind.user_str(),
-            path,
-            human_bytes(d.size),
-            d.digest.short()
-        );
-    }
+    tag_and_report(&store, &res, &extra)?;
     let tag = reference.tag_or_default().unwrap_or("latest");
     let named = if untagged {
         "an untagged ModelKit".to_string()
@@ -129,6 +117,26 @@ pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
         res.reused
     );
     writeln!(crate::output::stdout(), "{}", res.manifest.digest)?;
+    Ok(())
+}
+
+/// After a pack: the extra tags of `-t NAME:T1,T2`, then the warnings and one line per layer.
+pub(crate) fn tag_and_report(store: &Store, res: &PackResult, extra: &[Reference]) -> Result<()> {
+    for r in extra {
+        store.tag(r, &res.manifest)?;
+    }
+    for w in &res.warnings {
+        eprintln!("warning: {w}");
+    }
+    for (kind, path, d) in &res.layers {
+        eprintln!(
+            "  {:<9} {:<40} {:>10}  {}",
+            kind.user_str(),
+            path,
+            human_bytes(d.size),
+            d.digest.short()
+        );
+    }
     Ok(())
 }
 

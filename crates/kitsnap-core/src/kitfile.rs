@@ -342,14 +342,17 @@ impl Kitfile {
         crate::oci::to_go_json(self)
     }
 
-    /// YAML for people (`kitsnap info`, `kitsnap init`), without layer digests.
+    /// YAML for people (`kitsnap info`, `unpack`, `init`), without layer digests, byte for
+    /// byte as kit prints it (see [`crate::goyaml`]).
     pub fn to_yaml(&self) -> Result<String> {
         let mut clean = self.clone();
         for (_, _, (d, i)) in clean.layer_slots() {
             *d = None;
             *i = None;
         }
-        serde_yaml_ng::to_string(&clean).map_err(|e| Error::Internal(format!("YAML encoding: {e}")))
+        let v = serde_yaml_ng::to_value(&clean)
+            .map_err(|e| Error::Internal(format!("YAML encoding: {e}")))?;
+        Ok(crate::goyaml::kitfile_to_string(&v))
     }
 
     /// The digest/diffId slots of every entry, in layer order (model first).
@@ -434,7 +437,6 @@ impl Kitfile {
     pub fn validate(&self) -> std::result::Result<(), String> {
         // A missing manifestVersion is accepted, as kit accepts it; pack warns.
         let mut seen: Vec<(String, String)> = Vec::new();
-        let parent = self.model_parent();
         for e in self.layer_entries() {
             let what = match e.kind {
                 LayerKind::Model => "model.path".to_string(),
@@ -472,13 +474,7 @@ impl Kitfile {
                 ));
             }
         }
-        if let Some(m) = &self.model
-            && m.path.is_empty()
-            && m.parts.is_empty()
-            && parent.is_none()
-        {
-            return Err("model: needs a path or at least one part".into());
-        }
+        // A model with neither path nor parts is metadata only (no layer), as kit allows.
         Ok(())
     }
 }

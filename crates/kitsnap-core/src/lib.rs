@@ -10,6 +10,7 @@ pub mod cleanup;
 pub mod digest;
 pub mod error;
 pub mod extract;
+pub mod goyaml;
 pub mod ignore;
 pub mod imageview;
 pub mod init;

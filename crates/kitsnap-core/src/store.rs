@@ -614,6 +614,32 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Bytes of partial blobs in `ingest/` (writes in flight, or left by a killed one).
+    pub fn ingest_bytes(&self) -> Result<u64> {
+        let ingest = self.root.join("ingest");
+        let mut total = 0;
+        for e in fs::read_dir(&ingest).at(&ingest)? {
+            total += e?.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    /// Deletes the partial blobs left by killed writers (`kitsnap cache clear`): waits for
+    /// running writers (gc.lock), so a transfer in flight never loses its file.
+    pub fn clear_ingest(&self) -> Result<u64> {
+        let _gc = self.lock("gc.lock", true)?;
+        let ingest = self.root.join("ingest");
+        let mut freed = 0;
+        for e in fs::read_dir(&ingest).at(&ingest)? {
+            let e = e?;
+            freed += e.metadata().map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(e.path()).at(e.path())?;
+        }
+        Ok(freed)
+    }
+}
+
 /// fsync a directory so a rename in it survives power loss; best effort.
 fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
