@@ -10,6 +10,9 @@
 //! detached helper releases the mounts' holders once that nerdctl process exits; kitsnap
 //! keeps a view's files while a container still has them bind-mounted.
 //! A command line without `type=modelkit` is passed on untouched, mounting nothing.
+//! When the real nerdctl has `--mount type=image` (after v2.3.5), an unfiltered
+//! `type=modelkit` becomes `type=image` of the kit's image view instead, pulled first: the
+//! container's mount is then containerd's own View, with nothing for kitsnap to hold.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -63,9 +66,39 @@ fn run(args: Vec<OsString>) -> Result<std::convert::Infallible> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(kitsnap_node::daemon::DEFAULT_ADDRESS));
     let rt = runtime()?;
+    let image_mounts = image_mounts_supported(&real)?;
+    let snapshotter = snapshotter(&args);
     let mut held: Vec<(String, String)> = Vec::new();
     for f in &found {
         let reference = crate::commands::parse_ref(&f.spec.src)?;
+        if image_mounts && f.spec.filters.is_empty() {
+            // nerdctl's own `type=image` of the kit's image view: the container's mount is
+            // a containerd View that lives and goes with the container, no kitsnap holder.
+            // Pulled here first, so nerdctl finds it (no registry round trip of its own)
+            // unpacked on kitsnap; another snapshotter unpacks it from the blobs kept.
+            let res = rt.block_on(client::pull(
+                &address,
+                client::PullArgs {
+                    reference: reference.to_string(),
+                    namespace: namespace.clone(),
+                    store: None,
+                    registry: Default::default(),
+                    keep_blobs: snapshotter != "kitsnap",
+                    progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                },
+            ));
+            if let Err(e) = res {
+                release(&rt, &address, &held);
+                return Err(e.context(format!("type=modelkit,src={}", f.spec.src)));
+            }
+            let image = format!("type=image,src={reference},dst={}", f.spec.dst);
+            args[f.index] = if f.inline {
+                format!("--mount={image}").into()
+            } else {
+                image.into()
+            };
+            continue;
+        }
         let res = rt.block_on(client::mount(
             &address,
             client::MountArgs {
@@ -91,6 +124,9 @@ fn run(args: Vec<OsString>) -> Result<std::convert::Infallible> {
         } else {
             bind.into()
         };
+    }
+    if held.is_empty() {
+        return Err(exec(&real, &args));
     }
     if let Err(e) = spawn_releaser(&address, &held) {
         release(&rt, &address, &held);
@@ -231,6 +267,79 @@ fn namespace(args: &[OsString]) -> String {
         .unwrap_or_else(|| kitsnap_node::containerd::DEFAULT_NAMESPACE.to_string())
 }
 
+/// Whether the real nerdctl has `--mount type=image` (nerdctl PR 4990, after v2.3.5):
+/// `KITSNAP_FRONT_MOUNT=image|bind` decides, else the binary is searched for the error
+/// message only that version has (its `--help` and version do not tell).
+fn image_mounts_supported(real: &Path) -> Result<bool> {
+    match std::env::var(MOUNT_ENV).as_deref() {
+        Ok("image") => return Ok(true),
+        Ok("bind") => return Ok(false),
+        Ok("") | Err(_) => {}
+        Ok(other) => bail!("{MOUNT_ENV}={other}: use image or bind (or leave it unset)"),
+    }
+    let f = std::fs::File::open(real).with_context(|| format!("reading {}", real.display()))?;
+    contains(f, IMAGE_MOUNT_MARK).with_context(|| format!("reading {}", real.display()))
+}
+
+/// Set to `image` or `bind` to choose how `type=modelkit` is rewritten.
+const MOUNT_ENV: &str = "KITSNAP_FRONT_MOUNT";
+
+/// In nerdctl's mount parser once `type=image` exists ("must be a volume/bind/tmpfs/image").
+const IMAGE_MOUNT_MARK: &[u8] = b"volume/bind/tmpfs/image";
+
+/// Streams `r` looking for `needle` (memory stays at one buffer whatever the size).
+fn contains(mut r: impl std::io::Read, needle: &[u8]) -> std::io::Result<bool> {
+    let mut buf = vec![0u8; (1 << 20) + needle.len()];
+    let mut kept = 0;
+    loop {
+        let n = match r.read(&mut buf[kept..]) {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let end = kept + n;
+        if buf[..end].windows(needle.len()).any(|w| w == needle) {
+            return Ok(true);
+        }
+        // Keep the tail: the needle may straddle two reads.
+        kept = (needle.len() - 1).min(end);
+        buf.copy_within(end - kept..end, 0);
+    }
+}
+
+/// nerdctl's snapshotter: `--snapshotter`/`--storage-driver`, else
+/// `$CONTAINERD_SNAPSHOTTER`, else `snapshotter` in nerdctl.toml (`$NERDCTL_TOML`, default
+/// /etc/nerdctl/nerdctl.toml), else `overlayfs`.
+fn snapshotter(args: &[OsString]) -> String {
+    let mut it = args.iter().map(|a| a.to_string_lossy());
+    while let Some(a) = it.next() {
+        if matches!(a.as_ref(), "--snapshotter" | "--storage-driver") {
+            if let Some(v) = it.next() {
+                return v.into_owned();
+            }
+        } else if let Some(v) = a
+            .strip_prefix("--snapshotter=")
+            .or_else(|| a.strip_prefix("--storage-driver="))
+        {
+            return v.to_string();
+        }
+    }
+    if let Ok(v) = std::env::var("CONTAINERD_SNAPSHOTTER")
+        && !v.is_empty()
+    {
+        return v;
+    }
+    let toml_path = std::env::var_os("NERDCTL_TOML")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/etc/nerdctl/nerdctl.toml"));
+    std::fs::read_to_string(toml_path)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("snapshotter")?.as_str().map(str::to_string))
+        .unwrap_or_else(|| "overlayfs".to_string())
+}
+
 /// A helper, in its own process group with no stdio (out of the terminal's way), that
 /// releases the holders once this process (by then the real nerdctl) has exited.
 fn spawn_releaser(address: &Path, held: &[(String, String)]) -> Result<()> {
@@ -310,6 +419,37 @@ mod tests {
         assert!(err("type=modelkit,src=r/m:v1,dst=m").contains("absolute"));
         assert!(err("type=modelkit,src=r/m:v1,dst=/m,ro=false").contains("read-only"));
         assert!(err("type=modelkit,src=r/m:v1,dst=/m,bogus=1").contains("unknown field"));
+    }
+
+    #[test]
+    fn finds_the_image_mount_mark_across_reads() {
+        // A reader that hands out 7 bytes at a time: the mark straddles reads.
+        struct Slow(std::io::Cursor<Vec<u8>>);
+        impl std::io::Read for Slow {
+            fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+                let n = b.len().min(7);
+                self.0.read(&mut b[..n])
+            }
+        }
+        let mut data = vec![b'x'; 3_000_000];
+        data.extend_from_slice(b"invalid mount type '%s' must be a volume/bind/tmpfs/image");
+        data.extend(vec![b'y'; 100]);
+        assert!(contains(Slow(std::io::Cursor::new(data.clone())), IMAGE_MOUNT_MARK).unwrap());
+        assert!(contains(std::io::Cursor::new(data), IMAGE_MOUNT_MARK).unwrap());
+        let old = b"invalid mount type '%s' must be a volume/bind/tmpfs".to_vec();
+        assert!(!contains(std::io::Cursor::new(old), IMAGE_MOUNT_MARK).unwrap());
+    }
+
+    #[test]
+    fn snapshotter_from_flags() {
+        assert_eq!(
+            snapshotter(&os(&["--snapshotter", "kitsnap", "run"])),
+            "kitsnap"
+        );
+        assert_eq!(
+            snapshotter(&os(&["--storage-driver=stargz", "run"])),
+            "stargz"
+        );
     }
 
     #[test]

@@ -431,3 +431,206 @@ fn docker_28_mounts_a_modelkit_with_type_image() {
     drop(d);
     drop(ctd);
 }
+
+/// One node, one ModelKit, four clients, one copy: ctr (a container on a `kitsnap
+/// mount`, namespace `default`), the real nerdctl v2.3.5 through kitsnap's front
+/// (`--mount type=modelkit`, namespace `nerdctl`), a CRI pod with an image volume (kubelet's
+/// calls, `k8s.io`) and Docker 28 (`--mount type=image`, `moby`), all on the same containerd
+/// and the kitsnap snapshotter. Each reads the model's sha256; the model's bytes are on
+/// disk once (under kitsnap's root, none under containerd's), and `kitsnap df` counts one
+/// copy for the four namespaces.
+#[test]
+fn one_node_one_copy_for_ctr_nerdctl_a_cri_pod_and_docker() {
+    use crate::support::cri::{CriNode, NS as K8S, Snapshotter, VOLUME, cri_version};
+    require_containers!();
+    require_registry!();
+    require!(
+        have_cmd("skopeo"),
+        "skopeo (apt-get install skopeo; scripts/install-deps.sh does it)"
+    );
+    let (dockerd, cli) = docker28();
+    require!(
+        dockerd.exists() && cli.exists(),
+        "Docker 28 in .cache/docker/sid (run scripts/fetch-docker.sh)"
+    );
+    let Some(nerdctl) = support::peer("nerdctl") else {
+        require!(false, "nerdctl (run scripts/install-peers.sh nerdctl)");
+        return;
+    };
+    let Some(v) = cri_version(test_name!()) else {
+        return;
+    };
+    let _heavy = heavy();
+    let mut node = CriNode::start(&v, Snapshotter::Kitsnap, &[], None);
+    let dir = node.dir.clone();
+    let (_reg, _store, r, want) = model_kit(&dir.join("kit"), "onecopy", 31);
+    let model_len = 2u64 << 20;
+    let sock = node.ks.sock.clone();
+    let kitsnap = |args: &[&str]| {
+        let o = Command::new(support::bin())
+            .env("KITSNAP_ADDRESS", &sock)
+            .env("KITSNAP_STORE", dir.join("empty-store"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "kitsnap {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        text
+    };
+    let img = dir.join("busybox.tar");
+    busybox_image(&img);
+    for ns in ["default", "nerdctl"] {
+        let o = node.ctd.ctr_ns(
+            ns,
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                "kitsnap",
+                img.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    // ctr: kitsnap pulls into `default`, a container reads a `kitsnap mount` of it.
+    kitsnap(&["pull", "--containerd", "-n", "default", &r, "--plain-http"]);
+    let path = kitsnap(&["mount", &r, "-n", "default", "--plain-http"]);
+    let path = path.trim();
+    let o = node.ctd.ctr_ns(
+        "default",
+        &[
+            "run",
+            "--rm",
+            "--snapshotter",
+            "kitsnap",
+            "--mount",
+            &format!("type=bind,src={path},dst=/models,options=rbind:ro"),
+            IMAGE,
+            "ctr-reader",
+            "sha256sum",
+            "/models/model.bin",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&want),
+        "ctr: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    kitsnap(&["umount", path]);
+
+    // nerdctl, as typed, through the front (it mounts the kit in nerdctl's namespace).
+    let front_dir = dir.join("sbin");
+    kitsnap(&["front", "install", "--dir", front_dir.to_str().unwrap()]);
+    let o = Command::new(front_dir.join("nerdctl"))
+        .env(
+            "PATH",
+            format!(
+                "{}:{}:{}",
+                front_dir.display(),
+                nerdctl.parent().unwrap().display(),
+                node.ctd.path_env()
+            ),
+        )
+        .env("KITSNAP_ADDRESS", &node.ks.sock)
+        .args([
+            "--address",
+            node.ctd.sock.to_str().unwrap(),
+            "-n",
+            "nerdctl",
+        ])
+        .args(["--snapshotter", "kitsnap"])
+        .args(["--data-root", dir.join("nerdctl").to_str().unwrap()])
+        .args(["run", "--rm", "--net", "host", "--mount"])
+        .arg(format!("type=modelkit,src={r},dst=/models"))
+        .args([IMAGE, "sha256sum", "/models/model.bin"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success() && out.contains(&want),
+        "nerdctl: {out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    // A CRI pod: kitsnap pre-pulls into k8s.io, kubelet's calls mount it as an image volume.
+    kitsnap(&["pull", "--containerd", "-n", K8S, &r, "--plain-http"]);
+    let image_ref = node.wait_image(&r);
+    let pod = node.run_pod("pod-a");
+    let (code, out) = node.run_container(
+        &pod,
+        "pod-a",
+        "reader",
+        &image_ref,
+        &format!("sha256sum {VOLUME}/model.bin"),
+    );
+    assert!(code == 0 && out.contains(&want), "CRI pod: {code} {out}");
+
+    // Docker 28 on the same containerd, snapshotter kitsnap.
+    let cfg = dir.join("daemon.json");
+    std::fs::write(&cfg, r#"{"features": {"containerd-snapshotter": true}}"#).unwrap();
+    let d = Dockerd::start_with(
+        &dir.join("docker"),
+        &dockerd,
+        &cli,
+        &[
+            "--containerd",
+            node.ctd.sock.to_str().unwrap(),
+            "--config-file",
+            cfg.to_str().unwrap(),
+            "--storage-driver=kitsnap",
+        ],
+    );
+    let archive = dir.join("busybox-docker.tar");
+    busybox_docker_archive(&archive, TAG);
+    d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    kitsnap(&["pull", "--containerd", "-n", "moby", &r, "--plain-http"]);
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--mount",
+        &format!("type=image,src={r},dst=/models"),
+        TAG,
+        "sha256sum",
+        "/models/model.bin",
+    ]);
+    assert!(out.contains(&want), "docker: {out}");
+
+    // One copy of the model on the node, whoever uses it.
+    assert_eq!(
+        node.copies_on_disk("model.bin", &want),
+        (0, 1),
+        "copies of model.bin (under containerd's root, under kitsnap's root)"
+    );
+    let df: serde_json::Value =
+        serde_json::from_str(&kitsnap(&["df", "--format", "json"])).unwrap();
+    let kits: Vec<serde_json::Value> = df["kits"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|k| k["reference"] == r.as_str())
+        .collect();
+    let mut namespaces: Vec<&str> = kits
+        .iter()
+        .filter_map(|k| k["namespace"].as_str())
+        .collect();
+    namespaces.sort();
+    assert_eq!(namespaces, ["default", "k8s.io", "moby", "nerdctl"], "{df}");
+    let total: u64 = kits
+        .iter()
+        .filter_map(|k| k["snapshotBytes"].as_u64())
+        .sum();
+    assert!(
+        total >= model_len && total < model_len * 3 / 2,
+        "one copy of the {model_len}-byte model for four namespaces: {df}"
+    );
+    node.remove_pod(&pod);
+}

@@ -1240,4 +1240,90 @@ fn nerdctl_main_mounts_a_modelkit_with_type_image() {
             );
         }
     }
+
+    // kitsnap's nerdctl front in front of this nerdctl: `type=modelkit` becomes nerdctl's
+    // own `type=image` (the front pulls the kit first, keeping blobs for overlayfs), so no
+    // kitsnap mount exists while the container runs; a filtered mount stays a bind of a
+    // `kitsnap mount` (containerd views of image layers cannot be filtered).
+    let front_dir = s.dir.join("sbin");
+    support::ok(
+        &s.dir.join("store"),
+        &["front", "install", "--dir", front_dir.to_str().unwrap()],
+    );
+    let front = front_dir.join("nerdctl");
+    let path = format!(
+        "{}:{}:{}",
+        front_dir.display(),
+        real.parent().unwrap().display(),
+        s.ctd.path_env()
+    );
+    for snapshotter in ["kitsnap", "overlayfs"] {
+        let ns = format!("front-{snapshotter}");
+        let nerd = |args: &[&str]| {
+            let o = nerdctl_on(&s, &front, &path, &ns, snapshotter, args);
+            let out = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert!(
+                o.status.success(),
+                "front, --snapshotter {snapshotter} {args:?}: {out}\n--- kitsnap log:\n{}",
+                tail(&s.ks.log())
+            );
+            out
+        };
+        let o = s.ctd.ctr_ns(
+            &ns,
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                snapshotter,
+                img.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let mount = format!("type=modelkit,src={},dst=/models", s.gz);
+        nerd(&[
+            "run", "-d", "--name", "held", "--net", "host", "--mount", &mount, IMAGE, "sleep",
+            "300",
+        ]);
+        let listed = Command::new(support::bin())
+            .env("KITSNAP_ADDRESS", &s.ks.sock)
+            .args(["mount", "--list", "-q"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&listed.stdout).trim(),
+            "",
+            "{snapshotter}: type=image needs no kitsnap mount"
+        );
+        let out = nerd(&[
+            "exec",
+            "held",
+            "sh",
+            "-c",
+            "sha256sum /models/model.bin; touch /models/x 2>/dev/null && echo WRITABLE || echo READONLY",
+        ]);
+        assert!(
+            out.contains(&model_sha) && out.contains("READONLY"),
+            "{snapshotter}: {out}"
+        );
+        nerd(&["rm", "-f", "held"]);
+        let out = nerd(&[
+            "run",
+            "--rm",
+            "--net",
+            "host",
+            &format!("--mount={mount},filter=docs"),
+            IMAGE,
+            "ls",
+            "/models",
+        ]);
+        assert!(
+            out.contains("README.md") && !out.contains("model.bin"),
+            "{snapshotter}: {out}"
+        );
+    }
 }
