@@ -916,3 +916,74 @@ fn import_validation_errors() {
     }
     assert!(c.tags().is_empty());
 }
+
+/// The KitOps Python SDK's `import_from_hf` (it runs `kit import REPO --tag T` with "n" on
+/// standard input) with kitsnap on PATH as `kit`: from a Git repository over HTTP (real git
+/// and `git http-backend`) and, through HF_ENDPOINT, from the Hugging Face stand-in.
+#[test]
+fn python_sdk_import_from_hf() {
+    require_git!();
+    require!(
+        Command::new("python3")
+            .args(["-c", "import kitops.cli.kit"])
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "the KitOps Python SDK (pip install kitops==1.5.0; scripts/install-deps.sh does it)"
+    );
+    let c = Ctx::new();
+    let src = c.p("src");
+    model_tree(&src);
+    publish(&src, &c.p("srv"), "repo");
+    let git = Server::start(
+        c.t.path(),
+        "git_server.py",
+        GIT_SERVER,
+        &[c.p("srv").to_str().unwrap()],
+    );
+    hf_tree(c.t.path());
+    let hf = Server::start(
+        c.t.path(),
+        "hf_standin.py",
+        HF_SERVER,
+        &[c.p("hf").to_str().unwrap(), "", "100", "0"],
+    );
+    let bindir = c.p("bin");
+    fs::create_dir_all(&bindir).unwrap();
+    std::os::unix::fs::symlink(bin(), bindir.join("kit")).unwrap();
+    let script = r#"
+import sys
+from kitops.cli import kit
+kit.import_from_hf(sys.argv[1], tag="sdk/from-git:v1")
+kit.import_from_hf("acme/tiny-llm", tag="sdk/from-hf:v1")
+print("sdk import ok")
+"#;
+    let o = Command::new("python3")
+        .args(["-c", script, &git.url("/org/repo.git")])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bindir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .env("KITSNAP_STORE", c.store())
+        .env_remove("KITSNAP_HOME")
+        .env("HF_ENDPOINT", hf.url(""))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("sdk import ok"),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(c.tags(), ["sdk/from-git:v1", "sdk/from-hf:v1"]);
+    let out = c.unpack("sdk/from-git:v1", "out");
+    let model = out
+        .iter()
+        .find(|(n, _)| n == "model.safetensors")
+        .expect("the model is in the kit");
+    assert_eq!(model.1, fs::read(src.join("model.safetensors")).unwrap());
+    c.assert_no_leftovers();
+}
