@@ -11,7 +11,7 @@ bash scripts/fetch-containerd.sh || echo "test.sh: WARNING: could not fetch cont
 bash scripts/fetch-docker.sh || echo "test.sh: WARNING: could not fetch Docker 28" >&2
 # The real nerdctl for the native-pull tests (built from the Go module proxy, cached under
 # .cache/). Without it that test is skipped loudly, or fails under CI.
-bash scripts/install-peers.sh nerdctl || echo "test.sh: WARNING: could not build nerdctl" >&2
+bash scripts/install-peers.sh nerdctl modctl || echo "test.sh: WARNING: could not build nerdctl or modctl" >&2
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # /dev/null must still be the null device after the tests (a test that replaced it with a

@@ -132,7 +132,8 @@ tagged NAME[:TAG] in the local store: one layer per Kitfile entry (model, model 
 datasets, docs, prompts, in that order). Packing is reproducible: the same tree gives the same \
 manifest digest. Layers already in the store are not stored twice.\n\nExamples:\n  \
 kitsnap pack . -t my-model:v1\n  kitsnap pack ./dir -f ./dir/Kitfile.prod -t registry.example.com/org/m:v2 --compression zstd\n  \
-kitsnap pack . -t my-model:mp --use-model-pack"
+kitsnap pack . -t my-model:mp --use-model-pack\n  \
+kitsnap pack . -t my-model:raw --use-model-pack --layer-format raw"
     )]
     Pack(pack::PackArgs),
     /// Import a Hugging Face (or Git) repository as a ModelKit, as `kit import`.
@@ -283,7 +284,10 @@ which must come before the real nerdctl in PATH). Invoked as nerdctl, kitsnap tu
 `--mount type=modelkit,src=REF,dst=DIR[,filter=F]...` into a read-only bind of a `kitsnap mount` \
 of REF (through kitsnap serve, in nerdctl's namespace) and execs the real nerdctl with every other \
 argument unchanged; a command line without type=modelkit is passed on untouched. The mount's \
-holder is released when nerdctl exits (the files stay while the container uses them). \
+holder is released when nerdctl exits (the files stay while the container uses them). When the \
+real nerdctl has `--mount type=image` (after v2.3.5), an unfiltered type=modelkit becomes \
+type=image of the kit's image view, pulled into nerdctl's namespace first (no kitsnap mount); \
+KITSNAP_FRONT_MOUNT=image|bind overrides that choice. \
 `kitsnap front remove` takes it out again.\n\nExamples:\n  sudo kitsnap front install\n  \
 sudo nerdctl run --rm --mount type=modelkit,src=ghcr.io/org/llm:v1,dst=/models busybox ls /models\n  \
 sudo nerdctl run --rm --mount type=modelkit,src=ghcr.io/org/llm:v1,dst=/models,filter=model IMAGE\n  \

@@ -43,6 +43,8 @@ mod large;
 mod mirror;
 #[path = "it/modelkits.rs"]
 mod modelkits;
+#[path = "it/modelpack.rs"]
+mod modelpack;
 #[path = "it/node_core.rs"]
 mod node_core;
 #[path = "it/pack_unpack.rs"]

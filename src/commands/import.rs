@@ -206,6 +206,7 @@ pub fn run(a: ImportArgs, ctx: &Ctx) -> Result<()> {
         reference: reference.clone(),
         compression: Compression::None,
         format: ModelFormat::Kit,
+        layer_format: pack::LayerFormat::Tar,
         progress: ctx.progress,
     };
     let res = pack::pack(&store, &opts).with_context(|| format!("packing {}", a.repository))?;

@@ -1,12 +1,13 @@
 //! `kitsnap info`: a ModelKit's Kitfile, from the store or (--remote) a registry, whole
-//! or one node of it (`--filter`, kit's dotted field paths).
+//! or one node of it (`--filter`, kit's dotted field paths). A ModelPack without a Kitfile
+//! gets one generated from its config and layers ([`modelpack::kitfile_from_modelpack`]).
 
 use std::io::Write;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use kitsnap_core::kitfile::Kitfile;
-use kitsnap_core::layers;
+use kitsnap_core::{layers, modelpack};
 use kitsnap_registry::transfer;
 use serde_yaml_ng::Value;
 
@@ -37,29 +38,41 @@ pub fn run(a: InfoArgs, ctx: &Ctx) -> Result<()> {
     if let Some(f) = &a.filter {
         check_filter(f)?;
     }
-    let kitfile = if a.remote {
+    // A ModelPack without KitOps' Kitfile annotation (modctl's, for one) gets a Kitfile made
+    // from its config and layers, said so on stderr.
+    let (kf, generated) = if a.remote {
         transfer::check_remote(&r)?;
         let reg = a.registry.registry(&r.registry)?;
         let rt = runtime()?;
         let (_, m, _) = rt
             .block_on(transfer::remote_manifest(&reg, &r))
             .with_context(|| format!("resolving {r}"))?;
-        layers::kitfile_of(&m, || {
+        let config = || {
             rt.block_on(reg.get_small_blob(&r.repository, &m.config))
                 .map_err(|e| kitsnap_core::Error::Invalid(e.to_string()))
-        })?
+        };
+        match layers::kitfile_of(&m, config)? {
+            Some(kf) => (kf, false),
+            None => (modelpack::kitfile_from_modelpack(&m, &config()?)?, true),
+        }
     } else {
         let store = ctx.open_store()?;
         let d = store.resolve(&r)?;
         let m = store.manifest(&d)?;
-        store.kitfile(&m)?
+        match store.kitfile(&m)? {
+            Some(kf) => (kf, false),
+            None => (
+                modelpack::kitfile_from_modelpack(&m, &store.read_blob(&m.config)?)?,
+                true,
+            ),
+        }
     };
-    let Some(kf) = kitfile else {
-        bail!(
-            "{} is a ModelPack without a Kitfile annotation; see `kitsnap inspect`",
+    if generated {
+        eprintln!(
+            "note: {} is a ModelPack without a Kitfile; this one is generated from its config and layers",
             a.reference
-        )
-    };
+        );
+    }
     let text = match &a.filter {
         Some(f) => filtered(&kf, f)?,
         None => kf.to_yaml()?,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use kitsnap_core::human_bytes;
 use kitsnap_core::oci::ModelFormat;
-use kitsnap_core::pack::{self, PackOptions, PackResult};
+use kitsnap_core::pack::{self, LayerFormat, PackOptions, PackResult};
 use kitsnap_core::reference::Reference;
 use kitsnap_core::store::Store;
 
@@ -36,6 +36,11 @@ pub struct PackArgs {
     /// Write a CNCF ModelPack (model-spec v1) instead of a KitOps ModelKit.
     #[arg(long)]
     pub use_model_pack: bool,
+    /// What each layer holds: `tar` (the entry's files in a tar), or, with --use-model-pack,
+    /// `raw`: the entry's one file as it is, with its mode and mtime in the layer's
+    /// annotations, as `modctl build` writes it (each entry must name a single file).
+    #[arg(long, value_name = "FORMAT", value_parser = ["tar", "raw"])]
+    pub layer_format: Option<String>,
     /// Pack straight into the registry named by --tag, with no local copy: each layer is
     /// streamed into a chunked upload while it is hashed (a 100 GB model needs no 100 GB
     /// of disk). The manifest goes last, so a failure leaves nothing tagged.
@@ -78,6 +83,12 @@ pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
         .iter()
         .map(|t| parse_ref(t))
         .collect::<Result<Vec<_>>>()?;
+    let layer_format: LayerFormat = a.layer_format.as_deref().unwrap_or("tar").parse()?;
+    if layer_format == LayerFormat::Raw && !a.use_model_pack {
+        bail!(
+            "--layer-format raw needs --use-model-pack: raw layers are a ModelPack (CNCF model-spec) format; a KitOps ModelKit's layers are tars (kit v1.7 has no --layer-format)"
+        );
+    }
     let opts = PackOptions {
         context: a.dir.clone(),
         kitfile: a.kitfile.clone(),
@@ -88,6 +99,7 @@ pub fn run(a: PackArgs, ctx: &Ctx) -> Result<()> {
         } else {
             ModelFormat::Kit
         },
+        layer_format,
         progress: ctx.progress,
     };
     if a.push {

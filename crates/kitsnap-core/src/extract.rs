@@ -18,6 +18,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest as _, Sha256};
 
@@ -26,7 +27,8 @@ use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::imageview::RawWrapper;
 use crate::layers::LayerPlan;
-use crate::oci::{Compression, Descriptor};
+use crate::modelpack::FileMetadata;
+use crate::oci::{Compression, Descriptor, LayerType, ModelFormat};
 
 pub(crate) const IO_BUF: usize = 1 << 20;
 
@@ -45,31 +47,58 @@ pub struct ExtractOptions {
 /// Extracts one planned layer (tar of any compression, or a raw file) into `dest`,
 /// verifying its digest and size while it streams. Returns the bytes of file content
 /// written.
+///
+/// ModelPack files get their attributes back: a raw layer's file takes the mode (permission
+/// bits only) and mtime of its `org.cncf.model.file.metadata+json` annotation (as `modctl
+/// extract` restores them; a malformed one is an error naming the layer, before anything is
+/// written), and a tar layer's regular files the mtime of their tar headers (model-spec puts
+/// file attributes in the tar headers; mtime 0, the reproducible-build placeholder kit and
+/// kitsnap write, is left alone). A KitOps ModelKit's files are written as before.
 pub fn extract<R: Read>(
     reader: R,
     l: &LayerPlan,
     dest: &Path,
     opts: ExtractOptions,
 ) -> Result<u64> {
-    extract_with_diff_id(reader, l, dest, opts).map(|(n, _)| n)
+    extract_planned(reader, l, dest, opts, false).map(|(n, _)| n)
 }
 
 /// [`extract`], also returning the layer's diff ID as an image view names it: the digest
 /// of the uncompressed tar (for a raw layer, of the tar around the file), computed from
-/// the very bytes extracted.
+/// the very bytes extracted. Files are written as that tar has them (a raw layer's as
+/// [`RawWrapper`] makes it: mode 0644, no metadata restored), so that a snapshot made with
+/// this equals what unpacking the image view gives.
 pub fn extract_with_diff_id<R: Read>(
     reader: R,
     l: &LayerPlan,
     dest: &Path,
     opts: ExtractOptions,
 ) -> Result<(u64, Digest)> {
+    let (n, diff_id) = extract_planned(reader, l, dest, opts, true)?;
+    let diff_id = diff_id.ok_or_else(|| Error::Internal("no diff ID computed".into()))?;
+    Ok((n, diff_id))
+}
+
+/// One layer; `for_view`: files as the image view's tar has them, and the diff ID computed
+/// (for a raw layer, a second hash of every byte: only the node needs it).
+fn extract_planned<R: Read>(
+    reader: R,
+    l: &LayerPlan,
+    dest: &Path,
+    opts: ExtractOptions,
+    for_view: bool,
+) -> Result<(u64, Option<Digest>)> {
     let what = format!(
         "{} layer {} ({})",
         l.kind.user_str(),
         l.path,
         l.desc.digest.short()
     );
-    if l.raw {
+    if l.raw && !for_view {
+        let meta = raw_metadata(l, &what)?;
+        extract_raw_with(reader, &l.desc, dest, &l.path, opts, &what, meta.as_ref())?;
+        Ok((l.desc.size, None))
+    } else if l.raw {
         // The blob is the file: its size is known and checked.
         let wrapper = RawWrapper::new(&l.path, l.desc.size)?;
         let mut tar = Sha256::new();
@@ -78,15 +107,53 @@ pub fn extract_with_diff_id<R: Read>(
             inner: reader,
             hasher: &mut tar,
         };
-        extract_raw(hashed, &l.desc, dest, &l.path, opts, &what)?;
+        extract_raw_with(hashed, &l.desc, dest, &l.path, opts, &what, None)?;
         tar.update(wrapper.suffix());
-        Ok((l.desc.size, Digest::from_sha256_bytes(&tar.finalize())))
+        Ok((
+            l.desc.size,
+            Some(Digest::from_sha256_bytes(&tar.finalize())),
+        ))
     } else {
-        extract_layer(reader, &l.desc, l.compression, dest, opts, &what)
+        let restore_mtimes = !for_view
+            && LayerType::parse(&l.desc.media_type)
+                .is_some_and(|t| t.format == ModelFormat::ModelPack);
+        extract_tar_layer(
+            reader,
+            &l.desc,
+            l.compression,
+            dest,
+            opts,
+            &what,
+            restore_mtimes,
+        )
+        .map(|(n, d)| (n, Some(d)))
     }
 }
 
-/// Hashes what passes through (in the reading thread: raw layers only, which are rare).
+/// A raw layer's file metadata annotation, checked against the layer: it must describe a
+/// regular file of the blob's size. Nothing in it names a path (the file's path is the
+/// layer's `org.cncf.model.filepath`), and only its permission bits and mtime are used.
+fn raw_metadata(l: &LayerPlan, what: &str) -> Result<Option<FileMetadata>> {
+    let bad = |msg: String| Error::Invalid(format!("{what}: {msg}"));
+    let Some(m) = FileMetadata::of(&l.desc).map_err(bad)? else {
+        return Ok(None);
+    };
+    if !m.is_regular() {
+        return Err(bad(format!(
+            "its file metadata has typeflag {}, not a regular file; a raw layer holds one regular file",
+            m.typeflag
+        )));
+    }
+    if u64::try_from(m.size).ok() != Some(l.desc.size) {
+        return Err(bad(format!(
+            "its file metadata says {} bytes, the layer has {}",
+            m.size, l.desc.size
+        )));
+    }
+    Ok(Some(m))
+}
+
+/// Hashes what passes through (in the reading thread: raw layers of image views only).
 struct Sha256Tee<'a, R> {
     inner: R,
     hasher: &'a mut Sha256,
@@ -129,20 +196,32 @@ pub fn extract_layer<R: Read>(
     opts: ExtractOptions,
     what: &str,
 ) -> Result<(u64, Digest)> {
+    extract_tar_layer(reader, desc, compression, dest, opts, what, false)
+}
+
+/// [`extract_layer`]; with `mtimes`, regular files take their tar header's mtime (unless 0).
+fn extract_tar_layer<R: Read>(
+    reader: R,
+    desc: &Descriptor,
+    compression: Compression,
+    dest: &Path,
+    opts: ExtractOptions,
+    what: &str,
+    mtimes: bool,
+) -> Result<(u64, Digest)> {
     let mut hr = HashingReader::new(reader);
     let mut rb = Rollback(Vec::new());
     // The uncompressed stream is hashed to its end (tar padding included), like the blob.
     let untar = |r: &mut dyn Read, rb: &mut Vec<PathBuf>| -> Result<(u64, Digest)> {
         let mut plain = HashingReader::new(r);
-        let n = extract_tar(&mut plain, dest, opts, what, rb)?;
+        let n = extract_tar(&mut plain, dest, opts, what, rb, mtimes)?;
         Ok((n, plain.finish()?.0))
     };
     let res = (|| -> Result<(u64, Digest)> {
         match compression {
             // Uncompressed: the blob is the tar, its (verified) digest the diff ID.
-            Compression::None => {
-                extract_tar(&mut hr, dest, opts, what, &mut rb.0).map(|n| (n, desc.digest.clone()))
-            }
+            Compression::None => extract_tar(&mut hr, dest, opts, what, &mut rb.0, mtimes)
+                .map(|n| (n, desc.digest.clone())),
             Compression::Gzip | Compression::GzipFastest => {
                 untar(&mut flate2::read::GzDecoder::new(&mut hr), &mut rb.0)
             }
@@ -317,6 +396,7 @@ fn extract_tar<R: Read>(
     opts: ExtractOptions,
     what: &str,
     created: &mut Vec<PathBuf>,
+    mtimes: bool,
 ) -> Result<u64> {
     let unsafe_err = |msg: String| Error::UnsafeLayer {
         layer: what.to_string(),
@@ -386,16 +466,26 @@ fn extract_tar<R: Read>(
                     files.insert(parts.clone());
                     continue;
                 }
+                let mtime = entry
+                    .header()
+                    .mtime()
+                    .ok()
+                    .filter(|t| mtimes && *t > 0)
+                    .map(|t| UNIX_EPOCH + Duration::from_secs(t));
                 write_file_atomically(&target, mode, |f| {
                     loop {
                         let n = entry
                             .read(&mut buf)
                             .map_err(|e| unsafe_err(format!("truncated entry {raw:?}: {e}")))?;
                         if n == 0 {
-                            return Ok(());
+                            break;
                         }
                         f.write_all(&buf[..n]).at(&target)?;
                     }
+                    if let Some(t) = mtime {
+                        f.set_modified(t).at(&target)?;
+                    }
+                    Ok(())
                 })?;
                 created.push(target.clone());
                 files.insert(parts.clone());
@@ -482,6 +572,26 @@ pub fn extract_raw<R: Read>(
     opts: ExtractOptions,
     what: &str,
 ) -> Result<()> {
+    extract_raw_with(reader, desc, dest, path, opts, what, None)
+}
+
+/// [`extract_raw`]; with file metadata, the file gets its permission bits (exactly, as
+/// modctl's chmod: never setuid, setgid or sticky) and mtime.
+fn extract_raw_with<R: Read>(
+    reader: R,
+    desc: &Descriptor,
+    dest: &Path,
+    path: &str,
+    opts: ExtractOptions,
+    what: &str,
+    meta: Option<&FileMetadata>,
+) -> Result<()> {
+    // Checked before anything is created.
+    let mtime = match meta.map(FileMetadata::modified).transpose() {
+        Ok(t) => t.flatten(),
+        Err(msg) => return Err(Error::Invalid(format!("{what}: {msg}"))),
+    };
+    let mode = meta.map(|m| m.mode & 0o777).filter(|m| *m != 0);
     let parts = safe_components(path, what)?;
     if parts.is_empty() {
         return Err(Error::UnsafeLayer {
@@ -504,7 +614,15 @@ pub fn extract_raw<R: Read>(
     let mut hr = HashingReader::new(reader);
     let res = write_file_atomically(&target, 0o644, |f| {
         std::io::copy(&mut hr, f).at(&target)?;
-        verify(hr, desc)
+        verify(hr, desc)?;
+        if let Some(m) = mode {
+            f.set_permissions(fs::Permissions::from_mode(m))
+                .at(&target)?;
+        }
+        if let Some(t) = mtime {
+            f.set_modified(t).at(&target)?;
+        }
+        Ok(())
     });
     if res.is_err() {
         Rollback(created).undo();
@@ -660,5 +778,140 @@ mod tests {
             std::fs::metadata(d.path().join("zeros.bin")).unwrap().len(),
             64 << 20
         );
+    }
+
+    fn raw_plan(data: &[u8], metadata: Option<&str>) -> LayerPlan {
+        let mut desc = Descriptor {
+            media_type: "application/vnd.cnai.model.weight.v1.raw".into(),
+            digest: crate::digest::Digest::of(data),
+            size: data.len() as u64,
+            ..Descriptor::default()
+        };
+        if let Some(m) = metadata {
+            desc.annotations
+                .insert(crate::oci::ANNOTATION_FILE_METADATA_LEGACY.into(), m.into());
+        }
+        LayerPlan {
+            kind: crate::oci::LayerKind::Model,
+            name: String::new(),
+            path: "weights/w.bin".into(),
+            desc,
+            compression: Compression::None,
+            raw: true,
+        }
+    }
+
+    fn mode_and_mtime(p: &Path) -> (u32, i64, i64) {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(p).unwrap();
+        (m.mode() & 0o7777, m.mtime(), m.mtime_nsec())
+    }
+
+    /// A raw layer's file takes its metadata annotation's permission bits (never setuid,
+    /// setgid or sticky) and mtime; the node's path (image views) does not.
+    #[test]
+    fn raw_layers_restore_mode_and_mtime() {
+        let data = b"weights".as_slice();
+        // 3565 is 0o6755: setuid and setgid are dropped.
+        let meta = r#"{"name":"../../evil","mode":3565,"uid":0,"gid":0,"size":7,"mtime":"2021-03-04T06:06:07.123456789+01:00","typeflag":0}"#;
+        let d = tempfile::tempdir().unwrap();
+        let plan = raw_plan(data, Some(meta));
+        extract(data, &plan, d.path(), ExtractOptions::default()).unwrap();
+        let f = d.path().join("weights/w.bin");
+        assert_eq!(fs::read(&f).unwrap(), data);
+        assert_eq!(mode_and_mtime(&f), (0o755, 1_614_834_367, 123_456_789));
+        assert!(
+            !d.path().join("evil").exists() && !d.path().parent().unwrap().join("evil").exists()
+        );
+
+        // Without metadata, or through the image-view path: 0644 (less the umask), now.
+        let d = tempfile::tempdir().unwrap();
+        extract_with_diff_id(data, &plan, d.path(), ExtractOptions::default()).unwrap();
+        let (mode, mtime, _) = mode_and_mtime(&d.path().join("weights/w.bin"));
+        assert_eq!(mode & 0o111, 0, "not executable: {mode:o}");
+        assert!(mtime > 1_614_834_367);
+    }
+
+    /// A bad metadata annotation is an error naming the layer, and nothing is written.
+    #[test]
+    fn raw_metadata_errors_name_the_layer() {
+        let data = b"weights".as_slice();
+        for (meta, says) in [
+            (
+                r#"{"mtime":"yesterday"}"#,
+                "malformed org.cnai.model.file.metadata+json annotation",
+            ),
+            (
+                "{not json",
+                "malformed org.cnai.model.file.metadata+json annotation",
+            ),
+            (
+                r#"{"mode":"rwx"}"#,
+                "malformed org.cnai.model.file.metadata+json annotation",
+            ),
+            (
+                r#"{"size":7,"typeflag":53}"#,
+                "typeflag 53, not a regular file",
+            ),
+            (r#"{"size":8}"#, "says 8 bytes, the layer has 7"),
+        ] {
+            let d = tempfile::tempdir().unwrap();
+            let e = extract(
+                data,
+                &raw_plan(data, Some(meta)),
+                d.path(),
+                ExtractOptions::default(),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.starts_with("model layer weights/w.bin (sha256:"), "{e}");
+            assert!(e.contains(says), "{e}");
+            assert_eq!(
+                fs::read_dir(d.path()).unwrap().count(),
+                0,
+                "nothing left: {meta}"
+            );
+        }
+    }
+
+    /// A ModelPack tar layer's files take their headers' mtimes (mtime 0 is left alone); a
+    /// KitOps layer's do not.
+    #[test]
+    fn modelpack_tar_layers_restore_mtimes() {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, mtime) in [("a.bin", 1_614_834_367), ("zero.bin", 0)] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(3);
+            h.set_mode(0o4750);
+            h.set_mtime(mtime);
+            h.set_cksum();
+            tar.append_data(&mut h, name, &b"abc"[..]).unwrap();
+        }
+        let blob = tar.into_inner().unwrap();
+        for (media_type, restored) in [
+            ("application/vnd.cnai.model.weight.v1.tar", true),
+            ("application/vnd.cncf.model.weight.v1.tar", true),
+            ("application/vnd.kitops.modelkit.model.v1.tar", false),
+        ] {
+            let plan = LayerPlan {
+                kind: crate::oci::LayerKind::Model,
+                name: String::new(),
+                path: ".".into(),
+                desc: Descriptor {
+                    media_type: media_type.into(),
+                    digest: crate::digest::Digest::of(&blob),
+                    size: blob.len() as u64,
+                    ..Descriptor::default()
+                },
+                compression: Compression::None,
+                raw: false,
+            };
+            let d = tempfile::tempdir().unwrap();
+            extract(&blob[..], &plan, d.path(), ExtractOptions::default()).unwrap();
+            let (mode, mtime, _) = mode_and_mtime(&d.path().join("a.bin"));
+            assert_eq!(mode & 0o7000, 0, "{media_type}: {mode:o}");
+            assert_eq!(mtime == 1_614_834_367, restored, "{media_type}");
+            assert!(mode_and_mtime(&d.path().join("zero.bin")).1 > 1_614_834_367);
+        }
     }
 }

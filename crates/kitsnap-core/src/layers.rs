@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::kitfile::{self, Kitfile};
 use crate::oci::{
-    ANNOTATION_FILEPATH, ANNOTATION_KITFILE, Compression, Descriptor, LayerKind, Manifest,
+    self, ANNOTATION_FILEPATH, ANNOTATION_KITFILE, Compression, Descriptor, LayerKind, Manifest,
     ModelFormat,
 };
 
@@ -176,7 +176,7 @@ pub fn plan_layers(manifest: &Manifest, kf: Option<&Kitfile>) -> Result<Vec<Laye
                 desc.digest, desc.media_type
             ))
         })?;
-        let annotated = desc.annotations.get(ANNOTATION_FILEPATH).cloned();
+        let annotated = oci::layer_filepath(desc).map(str::to_string);
         let slot = entries
             .iter()
             .enumerate()

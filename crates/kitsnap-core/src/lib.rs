@@ -1,7 +1,8 @@
 //! kitsnap-core: ModelKits (KitOps) and ModelPacks (CNCF) on disk, with no async runtime.
 //!
 //! Formats: [`digest`], [`reference`], [`oci`] (media types, manifests, Go-exact JSON),
-//! [`kitfile`] and [`ignore`] (`.kitignore`). Layers: [`layers`] (which manifest layer is
+//! [`kitfile`] and [`ignore`] (`.kitignore`), [`modelpack`] (model-spec file metadata, a
+//! Kitfile for a ModelPack without one). Layers: [`layers`] (which manifest layer is
 //! which Kitfile entry, `--filter`), [`extract`] (safe, digest-checked tar extraction),
 //! [`pack`], [`unpack`], [`init`]. The local OCI image-layout [`store`]. Registries and
 //! containerd live in the crates above this one.
@@ -16,8 +17,10 @@ pub mod imageview;
 pub mod init;
 pub mod kitfile;
 pub mod layers;
+pub mod modelpack;
 pub mod oci;
 pub mod pack;
+pub mod pargz;
 pub mod progress;
 pub mod reference;
 pub mod store;

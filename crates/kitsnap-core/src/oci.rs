@@ -16,6 +16,13 @@ pub const ARTIFACT_TYPE_KIT: &str = "application/vnd.kitops.modelkit.manifest.v1
 pub const ARTIFACT_TYPE_MODELPACK: &str = "application/vnd.cncf.model.manifest.v1+json";
 pub const KIT_CONFIG_MEDIA_TYPE: &str = "application/vnd.kitops.modelkit.config.v1+json";
 pub const MODELPACK_CONFIG_MEDIA_TYPE: &str = "application/vnd.cncf.model.config.v1+json";
+/// model-spec before it moved to the CNCF (`github.com/dragonflyoss/model-spec` v0.0.6):
+/// `vnd.cnai.*` media types and `org.cnai.*` annotations. modctl v0.2.2 still writes these
+/// (its `pkg/backend/build/legacy.go`); they are read as ModelPack everywhere.
+pub const ARTIFACT_TYPE_MODELPACK_LEGACY: &str = "application/vnd.cnai.model.manifest.v1+json";
+pub const MODELPACK_CONFIG_MEDIA_TYPE_LEGACY: &str = "application/vnd.cnai.model.config.v1+json";
+const MODELPACK_LAYER_PREFIX: &str = "application/vnd.cncf.model.";
+const MODELPACK_LAYER_PREFIX_LEGACY: &str = "application/vnd.cnai.model.";
 
 /// KitOps' manifest annotation naming the tool version that packed it.
 pub const ANNOTATION_CLI_VERSION: &str = "ml.kitops.modelkit.cli-version";
@@ -26,6 +33,11 @@ pub const ANNOTATION_LAYER_SUBTYPE: &str = "ml.kitops.modelkit.layer-subtype";
 pub const LAYER_SUBTYPE_PROMPT: &str = "prompt";
 /// model-spec: the path a layer holds, relative to the package root.
 pub const ANNOTATION_FILEPATH: &str = "org.cncf.model.filepath";
+pub const ANNOTATION_FILEPATH_LEGACY: &str = "org.cnai.model.filepath";
+/// model-spec: the file's name, mode, uid, gid, size, mtime and typeflag, as JSON
+/// ([`crate::modelpack::FileMetadata`]).
+pub const ANNOTATION_FILE_METADATA: &str = "org.cncf.model.file.metadata+json";
+pub const ANNOTATION_FILE_METADATA_LEGACY: &str = "org.cnai.model.file.metadata+json";
 /// OCI image layout: the name a manifest is tagged with.
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
@@ -230,9 +242,9 @@ impl LayerType {
                     LayerKind::Docs => "doc",
                 };
                 if self.raw {
-                    format!("application/vnd.cncf.model.{base}.v1.raw")
+                    format!("{MODELPACK_LAYER_PREFIX}{base}.v1.raw")
                 } else {
-                    format!("application/vnd.cncf.model.{base}.v1.tar{suffix}")
+                    format!("{MODELPACK_LAYER_PREFIX}{base}.v1.tar{suffix}")
                 }
             }
         }
@@ -242,7 +254,10 @@ impl LayerType {
         let (format, rest) =
             if let Some(r) = media_type.strip_prefix("application/vnd.kitops.modelkit.") {
                 (ModelFormat::Kit, r)
-            } else if let Some(r) = media_type.strip_prefix("application/vnd.cncf.model.") {
+            } else if let Some(r) = media_type
+                .strip_prefix(MODELPACK_LAYER_PREFIX)
+                .or_else(|| media_type.strip_prefix(MODELPACK_LAYER_PREFIX_LEGACY))
+            {
                 (ModelFormat::ModelPack, r)
             } else {
                 return None;
@@ -280,13 +295,14 @@ impl Manifest {
         self.config.size + self.layers.iter().map(|l| l.size).sum::<u64>()
     }
 
-    /// The format, recognised by artifactType or by config media type (as KitOps does).
+    /// The format, recognised by artifactType or by config media type (as KitOps does);
+    /// model-spec's legacy `vnd.cnai.*` names are ModelPack too.
     pub fn model_format(&self) -> Option<ModelFormat> {
         let at = self.artifact_type.as_deref();
         if at == Some(ARTIFACT_TYPE_KIT) || self.config.media_type == KIT_CONFIG_MEDIA_TYPE {
             Some(ModelFormat::Kit)
-        } else if at == Some(ARTIFACT_TYPE_MODELPACK)
-            || self.config.media_type == MODELPACK_CONFIG_MEDIA_TYPE
+        } else if at.is_some_and(is_modelpack_artifact_type)
+            || is_modelpack_config_media_type(&self.config.media_type)
         {
             Some(ModelFormat::ModelPack)
         } else {
@@ -312,11 +328,50 @@ impl Manifest {
     }
 }
 
+/// `org.cncf.model.*` or, failing that, legacy `org.cnai.model.*` layer annotation (as
+/// modctl reads them: the first that is present and not empty).
+fn modelpack_annotation<'a>(desc: &'a Descriptor, key: &str, legacy: &str) -> Option<&'a str> {
+    [key, legacy]
+        .iter()
+        .filter_map(|k| desc.annotations.get(*k))
+        .map(String::as_str)
+        .find(|v| !v.is_empty())
+}
+
+/// The path a ModelPack layer holds (`org.cncf.model.filepath`, or its legacy name).
+pub fn layer_filepath(desc: &Descriptor) -> Option<&str> {
+    modelpack_annotation(desc, ANNOTATION_FILEPATH, ANNOTATION_FILEPATH_LEGACY)
+}
+
+/// The file metadata JSON of a ModelPack layer (`org.cncf.model.file.metadata+json`, or
+/// its legacy name), and the key it was found under.
+pub fn layer_file_metadata(desc: &Descriptor) -> Option<(&'static str, &str)> {
+    [ANNOTATION_FILE_METADATA, ANNOTATION_FILE_METADATA_LEGACY]
+        .into_iter()
+        .filter_map(|k| desc.annotations.get(k).map(|v| (k, v.as_str())))
+        .find(|(_, v)| !v.is_empty())
+}
+
+/// A ModelPack manifest's artifactType, current or legacy.
+pub fn is_modelpack_artifact_type(t: &str) -> bool {
+    t == ARTIFACT_TYPE_MODELPACK || t == ARTIFACT_TYPE_MODELPACK_LEGACY
+}
+
+/// A ModelPack config media type, current or legacy.
+pub fn is_modelpack_config_media_type(t: &str) -> bool {
+    t == MODELPACK_CONFIG_MEDIA_TYPE || t == MODELPACK_CONFIG_MEDIA_TYPE_LEGACY
+}
+
 /// ModelPack config (`application/vnd.cncf.model.config.v1+json`), model-spec v1 field order.
+/// Every field is optional when read (an empty `{}` config parses); the fields kitsnap
+/// never sets are left out when written, so its configs keep their bytes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ModelPackConfig {
+    #[serde(default)]
     pub descriptor: ModelPackDescriptor,
+    #[serde(default)]
     pub modelfs: ModelFs,
+    #[serde(default)]
     pub config: ModelPackExec,
 }
 
@@ -327,9 +382,23 @@ pub struct ModelPackDescriptor {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authors: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub family: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    #[serde(rename = "docURL", default, skip_serializing_if = "String::is_empty")]
+    pub doc_url: String,
+    #[serde(
+        rename = "sourceURL",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub source_url: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vendor: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub licenses: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -340,16 +409,30 @@ pub struct ModelPackDescriptor {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ModelFs {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default)]
     pub fs_type: String,
-    #[serde(rename = "diffIds")]
+    #[serde(rename = "diffIds", default)]
     pub diff_ids: Vec<Digest>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ModelPackExec {
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub architecture: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub format: String,
+    #[serde(
+        rename = "paramSize",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub param_size: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub precision: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub quantization: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<serde_json::Value>,
 }
 
 #[cfg(test)]
@@ -400,7 +483,98 @@ mod tests {
         let raw = LayerType::parse("application/vnd.cncf.model.weight.v1.raw");
         assert!(raw.is_some_and(|r| r.raw && r.kind == LayerKind::Model));
         assert!(LayerType::parse("application/vnd.kitops.modelkit.model.v1.raw").is_none());
+        assert!(LayerType::parse("application/vnd.cnai.model.weight.v1.zip").is_none());
         assert!(LayerType::parse("application/vnd.oci.image.layer.v1.tar").is_none());
+    }
+
+    /// model-spec v0.0.6's `vnd.cnai.*` names (what modctl v0.2.2 writes) are ModelPack.
+    #[test]
+    fn legacy_names_are_modelpack() {
+        for (legacy, kind, raw, compression) in [
+            (
+                "application/vnd.cnai.model.weight.v1.raw",
+                LayerKind::Model,
+                true,
+                Compression::None,
+            ),
+            (
+                "application/vnd.cnai.model.weight.config.v1.tar",
+                LayerKind::ModelPart,
+                false,
+                Compression::None,
+            ),
+            (
+                "application/vnd.cnai.model.dataset.v1.tar+gzip",
+                LayerKind::Dataset,
+                false,
+                Compression::Gzip,
+            ),
+            (
+                "application/vnd.cnai.model.code.v1.tar+zstd",
+                LayerKind::Code,
+                false,
+                Compression::Zstd,
+            ),
+            (
+                "application/vnd.cnai.model.doc.v1.raw",
+                LayerKind::Docs,
+                true,
+                Compression::None,
+            ),
+        ] {
+            assert_eq!(
+                LayerType::parse(legacy),
+                Some(LayerType {
+                    format: ModelFormat::ModelPack,
+                    kind,
+                    compression,
+                    raw
+                }),
+                "{legacy}"
+            );
+        }
+        let manifest = |artifact: Option<&str>, config: &str| Manifest {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+            artifact_type: artifact.map(str::to_string),
+            config: Descriptor {
+                media_type: config.into(),
+                ..Default::default()
+            },
+            layers: vec![],
+            subject: None,
+            annotations: BTreeMap::new(),
+        };
+        let empty = "application/vnd.oci.empty.v1+json";
+        for m in [
+            manifest(Some(ARTIFACT_TYPE_MODELPACK_LEGACY), empty),
+            manifest(None, MODELPACK_CONFIG_MEDIA_TYPE_LEGACY),
+            manifest(Some(ARTIFACT_TYPE_MODELPACK), empty),
+            manifest(None, MODELPACK_CONFIG_MEDIA_TYPE),
+        ] {
+            assert_eq!(m.model_format(), Some(ModelFormat::ModelPack), "{m:?}");
+        }
+        assert_eq!(manifest(None, empty).model_format(), None);
+        // The current annotation wins; an empty one is absent (as modctl reads them).
+        let mut d = Descriptor::default();
+        d.annotations
+            .insert(ANNOTATION_FILEPATH_LEGACY.into(), "old/path".into());
+        assert_eq!(layer_filepath(&d), Some("old/path"));
+        d.annotations.insert(ANNOTATION_FILEPATH.into(), "".into());
+        assert_eq!(layer_filepath(&d), Some("old/path"));
+        d.annotations
+            .insert(ANNOTATION_FILEPATH.into(), "new/path".into());
+        assert_eq!(layer_filepath(&d), Some("new/path"));
+        assert_eq!(layer_file_metadata(&d), None);
+        d.annotations
+            .insert(ANNOTATION_FILE_METADATA_LEGACY.into(), "{}".into());
+        assert_eq!(
+            layer_file_metadata(&d),
+            Some((ANNOTATION_FILE_METADATA_LEGACY, "{}"))
+        );
+        // A config with none of model-spec's fields still parses.
+        let c: ModelPackConfig = serde_json::from_str("{}").unwrap();
+        assert!(c.modelfs.diff_ids.is_empty());
     }
 
     #[test]

@@ -1,11 +1,18 @@
 //! `pack`: turns a directory and its Kitfile into a ModelKit (or ModelPack) in the store.
 //!
 //! Each Kitfile entry becomes one tar layer whose entry names are relative to the context
-//! directory, as KitOps writes them. Layers are reproducible: entries sorted by name,
+//! directory, as KitOps writes them. Tar layers are reproducible: entries sorted by name,
 //! mtime 0, uid 1000 / gid 0, no user or group names, headers as Go's archive/tar
 //! writes them (see `tarfmt`). Files are streamed through the tar
 //! writer, the compressor and two hashers (diffId and digest) into a temporary blob, so
 //! memory stays flat whatever the file sizes.
+//!
+//! A ModelPack packed with [`LayerFormat::Raw`] has instead one `.raw` layer per entry, the
+//! entry's single file as it is (streamed and hashed in one pass), annotated as modctl
+//! annotates its raw layers: `org.cncf.model.filepath` and
+//! `org.cncf.model.file.metadata+json` (name, permission bits, uid, gid, size, mtime), so
+//! its manifest depends on the files' mtimes and owners, as modctl's does
+//! (SOURCE_DATE_EPOCH caps the mtimes).
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -19,12 +26,13 @@ use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, IoContext, Result};
 use crate::ignore::{IGNORE_FILE, IgnoreRules};
 use crate::kitfile::{self, Kitfile, LayerInfo};
+use crate::modelpack::FileMetadata;
 use crate::oci::{
-    self, ANNOTATION_CLI_VERSION, ANNOTATION_FILEPATH, ANNOTATION_KITFILE,
-    ANNOTATION_LAYER_SUBTYPE, ARTIFACT_TYPE_KIT, ARTIFACT_TYPE_MODELPACK, Compression, Descriptor,
-    KIT_CONFIG_MEDIA_TYPE, LAYER_SUBTYPE_PROMPT, LayerKind, LayerType, MEDIA_TYPE_MANIFEST,
-    MODELPACK_CONFIG_MEDIA_TYPE, Manifest, ModelFormat, ModelFs, ModelPackConfig,
-    ModelPackDescriptor, ModelPackExec,
+    self, ANNOTATION_CLI_VERSION, ANNOTATION_FILE_METADATA, ANNOTATION_FILEPATH,
+    ANNOTATION_KITFILE, ANNOTATION_LAYER_SUBTYPE, ARTIFACT_TYPE_KIT, ARTIFACT_TYPE_MODELPACK,
+    Compression, Descriptor, KIT_CONFIG_MEDIA_TYPE, LAYER_SUBTYPE_PROMPT, LayerKind, LayerType,
+    MEDIA_TYPE_MANIFEST, MODELPACK_CONFIG_MEDIA_TYPE, Manifest, ModelFormat, ModelFs,
+    ModelPackConfig, ModelPackDescriptor, ModelPackExec,
 };
 use crate::progress::{self, ProgressReader};
 use crate::reference::Reference;
@@ -41,7 +49,32 @@ pub struct PackOptions {
     pub reference: Reference,
     pub compression: Compression,
     pub format: ModelFormat,
+    /// Tar layers, or (ModelPack only, uncompressed) one raw file per entry.
+    pub layer_format: LayerFormat,
     pub progress: bool,
+}
+
+/// What a layer holds: a tar of the Kitfile entry (ModelKit or ModelPack), or, for a
+/// ModelPack, the entry's one file as it is (model-spec's `.raw` media types; what `modctl
+/// build` writes by default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LayerFormat {
+    #[default]
+    Tar,
+    Raw,
+}
+
+impl std::str::FromStr for LayerFormat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "tar" => Ok(LayerFormat::Tar),
+            "raw" => Ok(LayerFormat::Raw),
+            _ => Err(Error::Invalid(format!(
+                "invalid layer format {s:?}: must be tar or raw"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -107,6 +140,8 @@ pub struct PlannedLayer {
     pub entry: kitfile::LayerEntry,
     pub path: String,
     items: Vec<Item>,
+    /// A `.raw` layer: `items` is the one file.
+    raw: bool,
 }
 
 impl PlannedLayer {
@@ -124,6 +159,17 @@ pub struct Written {
 
 /// Reads the Kitfile and walks every layer's files.
 pub fn plan(opts: &PackOptions) -> Result<Plan> {
+    let raw = opts.layer_format == LayerFormat::Raw;
+    if raw && opts.format != ModelFormat::ModelPack {
+        return Err(Error::Invalid(
+            "--layer-format raw needs --use-model-pack: raw layers are a ModelPack (CNCF model-spec) format; a KitOps ModelKit's layers are tars".into(),
+        ));
+    }
+    if raw && opts.compression != Compression::None {
+        return Err(Error::Invalid(
+            "--layer-format raw writes each file as it is: it takes no --compression".into(),
+        ));
+    }
     let context = fs::canonicalize(&opts.context).at(&opts.context)?;
     if !context.is_dir() {
         return Err(Error::Invalid(format!(
@@ -171,8 +217,10 @@ pub fn plan(opts: &PackOptions) -> Result<Plan> {
             let on = kitfile::check_relative_path(&o.path).ok()?;
             (on != norm && is_under(&on, &norm)).then_some(on)
         }));
-        let items = collect(&context, &norm, &skip, &ignore, &mut warnings)?;
-        if !items.iter().any(|i| !i.dir) {
+        let mut items = collect(&context, &norm, &skip, &ignore, &mut warnings)?;
+        if raw {
+            items = one_file(&context, e, &norm, items)?;
+        } else if !items.iter().any(|i| !i.dir) {
             warnings.push(format!(
                 "{} layer {:?} contains no files",
                 e.kind.user_str(),
@@ -183,6 +231,7 @@ pub fn plan(opts: &PackOptions) -> Result<Plan> {
             entry: e.clone(),
             path: norm,
             items,
+            raw,
         });
     }
     let total = layers.iter().flat_map(|p| &p.items).map(|i| i.size).sum();
@@ -194,14 +243,110 @@ pub fn plan(opts: &PackOptions) -> Result<Plan> {
     })
 }
 
-/// Streams one layer (tar, compressed as asked) into `w`, hashing as it goes. Returns the
-/// sink and the layer's descriptor and diff ID.
+/// A raw layer's one file: the entry must name a regular file (as modctl's `BuildLayer`
+/// refuses directories), and `.kitignore` must not leave it out.
+fn one_file(
+    context: &Path,
+    e: &kitfile::LayerEntry,
+    norm: &str,
+    items: Vec<Item>,
+) -> Result<Vec<Item>> {
+    let what = format!("{} {:?}", e.kind.user_str(), e.path);
+    if context.join(norm).is_dir() {
+        return Err(Error::Invalid(format!(
+            "{what} is a directory, and a raw layer holds one file (modctl refuses directories too): name its files one by one in the Kitfile, or pack with --layer-format tar"
+        )));
+    }
+    let file: Vec<Item> = items.into_iter().filter(|i| !i.dir).collect();
+    if file.len() != 1 {
+        return Err(Error::Invalid(format!(
+            "{what} is ignored by .kitignore, and a raw layer needs its file"
+        )));
+    }
+    Ok(file)
+}
+
+/// SOURCE_DATE_EPOCH, when set to a whole number of seconds.
+fn source_date_epoch() -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+}
+
+/// A raw layer: the file's bytes, streamed into `w` and hashed as they are read, with the
+/// annotations modctl writes (its `localOutput.OutputLayer` and `addFileMetadata`): the
+/// path, and the file's metadata as of the open file (mtime capped at SOURCE_DATE_EPOCH).
+fn encode_raw<W: Write>(w: W, layer: &PlannedLayer, bar: &ProgressBar) -> Result<(W, Written)> {
+    let it = layer
+        .items
+        .first()
+        .ok_or_else(|| Error::Internal(format!("raw layer {} without its file", layer.path)))?;
+    let f = File::open(&it.abs).at(&it.abs)?;
+    let meta = f.metadata().at(&it.abs)?;
+    let name = it.rel.rsplit('/').next().unwrap_or(&it.rel);
+    let fm = FileMetadata::for_file(name, &meta, source_date_epoch())?;
+    let mut out = HashingWriter::new(w);
+    let mut r = ProgressReader::new(f, bar.clone());
+    let mut buf = vec![0u8; IO_BUF];
+    let mut n: u64 = 0;
+    loop {
+        let k = std::io::Read::read(&mut r, &mut buf).at(&it.abs)?;
+        if k == 0 {
+            break;
+        }
+        out.write_all(&buf[..k])?;
+        n += k as u64;
+    }
+    if n != it.size || meta.len() != it.size {
+        return Err(Error::Invalid(format!(
+            "{} changed size while being packed ({} bytes expected, {} read)",
+            it.abs.display(),
+            it.size,
+            n
+        )));
+    }
+    let (w, digest, size) = out.finish()?;
+    let lt = LayerType {
+        format: ModelFormat::ModelPack,
+        kind: layer.entry.kind,
+        compression: Compression::None,
+        raw: true,
+    };
+    let mut desc = Descriptor {
+        media_type: lt.media_type(),
+        digest: digest.clone(),
+        size,
+        ..Default::default()
+    };
+    desc.annotations
+        .insert(ANNOTATION_FILEPATH.into(), layer.path.clone());
+    desc.annotations
+        .insert(ANNOTATION_FILE_METADATA.into(), fm.to_json()?);
+    if layer.entry.kind == LayerKind::Prompt {
+        desc.annotations
+            .insert(ANNOTATION_LAYER_SUBTYPE.into(), LAYER_SUBTYPE_PROMPT.into());
+    }
+    // A raw layer's diff ID is its digest, as modctl's config lists it.
+    Ok((
+        w,
+        Written {
+            desc,
+            diff_id: digest,
+        },
+    ))
+}
+
+/// Streams one layer (tar, compressed as asked; or a raw file) into `w`, hashing as it
+/// goes. Returns the sink and the layer's descriptor and diff ID.
 pub fn encode_layer<W: Write>(
     w: W,
     layer: &PlannedLayer,
     opts: &PackOptions,
     bar: &ProgressBar,
 ) -> Result<(W, Written)> {
+    if layer.raw {
+        return encode_raw(w, layer, bar);
+    }
     let out = HashingWriter::new(w);
     let (out, diff_id) = match opts.compression {
         Compression::None => (write_tar(out, &layer.items, bar)?, None),
@@ -211,7 +356,9 @@ pub fn encode_layer<W: Write>(
             } else {
                 flate2::Compression::fast()
             };
-            let enc = flate2::write::GzEncoder::new(out, level);
+            // Two deflate workers, as zstd gets two below: about twice one core's speed,
+            // memory flat (see `pargz`).
+            let enc = crate::pargz::ParGzWriter::new(out, level, 2)?;
             let tw = write_tar(HashingWriter::new(enc), &layer.items, bar)?;
             let (enc, diff, _) = tw.finish()?;
             (enc.finish()?, Some(diff))
@@ -393,9 +540,7 @@ fn modelpack_config(kf: &Kitfile, diff_ids: Vec<Digest>) -> ModelPackConfig {
     licenses.sort();
     licenses.dedup();
     // A wall-clock timestamp would make every pack differ; honour SOURCE_DATE_EPOCH only.
-    let created_at = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
+    let created_at = source_date_epoch()
         .and_then(|secs| u64::try_from(secs).ok())
         .map(|secs| crate::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)));
     ModelPackConfig {
@@ -407,6 +552,7 @@ fn modelpack_config(kf: &Kitfile, diff_ids: Vec<Digest>) -> ModelPackConfig {
             licenses,
             title: kf.package.name.clone(),
             description: kf.package.description.clone(),
+            ..Default::default()
         },
         modelfs: ModelFs {
             fs_type: "layers".into(),
@@ -418,6 +564,7 @@ fn modelpack_config(kf: &Kitfile, diff_ids: Vec<Digest>) -> ModelPackConfig {
                 .as_ref()
                 .map(|m| m.format.clone())
                 .unwrap_or_default(),
+            ..Default::default()
         },
     }
 }
