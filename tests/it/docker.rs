@@ -163,6 +163,31 @@ fn model_kit(
     (reg, store, r, sha256_hex(&model))
 }
 
+/// Docker 28 with the containerd image store, on the containerd at `ctd_sock` and its
+/// kitsnap snapshotter, with the busybox image loaded as `TAG`.
+fn docker28_on_kitsnap(dir: &Path, dockerd: &Path, cli: &Path, ctd_sock: &Path) -> Dockerd {
+    let cfg = dir.join("daemon.json");
+    std::fs::write(&cfg, r#"{"features": {"containerd-snapshotter": true}}"#).unwrap();
+    let d = Dockerd::start_with(
+        &dir.join("docker"),
+        dockerd,
+        cli,
+        &[
+            "--containerd",
+            ctd_sock.to_str().unwrap(),
+            "--config-file",
+            cfg.to_str().unwrap(),
+            "--storage-driver=kitsnap",
+        ],
+    );
+    let info = d.ok(&["info", "--format", "{{.Driver}} {{json .DriverStatus}}"]);
+    assert!(info.contains("kitsnap"), "Docker's snapshotter: {info}");
+    let img = dir.join("busybox-docker.tar");
+    busybox_docker_archive(&img, TAG);
+    d.ok(&["load", "-i", img.to_str().unwrap()]);
+    d
+}
+
 fn holders(ks: &Kitsnap, name: &str) -> Option<usize> {
     let o = Command::new(support::bin())
         .env("KITSNAP_ADDRESS", &ks.sock)
@@ -302,25 +327,7 @@ fn docker_28_mounts_a_modelkit_with_type_image() {
 
     let ks = Kitsnap::start(dir);
     let ctd = Containerd::start(&v, &dir.join("containerd"), &ks.sock);
-    let cfg = dir.join("daemon.json");
-    std::fs::write(&cfg, r#"{"features": {"containerd-snapshotter": true}}"#).unwrap();
-    let d = Dockerd::start_with(
-        &dir.join("docker"),
-        &dockerd,
-        &cli,
-        &[
-            "--containerd",
-            ctd.sock.to_str().unwrap(),
-            "--config-file",
-            cfg.to_str().unwrap(),
-            "--storage-driver=kitsnap",
-        ],
-    );
-    let info = d.ok(&["info", "--format", "{{.Driver}} {{json .DriverStatus}}"]);
-    assert!(info.contains("kitsnap"), "Docker's snapshotter: {info}");
-    let img = dir.join("busybox-docker.tar");
-    busybox_docker_archive(&img, TAG);
-    d.ok(&["load", "-i", img.to_str().unwrap()]);
+    let d = docker28_on_kitsnap(dir, &dockerd, &cli, &ctd.sock);
 
     // Into containerd's default namespace (ctr, nerdctl), then Docker's: the second pull
     // adopts the first one's snapshot, so the node holds the model once.
@@ -572,23 +579,7 @@ fn one_node_one_copy_for_ctr_nerdctl_a_cri_pod_and_docker() {
     assert!(code == 0 && out.contains(&want), "CRI pod: {code} {out}");
 
     // Docker 28 on the same containerd, snapshotter kitsnap.
-    let cfg = dir.join("daemon.json");
-    std::fs::write(&cfg, r#"{"features": {"containerd-snapshotter": true}}"#).unwrap();
-    let d = Dockerd::start_with(
-        &dir.join("docker"),
-        &dockerd,
-        &cli,
-        &[
-            "--containerd",
-            node.ctd.sock.to_str().unwrap(),
-            "--config-file",
-            cfg.to_str().unwrap(),
-            "--storage-driver=kitsnap",
-        ],
-    );
-    let archive = dir.join("busybox-docker.tar");
-    busybox_docker_archive(&archive, TAG);
-    d.ok(&["load", "-i", archive.to_str().unwrap()]);
+    let d = docker28_on_kitsnap(&dir, &dockerd, &cli, &node.ctd.sock);
     kitsnap(&["pull", "--containerd", "-n", "moby", &r, "--plain-http"]);
     let out = d.ok(&[
         "run",

@@ -988,6 +988,45 @@ fn nerdctl_on(
         .unwrap()
 }
 
+/// [`nerdctl_on`], asserting success; stdout and stderr together.
+fn nerdctl_ok(
+    s: &Setup,
+    program: &Path,
+    path: &str,
+    ns: &str,
+    snapshotter: &str,
+    args: &[&str],
+) -> String {
+    let o = nerdctl_on(s, program, path, ns, snapshotter, args);
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        o.status.success(),
+        "{} --snapshotter {snapshotter} {args:?}: {out}\n--- kitsnap log:\n{}",
+        program.display(),
+        tail(&s.ks.log())
+    );
+    out
+}
+
+/// `ctr images import` of the image tar `img` into `ns` on `snapshotter`.
+fn import_image(s: &Setup, ns: &str, snapshotter: &str, img: &Path) {
+    let o = s.ctd.ctr_ns(
+        ns,
+        &[
+            "images",
+            "import",
+            "--snapshotter",
+            snapshotter,
+            img.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
 /// Waits (bounded) until `kitsnap mount --list` shows no mount; returns the listing.
 fn no_mounts_left(s: &Setup) -> String {
     let list = || {
@@ -1182,31 +1221,9 @@ fn nerdctl_main_mounts_a_modelkit_with_type_image() {
     busybox_image(&img);
     for snapshotter in ["kitsnap", "overlayfs"] {
         let ns = format!("img-{snapshotter}");
-        let nerd = |args: &[&str]| {
-            let o = nerdctl_on(&s, &real, &s.ctd.path_env(), &ns, snapshotter, args);
-            let out = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            assert!(
-                o.status.success(),
-                "nerdctl --snapshotter {snapshotter} {args:?}: {out}\n--- kitsnap log:\n{}",
-                tail(&s.ks.log())
-            );
-            out
-        };
-        let o = s.ctd.ctr_ns(
-            &ns,
-            &[
-                "images",
-                "import",
-                "--snapshotter",
-                snapshotter,
-                img.to_str().unwrap(),
-            ],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let path = s.ctd.path_env();
+        let nerd = |args: &[&str]| nerdctl_ok(&s, &real, &path, &ns, snapshotter, args);
+        import_image(&s, &ns, snapshotter, &img);
         // Natively (the mirror answers with the image view), then a kit kitsnap pulled.
         nerd(&["pull", &s.plain]);
         let pulled = Command::new(support::bin())
@@ -1259,31 +1276,8 @@ fn nerdctl_main_mounts_a_modelkit_with_type_image() {
     );
     for snapshotter in ["kitsnap", "overlayfs"] {
         let ns = format!("front-{snapshotter}");
-        let nerd = |args: &[&str]| {
-            let o = nerdctl_on(&s, &front, &path, &ns, snapshotter, args);
-            let out = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            assert!(
-                o.status.success(),
-                "front, --snapshotter {snapshotter} {args:?}: {out}\n--- kitsnap log:\n{}",
-                tail(&s.ks.log())
-            );
-            out
-        };
-        let o = s.ctd.ctr_ns(
-            &ns,
-            &[
-                "images",
-                "import",
-                "--snapshotter",
-                snapshotter,
-                img.to_str().unwrap(),
-            ],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let nerd = |args: &[&str]| nerdctl_ok(&s, &front, &path, &ns, snapshotter, args);
+        import_image(&s, &ns, snapshotter, &img);
         let mount = format!("type=modelkit,src={},dst=/models", s.gz);
         nerd(&[
             "run", "-d", "--name", "held", "--net", "host", "--mount", &mount, IMAGE, "sleep",
