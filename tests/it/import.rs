@@ -293,6 +293,25 @@ impl Ctx {
     }
 }
 
+/// A `git http-backend` server for the bare repositories under `root`; with `token`, it
+/// asks for that password.
+fn git_server(c: &Ctx, root: &Path, token: Option<&str>) -> Server {
+    let mut args = vec![root.to_str().unwrap()];
+    args.extend(token);
+    Server::start(c.t.path(), "git_server.py", GIT_SERVER, &args)
+}
+
+/// The Hugging Face stand-in (script `name`.py) serving `root`: `token` ("" for none), the
+/// page size of the tree listing and a delay per download in seconds.
+fn hf_server(c: &Ctx, name: &str, root: &Path, token: &str, page: &str, delay: &str) -> Server {
+    Server::start(
+        c.t.path(),
+        &format!("{name}.py"),
+        HF_SERVER,
+        &[root.to_str().unwrap(), token, page, delay],
+    )
+}
+
 fn write(root: &Path, rel: &str, data: impl AsRef<[u8]>) {
     let p = root.join(rel);
     fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -375,12 +394,7 @@ fn git_import_packs_the_repository() {
     let src = c.p("src");
     model_tree(&src);
     publish(&src, &c.p("srv"), "repo");
-    let server = Server::start(
-        c.t.path(),
-        "git_server.py",
-        GIT_SERVER,
-        &[c.p("srv").to_str().unwrap()],
-    );
+    let server = git_server(&c, &c.p("srv"), None);
     let url = server.url("/org/repo.git");
 
     let (digest, err) = c.ok(&["import", &url, "--tool", "git", "-t", "imp/repo:v1"], &[]);
@@ -432,12 +446,7 @@ fn git_import_takes_the_repository_kitfile_or_file() {
         "manifestVersion: 1.0.0\npackage:\n  name: from-the-repo\nmodel:\n  name: m\n  path: model.safetensors\n",
     );
     publish(&src, &c.p("srv"), "withkf");
-    let server = Server::start(
-        c.t.path(),
-        "git_server.py",
-        GIT_SERVER,
-        &[c.p("srv").to_str().unwrap()],
-    );
+    let server = git_server(&c, &c.p("srv"), None);
     let url = server.url("/org/withkf.git");
 
     let (_, err) = c.ok(&["import", &url, "-t", "kf:repo"], &[]);
@@ -493,18 +502,8 @@ fn git_import_failures_and_token() {
     let src = c.p("src");
     model_tree(&src);
     publish(&src, &c.p("srv"), "private");
-    let open = Server::start(
-        c.t.path(),
-        "git_server.py",
-        GIT_SERVER,
-        &[c.p("srv").to_str().unwrap()],
-    );
-    let locked = Server::start(
-        c.t.path(),
-        "git_server.py",
-        GIT_SERVER,
-        &[c.p("srv").to_str().unwrap(), "s3cret"],
-    );
+    let open = git_server(&c, &c.p("srv"), None);
+    let locked = git_server(&c, &c.p("srv"), Some("s3cret"));
 
     let e = c.fails(
         &["import", &open.url("/org/missing.git"), "-t", "x:missing"],
@@ -601,12 +600,7 @@ fn git_import_pulls_lfs_files() {
         String::from_utf8_lossy(&pointer.stdout).starts_with("version https://git-lfs"),
         "weights.bin is an LFS pointer in the repository"
     );
-    let server = Server::start(
-        c.t.path(),
-        "git_server.py",
-        GIT_SERVER,
-        &[srv.to_str().unwrap()],
-    );
+    let server = git_server(&c, &srv, None);
 
     c.ok(
         &["import", &server.url("/org/lfs.git"), "-t", "lfs:v1"],
@@ -652,12 +646,7 @@ fn hf_import_downloads_the_tree() {
     );
     let c = Ctx::new();
     let repo = hf_tree(c.t.path());
-    let hf = Server::start(
-        c.t.path(),
-        "hf_standin.py",
-        HF_SERVER,
-        &[c.p("hf").to_str().unwrap(), "", "3", "0.5"],
-    );
+    let hf = hf_server(&c, "hf_standin", &c.p("hf"), "", "3", "0.5");
     let endpoint = hf.url("");
     let env = [("HF_ENDPOINT", endpoint.as_str())];
 
@@ -707,18 +696,8 @@ fn hf_import_interrupted_is_cleaned_up_by_the_next() {
     let c = Ctx::new();
     hf_tree(c.t.path());
     let root = c.p("hf");
-    let slow = Server::start(
-        c.t.path(),
-        "hf_slow.py",
-        HF_SERVER,
-        &[root.to_str().unwrap(), "", "100", "30"],
-    );
-    let fast = Server::start(
-        c.t.path(),
-        "hf_fast.py",
-        HF_SERVER,
-        &[root.to_str().unwrap(), "", "100", "0"],
-    );
+    let slow = hf_server(&c, "hf_slow", &root, "", "100", "30");
+    let fast = hf_server(&c, "hf_fast", &root, "", "100", "0");
 
     let mut child = Command::new(bin())
         .env("KITSNAP_STORE", c.store())
@@ -763,12 +742,7 @@ fn hf_import_with_file_downloads_what_the_kitfile_needs() {
     );
     let c = Ctx::new();
     let repo = hf_tree(c.t.path());
-    let hf = Server::start(
-        c.t.path(),
-        "hf_standin.py",
-        HF_SERVER,
-        &[c.p("hf").to_str().unwrap(), "tok", "100", "0"],
-    );
+    let hf = hf_server(&c, "hf_standin", &c.p("hf"), "tok", "100", "0");
     let endpoint = hf.url("");
     let env = [("HF_ENDPOINT", endpoint.as_str())];
     let kf = c.p("Kitfile");
@@ -819,12 +793,7 @@ fn hf_import_errors() {
     );
     let c = Ctx::new();
     hf_tree(c.t.path());
-    let hf = Server::start(
-        c.t.path(),
-        "hf_standin.py",
-        HF_SERVER,
-        &[c.p("hf").to_str().unwrap(), "right", "100", "0"],
-    );
+    let hf = hf_server(&c, "hf_standin", &c.p("hf"), "right", "100", "0");
     let endpoint = hf.url("");
     let env = [("HF_ENDPOINT", endpoint.as_str())];
 
@@ -934,19 +903,9 @@ fn python_sdk_import_from_hf() {
     let src = c.p("src");
     model_tree(&src);
     publish(&src, &c.p("srv"), "repo");
-    let git = Server::start(
-        c.t.path(),
-        "git_server.py",
-        GIT_SERVER,
-        &[c.p("srv").to_str().unwrap()],
-    );
+    let git = git_server(&c, &c.p("srv"), None);
     hf_tree(c.t.path());
-    let hf = Server::start(
-        c.t.path(),
-        "hf_standin.py",
-        HF_SERVER,
-        &[c.p("hf").to_str().unwrap(), "", "100", "0"],
-    );
+    let hf = hf_server(&c, "hf_standin", &c.p("hf"), "", "100", "0");
     let bindir = c.p("bin");
     fs::create_dir_all(&bindir).unwrap();
     std::os::unix::fs::symlink(bin(), bindir.join("kit")).unwrap();
