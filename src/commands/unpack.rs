@@ -23,8 +23,12 @@ pub struct UnpackArgs {
     #[arg(short = 'd', long = "dir", default_value = ".")]
     pub dir: PathBuf,
     /// What to unpack: TYPE[,TYPE...][:NAME_OR_PATH[,...]]; repeatable.
-    #[arg(long = "filter", value_name = "FILTER")]
+    #[arg(short = 'f', long = "filter", value_name = "FILTER")]
     pub filters: Vec<String>,
+    /// kit's deprecated type flags (`--model`, `--datasets`, ...): used, as kit uses them,
+    /// only without --filter.
+    #[command(flatten)]
+    pub only: DeprecatedTypes,
     /// Replace files that already exist in the target directory.
     #[arg(short = 'o', long, conflicts_with = "ignore_existing")]
     pub overwrite: bool,
@@ -36,8 +40,45 @@ pub struct UnpackArgs {
     pub registry: RegistryArgs,
 }
 
-pub fn run(a: UnpackArgs, ctx: &Ctx) -> Result<()> {
+/// kit's `--kitfile --model --code --datasets --docs` (deprecated there for --filter).
+#[derive(Args, Debug, Default)]
+pub struct DeprecatedTypes {
+    #[arg(long, hide = true)]
+    pub kitfile: bool,
+    #[arg(long, hide = true)]
+    pub model: bool,
+    #[arg(long, hide = true)]
+    pub code: bool,
+    #[arg(long, hide = true)]
+    pub datasets: bool,
+    #[arg(long, hide = true)]
+    pub docs: bool,
+}
+
+impl DeprecatedTypes {
+    /// The one filter these flags mean (`model,docs`), if any is set.
+    fn filter(&self) -> Option<String> {
+        let types: Vec<&str> = [
+            (self.kitfile, "kitfile"),
+            (self.model, "model"),
+            (self.code, "code"),
+            (self.datasets, "datasets"),
+            (self.docs, "docs"),
+        ]
+        .into_iter()
+        .filter_map(|(on, t)| on.then_some(t))
+        .collect();
+        (!types.is_empty()).then(|| types.join(","))
+    }
+}
+
+pub fn run(mut a: UnpackArgs, ctx: &Ctx) -> Result<()> {
     let store = ctx.open_store()?;
+    if a.filters.is_empty()
+        && let Some(f) = a.only.filter()
+    {
+        a.filters.push(f);
+    }
     let filters = a
         .filters
         .iter()

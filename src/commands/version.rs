@@ -56,7 +56,7 @@ pub fn run(a: VersionArgs) -> Result<()> {
         )?;
         writeln!(
             out,
-            "        ModelPack ({ARTIFACT_TYPE_MODELPACK}, config {MODELPACK_CONFIG_MEDIA_TYPE})"
+            "        ModelPack ({ARTIFACT_TYPE_MODELPACK}, config {MODELPACK_CONFIG_MEDIA_TYPE}; tar, gzip, zstd or raw layers)"
         )?;
     }
     out.flush()?;

@@ -1285,3 +1285,40 @@ fn cache_info_and_clear() {
     ok(&store, &["unpack", "c:v1", "-d", out.to_str().unwrap()]);
     assert_eq!(fs::read(out.join("model.bin")).unwrap(), b"m\n");
 }
+
+/// `unpack` takes kit's filter spellings: `-f` for `--filter`, and the deprecated
+/// `--model --code --datasets --docs --kitfile` flags, which kit uses only without a filter.
+#[test]
+fn unpack_takes_kits_filter_flags() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    let tree = t.path().join("tree");
+    write(&tree, "model.bin", b"m\n", 0o644);
+    write(&tree, "data/a.csv", b"d\n", 0o644);
+    write(&tree, "README.md", b"r\n", 0o644);
+    write(
+        &tree,
+        "Kitfile",
+        b"manifestVersion: 1.0.0\npackage:\n  name: f\nmodel:\n  path: model.bin\ndatasets:\n  - path: data\ndocs:\n  - path: README.md\n",
+        0o644,
+    );
+    ok(&store, &["pack", tree.to_str().unwrap(), "-t", "f:v1"]);
+    let unpacked = |name: &str, args: &[&str]| -> Vec<String> {
+        let out = t.path().join(name);
+        let mut all = vec!["unpack", "f:v1", "-d", out.to_str().unwrap()];
+        all.extend_from_slice(args);
+        ok(&store, &all);
+        files(&out).into_iter().map(|(p, _)| p).collect()
+    };
+    assert_eq!(unpacked("short", &["-f", "model"]), ["model.bin"]);
+    assert_eq!(
+        unpacked("old", &["--model", "--docs"]),
+        ["README.md", "model.bin"]
+    );
+    assert_eq!(unpacked("kf", &["--kitfile"]), ["Kitfile"]);
+    // With a filter the deprecated flags are ignored, as in kit.
+    assert_eq!(
+        unpacked("both", &["--filter", "datasets", "--model"]),
+        ["data/a.csv"]
+    );
+}
