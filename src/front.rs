@@ -57,17 +57,21 @@ struct Found {
 fn run(args: Vec<OsString>) -> Result<std::convert::Infallible> {
     let mut args: Vec<OsString> = args.into_iter().skip(1).collect();
     let real = real_nerdctl()?;
-    let found = modelkit_mounts(&args)?;
+    // nerdctl's own options end at the image: what follows is the container's command,
+    // never read for flags or mounts.
+    let options = &args[..options_end(&args)];
+    let found = modelkit_mounts(options)?;
     if found.is_empty() {
         return Err(exec(&real, &args));
     }
-    let namespace = namespace(&args);
+    let namespace = namespace(options);
+    let snapshotter = snapshotter(options);
     let address = std::env::var_os("KITSNAP_ADDRESS")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(kitsnap_node::daemon::DEFAULT_ADDRESS));
     let rt = runtime()?;
-    let image_mounts = image_mounts_supported(&real)?;
-    let snapshotter = snapshotter(&args);
+    let image_mounts =
+        found.iter().any(|f| f.spec.filters.is_empty()) && image_mounts_supported(&real)?;
     let mut held: Vec<(String, String)> = Vec::new();
     for f in &found {
         let reference = crate::commands::parse_ref(&f.spec.src)?;
@@ -170,8 +174,76 @@ fn real_nerdctl() -> Result<PathBuf> {
     )
 }
 
-/// Every `--mount` whose value has `type=modelkit`. (A container command that contains the
-/// literal words `--mount type=modelkit` would be rewritten too.)
+/// nerdctl flags that take no value (every other flag takes one, as `--name x` or
+/// `--name=x`): global ones and those of `run`/`create`.
+const BOOL_FLAGS: &[&str] = &[
+    "--debug",
+    "--debug-full",
+    "--experimental",
+    "--insecure-registry",
+    "--kube-hide-dupe",
+    "--help",
+    "--version",
+    "--detach",
+    "--interactive",
+    "--tty",
+    "--rm",
+    "--privileged",
+    "--read-only",
+    "--init",
+    "--publish-all",
+    "--rootfs",
+    "--oom-kill-disable",
+    "--no-healthcheck",
+    "--sig-proxy",
+    "--quiet",
+    "--disable-content-trust",
+    "--systemd",
+];
+
+/// Short flags that take no value (`-it`, `-d`).
+const BOOL_SHORT: &str = "ditP";
+
+/// Where nerdctl's own arguments end: at the first positional after the subcommand (the
+/// image of `run`/`create`), or at `--`. `nerdctl container run` counts as one subcommand.
+fn options_end(args: &[OsString]) -> usize {
+    let (mut subcommand, mut group) = (false, false);
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--" {
+            return i;
+        }
+        if a.len() > 1 && a.starts_with('-') {
+            i += if takes_value(&a) { 2 } else { 1 };
+            continue;
+        }
+        if !subcommand {
+            subcommand = true;
+            group = a == "container";
+        } else if group {
+            group = false;
+        } else {
+            return i;
+        }
+        i += 1;
+    }
+    args.len()
+}
+
+/// Whether the flag `a` (without an inline `=value`) consumes the next argument.
+fn takes_value(a: &str) -> bool {
+    if a.contains('=') {
+        return false;
+    }
+    if a.starts_with("--") {
+        return !BOOL_FLAGS.contains(&a);
+    }
+    // A cluster of short flags (`-it`) takes a value only if its last one does.
+    !a[1..].chars().all(|c| BOOL_SHORT.contains(c))
+}
+
+/// Every `--mount` whose value has `type=modelkit`, among nerdctl's own arguments.
 fn modelkit_mounts(args: &[OsString]) -> Result<Vec<Found>> {
     let mut out = Vec::new();
     let mut i = 0;
@@ -277,8 +349,11 @@ fn image_mounts_supported(real: &Path) -> Result<bool> {
         Ok("") | Err(_) => {}
         Ok(other) => bail!("{MOUNT_ENV}={other}: use image or bind (or leave it unset)"),
     }
-    let f = std::fs::File::open(real).with_context(|| format!("reading {}", real.display()))?;
-    contains(f, IMAGE_MOUNT_MARK).with_context(|| format!("reading {}", real.display()))
+    // A binary that cannot be read (mode 0711) is taken for one without image mounts: the
+    // bind works with every nerdctl.
+    Ok(std::fs::File::open(real)
+        .and_then(|f| contains(f, IMAGE_MOUNT_MARK))
+        .unwrap_or(false))
 }
 
 /// Set to `image` or `bind` to choose how `type=modelkit` is rewritten.
@@ -438,6 +513,37 @@ mod tests {
         assert!(contains(std::io::Cursor::new(data), IMAGE_MOUNT_MARK).unwrap());
         let old = b"invalid mount type '%s' must be a volume/bind/tmpfs".to_vec();
         assert!(!contains(std::io::Cursor::new(old), IMAGE_MOUNT_MARK).unwrap());
+    }
+
+    #[test]
+    fn the_container_command_is_not_read_for_flags() {
+        let a = os(&[
+            "--address",
+            "/run/c.sock",
+            "run",
+            "--rm",
+            "-it",
+            "--mount",
+            "type=modelkit,src=r/m:v1,dst=/m",
+            "--name",
+            "x",
+            "alpine",
+            "head",
+            "-n",
+            "5",
+            "--mount",
+            "type=modelkit,src=other,dst=/o",
+            "--snapshotter=overlayfs",
+        ]);
+        let end = options_end(&a);
+        assert_eq!(a[end], "alpine");
+        assert_eq!(namespace(&a[..end]), namespace(&[]));
+        assert_eq!(modelkit_mounts(&a[..end]).unwrap().len(), 1);
+        let b = os(&["-n", "ns", "container", "run", "--net", "host", "img", "sh"]);
+        assert_eq!(b[options_end(&b)], "img");
+        assert_eq!(namespace(&b[..options_end(&b)]), "ns");
+        let c = os(&["run", "--rm=true", "-d", "--", "img"]);
+        assert_eq!(options_end(&c), 3);
     }
 
     #[test]

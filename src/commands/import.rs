@@ -452,7 +452,8 @@ fn git_fetch(
     show_progress: bool,
 ) -> Result<()> {
     check_git()?;
-    let mut clone = git_command(token);
+    let origin = url_origin(url);
+    let mut clone = git_command(token, origin);
     clone.args(["clone", "--depth", "1"]);
     if git_ref != DEFAULT_REF {
         clone.args(["--branch", git_ref, "-c", "advice.detachedHead=false"]);
@@ -472,7 +473,7 @@ fn git_fetch(
         &format!("cloning {url}"),
         "check the URL and --ref, and pass --token for a private repository",
     )?;
-    let mut lfs = git_command(token);
+    let mut lfs = git_command(token, origin);
     lfs.args(["lfs", "pull"]).current_dir(dest);
     eprintln!("Pulling large files");
     run_git(
@@ -506,19 +507,29 @@ fn check_git() -> Result<()> {
     Ok(())
 }
 
+/// `scheme://host[:port]` of a URL, for scoping credentials to it.
+fn url_origin(url: &str) -> Option<&str> {
+    let (scheme, rest) = url.split_once("://")?;
+    let host_len = rest.find('/').unwrap_or(rest.len());
+    Some(&url[..scheme.len() + 3 + host_len])
+}
+
 /// `git` that never prompts; with a token, a credential helper (configured through
 /// GIT_CONFIG_COUNT, as kit does, so the user's gitconfig is left alone) answers with it
-/// as the password of user `token`. The token travels in the environment, not in argv.
-fn git_command(token: Option<&str>) -> Command {
+/// as the password of user `token`, for the repository's own origin only (kit gives it to
+/// any host, so an `lfs.url` elsewhere would receive it). The token travels in the
+/// environment, not in argv.
+fn git_command(token: Option<&str>, origin: Option<&str>) -> Command {
     let mut c = Command::new("git");
     c.env("GIT_TERMINAL_PROMPT", "0");
     match token {
         Some(t) => {
+            let scope = origin.map(|o| format!("{o}.")).unwrap_or_default();
             c.env("KITSNAP_IMPORT_TOKEN", t)
                 .env("GIT_CONFIG_COUNT", "2")
-                .env("GIT_CONFIG_KEY_0", "credential.username")
+                .env("GIT_CONFIG_KEY_0", format!("credential.{scope}username"))
                 .env("GIT_CONFIG_VALUE_0", "token")
-                .env("GIT_CONFIG_KEY_1", "credential.helper")
+                .env("GIT_CONFIG_KEY_1", format!("credential.{scope}helper"))
                 .env(
                     "GIT_CONFIG_VALUE_1",
                     r#"!f() { test "$1" = get && echo "password=${KITSNAP_IMPORT_TOKEN}"; }; f"#,

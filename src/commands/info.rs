@@ -185,7 +185,12 @@ fn filtered(kf: &Kitfile, filter: &str) -> Result<String> {
     // Layer digests are not part of the Kitfile kit prints (yaml:"-").
     strip_digests(&mut value);
     let in_parameters = body.split('.').any(|s| title(s) == "Parameters");
-    Ok(kitsnap_core::goyaml::node_to_string(&value, in_parameters))
+    let is_package = title(body) == "Package";
+    Ok(kitsnap_core::goyaml::node_to_string(
+        &value,
+        in_parameters,
+        is_package,
+    ))
 }
 
 fn strip_digests(v: &mut Value) {

@@ -1261,6 +1261,12 @@ fn cache_info_and_clear() {
         0o644,
     );
     write(&store, "import/kitsnap_import_9_2_0/lock", b"", 0o644);
+    // A leftover of an import killed two hours ago: no lock file, old.
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    fs::File::open(store.join("import/kitsnap_import_9_1_0"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
     let info = ok(&store, &["cache", "info"]);
     assert_eq!(
         info,
@@ -1278,7 +1284,12 @@ fn cache_info_and_clear() {
     );
     assert_eq!(fs::read_dir(store.join("ingest")).unwrap().count(), 0);
     drop(held);
+    // A young directory without its lock yet may be an import starting: left alone.
+    fs::create_dir_all(store.join("import/kitsnap_import_9_3_0/repo")).unwrap();
     ok(&store, &["cache", "clear"]);
+    assert!(store.join("import/kitsnap_import_9_3_0").exists());
+    assert!(!store.join("import/kitsnap_import_9_2_0").exists());
+    fs::remove_dir_all(store.join("import/kitsnap_import_9_3_0")).unwrap();
     assert_eq!(ok(&store, &["cache", "info"]), "Cache is currently empty\n");
     // The ModelKit itself is untouched.
     let out = t.path().join("out");

@@ -144,7 +144,8 @@ fn raw_metadata(l: &LayerPlan, what: &str) -> Result<Option<FileMetadata>> {
             m.typeflag
         )));
     }
-    if u64::try_from(m.size).ok() != Some(l.desc.size) {
+    // A size of 0 is Go's zero value: a tool that records only mode and mtime left it out.
+    if m.size != 0 && u64::try_from(m.size).ok() != Some(l.desc.size) {
         return Err(bad(format!(
             "its file metadata says {} bytes, the layer has {}",
             m.size, l.desc.size
@@ -519,7 +520,9 @@ fn extract_tar<R: Read>(
                     .mtime()
                     .ok()
                     .filter(|t| mtimes && *t > 0)
-                    .map(|t| UNIX_EPOCH + Duration::from_secs(t));
+                    // A header can claim any 64-bit time: one past SystemTime's range is
+                    // left out, not a panic.
+                    .and_then(|t| UNIX_EPOCH.checked_add(Duration::from_secs(t)));
                 write_file_atomically(&target, mode, |f| {
                     loop {
                         let n = entry

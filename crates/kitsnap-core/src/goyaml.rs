@@ -12,16 +12,18 @@ use serde_yaml_ng::Value;
 
 /// The YAML document for `v` (a mapping from a serialized Kitfile).
 pub fn kitfile_to_string(v: &Value) -> String {
-    node_to_string(v, false)
+    node_to_string(v, false, false)
 }
 
 /// One node of a Kitfile as its own document (`info --filter`); `in_parameters` when the
-/// node is (inside) a `parameters` value, whose maps Go sorts.
-pub fn node_to_string(v: &Value, in_parameters: bool) -> String {
+/// node is (inside) a `parameters` value, whose maps Go sorts; `is_package` when it is
+/// the `package` mapping.
+pub fn node_to_string(v: &Value, in_parameters: bool, is_package: bool) -> String {
     let mut out = String::new();
     let mut e = Emitter { out: &mut out };
     let ctx = Ctx {
         sorted: in_parameters,
+        package: is_package,
     };
     match v {
         Value::Mapping(m) if !m.is_empty() => e.mapping(m, 0, ctx),
@@ -38,6 +40,8 @@ pub fn node_to_string(v: &Value, in_parameters: bool) -> String {
 struct Ctx {
     /// Inside `parameters`: keys sorted as Go sorts map keys.
     sorted: bool,
+    /// The `package` mapping, whose `authors` kit's struct tags make a flow sequence.
+    package: bool,
 }
 
 struct Emitter<'a> {
@@ -65,8 +69,9 @@ impl Emitter<'_> {
             self.out.push(':');
             let child = Ctx {
                 sorted: ctx.sorted || key == "parameters",
+                package: indent == 0 && !ctx.sorted && !ctx.package && key == "package",
             };
-            self.value(v, indent, child, key == "authors");
+            self.value(v, indent, child, ctx.package && key == "authors");
         }
     }
 
@@ -248,6 +253,11 @@ enum Place {
 fn quote(s: &str, place: Place) -> String {
     let plain_ok = !resolves_to_non_string(s) && !is_old_bool(s) && !is_base60_float(s);
     let a = analyze(s);
+    // U+2028/U+2029 are line breaks to a YAML reader: a literal block would need them as
+    // its line ends too; double quotes escape them.
+    if s.contains(['\u{2028}', '\u{2029}']) {
+        return double(s);
+    }
     if s.contains('\n') {
         if place == Place::Block && a.block_allowed {
             return "|".into();
@@ -278,7 +288,8 @@ struct Analysis {
 }
 
 fn is_printable(c: char) -> bool {
-    matches!(c, '\n' | '\u{20}'..='\u{7E}' | '\u{85}' | '\u{A0}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
+    // libyaml's IS_PRINTABLE: NEL and characters beyond the BMP are escaped, not written.
+    matches!(c, '\n' | '\u{20}'..='\u{7E}' | '\u{A0}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
         && c != '\u{FEFF}'
 }
 
@@ -681,6 +692,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_package_authors_is_a_flow_sequence() {
+        let v: Value = serde_yaml_ng::from_str(
+            "package:\n  authors: [a, b]\nmodel:\n  parameters:\n    authors:\n      - name: x\n",
+        )
+        .unwrap();
+        assert_eq!(
+            kitfile_to_string(&v),
+            "package:\n  authors: [a, b]\nmodel:\n  parameters:\n    authors:\n      - name: x\n"
+        );
+    }
+
+    #[test]
     fn floats_as_go_prints_them() {
         for (f, s) in [
             (1000.0, "1000"),
@@ -721,6 +744,9 @@ mod tests {
         ] {
             assert_eq!(quote(s, Place::Block), q, "{s:?}");
         }
+        assert_eq!(quote("a\u{85}b", Place::Block), "\"a\\Nb\"");
+        assert_eq!(quote("x\u{2028}y\nz", Place::Block), "\"x\\Ly\\nz\"");
+        assert_eq!(quote("smile 😀", Place::Block), "\"smile \\U0001F600\"");
         assert_eq!(quote("a, b", Place::Flow), "'a, b'");
         assert_eq!(quote("a, b", Place::Block), "a, b");
     }

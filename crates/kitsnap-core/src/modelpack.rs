@@ -82,12 +82,15 @@ impl FileMetadata {
         if secs == GO_ZERO_TIME {
             return Ok(None);
         }
-        Ok(Some(if secs >= 0 {
-            UNIX_EPOCH + Duration::new(secs as u64, nanos)
+        let t = if secs >= 0 {
+            UNIX_EPOCH.checked_add(Duration::new(secs as u64, nanos))
         } else {
-            UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
-                + Duration::from_nanos(nanos as u64)
-        }))
+            UNIX_EPOCH
+                .checked_sub(Duration::from_secs(secs.unsigned_abs()))
+                .and_then(|t| t.checked_add(Duration::from_nanos(nanos as u64)))
+        };
+        t.map(Some)
+            .ok_or_else(|| format!("mtime {s:?} is out of range"))
     }
 
     /// A regular file by its type flag (Go's `TypeReg` is `'0'`; modctl writes 0).

@@ -30,6 +30,8 @@ pub struct ParGzWriter<W: Write> {
     pending: VecDeque<mpsc::Receiver<io::Result<Vec<u8>>>>,
     workers: Vec<JoinHandle<()>>,
     max_pending: usize,
+    /// Set by the first error: the stream is broken, every later call fails too.
+    failed: bool,
 }
 
 impl<W: Write> ParGzWriter<W> {
@@ -71,6 +73,7 @@ impl<W: Write> ParGzWriter<W> {
             pending: VecDeque::new(),
             workers: handles,
             max_pending: 2 * workers,
+            failed: false,
         })
     }
 
@@ -97,6 +100,9 @@ impl<W: Write> ParGzWriter<W> {
 
     /// Ends the stream (last block, CRC-32 and length) and returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
+        if self.failed {
+            return Err(broken());
+        }
         self.dispatch(true)?;
         while !self.pending.is_empty() {
             self.write_oldest()?;
@@ -110,11 +116,17 @@ impl<W: Write> ParGzWriter<W> {
 
 impl<W: Write> Write for ParGzWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.failed {
+            return Err(broken());
+        }
         let n = buf.len().min(BLOCK - self.block.len());
         self.block.extend_from_slice(&buf[..n]);
         self.crc.update(&buf[..n]);
-        if self.block.len() == BLOCK {
-            self.dispatch(false)?;
+        if self.block.len() == BLOCK
+            && let Err(e) = self.dispatch(false)
+        {
+            self.failed = true;
+            return Err(e);
         }
         Ok(n)
     }
@@ -172,6 +184,10 @@ fn deflate_block(c: &mut Compress, data: &[u8], last: bool) -> io::Result<Vec<u8
 
 fn closed() -> io::Error {
     io::Error::other("gzip stream already finished")
+}
+
+fn broken() -> io::Error {
+    io::Error::other("the gzip stream failed earlier")
 }
 
 fn worker_gone() -> io::Error {

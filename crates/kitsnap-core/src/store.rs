@@ -625,6 +625,18 @@ impl Store {
         Ok(total)
     }
 
+    /// Whether a writer (pull, pack, push into the store) holds the store now.
+    pub fn writers_running(&self) -> bool {
+        let p = self.root.join("gc.lock");
+        File::open(&p).is_ok_and(|f| match f.try_lock() {
+            Ok(()) => {
+                let _ = f.unlock();
+                false
+            }
+            Err(_) => true,
+        })
+    }
+
     /// Deletes the partial blobs left by killed writers (`kitsnap cache clear`): waits for
     /// running writers (gc.lock), so a transfer in flight never loses its file.
     pub fn clear_ingest(&self) -> Result<u64> {
