@@ -317,25 +317,35 @@ fn parse_spec(value: &str) -> Result<Option<Spec>> {
     Ok(Some(Spec { src, dst, filters }))
 }
 
+/// The value of the first of `names` among `args` (`--name V`, `--name=V`).
+fn flag_value(args: &[OsString], names: &[&str]) -> Option<String> {
+    let mut it = args.iter().map(|a| a.to_string_lossy());
+    while let Some(a) = it.next() {
+        if names.contains(&a.as_ref()) {
+            if let Some(v) = it.next() {
+                return Some(v.into_owned());
+            }
+        } else if let Some(v) = names.iter().find_map(|n| {
+            a.strip_prefix(n)
+                .and_then(|rest| rest.strip_prefix('='))
+                .filter(|_| n.starts_with("--"))
+        }) {
+            return Some(v.to_string());
+        }
+    }
+    None
+}
+
+/// An environment variable, unless unset or empty.
+fn env_value(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|s| !s.is_empty())
+}
+
 /// nerdctl's containerd namespace: `--namespace`/`-n`/`--n`, else `$CONTAINERD_NAMESPACE`,
 /// else `default`.
 fn namespace(args: &[OsString]) -> String {
-    let mut it = args.iter().map(|a| a.to_string_lossy());
-    while let Some(a) = it.next() {
-        if matches!(a.as_ref(), "--namespace" | "-n" | "--n") {
-            if let Some(v) = it.next() {
-                return v.into_owned();
-            }
-        } else if let Some(v) = a
-            .strip_prefix("--namespace=")
-            .or_else(|| a.strip_prefix("--n="))
-        {
-            return v.to_string();
-        }
-    }
-    std::env::var("CONTAINERD_NAMESPACE")
-        .ok()
-        .filter(|s| !s.is_empty())
+    flag_value(args, &["--namespace", "-n", "--n"])
+        .or_else(|| env_value("CONTAINERD_NAMESPACE"))
         .unwrap_or_else(|| kitsnap_node::containerd::DEFAULT_NAMESPACE.to_string())
 }
 
@@ -387,31 +397,19 @@ fn contains(mut r: impl std::io::Read, needle: &[u8]) -> std::io::Result<bool> {
 /// `$CONTAINERD_SNAPSHOTTER`, else `snapshotter` in nerdctl.toml (`$NERDCTL_TOML`, default
 /// /etc/nerdctl/nerdctl.toml), else `overlayfs`.
 fn snapshotter(args: &[OsString]) -> String {
-    let mut it = args.iter().map(|a| a.to_string_lossy());
-    while let Some(a) = it.next() {
-        if matches!(a.as_ref(), "--snapshotter" | "--storage-driver") {
-            if let Some(v) = it.next() {
-                return v.into_owned();
-            }
-        } else if let Some(v) = a
-            .strip_prefix("--snapshotter=")
-            .or_else(|| a.strip_prefix("--storage-driver="))
-        {
-            return v.to_string();
-        }
-    }
-    if let Ok(v) = std::env::var("CONTAINERD_SNAPSHOTTER")
-        && !v.is_empty()
-    {
-        return v;
-    }
-    let toml_path = std::env::var_os("NERDCTL_TOML")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/etc/nerdctl/nerdctl.toml"));
-    std::fs::read_to_string(toml_path)
-        .ok()
-        .and_then(|t| t.parse::<toml::Table>().ok())
-        .and_then(|t| t.get("snapshotter")?.as_str().map(str::to_string))
+    let toml_path = || {
+        std::env::var_os("NERDCTL_TOML")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/etc/nerdctl/nerdctl.toml"))
+    };
+    flag_value(args, &["--snapshotter", "--storage-driver"])
+        .or_else(|| env_value("CONTAINERD_SNAPSHOTTER"))
+        .or_else(|| {
+            std::fs::read_to_string(toml_path())
+                .ok()
+                .and_then(|t| t.parse::<toml::Table>().ok())
+                .and_then(|t| t.get("snapshotter")?.as_str().map(str::to_string))
+        })
         .unwrap_or_else(|| "overlayfs".to_string())
 }
 

@@ -78,33 +78,15 @@ pub fn run(a: CacheArgs, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// An import's directory exists for a moment before its lock file: one without a lock
-/// this young may be an import starting (the rule `import` sweeps leftovers by).
-const UNLOCKED_GRACE: std::time::Duration = std::time::Duration::from_secs(3600);
-
-/// Removes an import working directory unless a running import holds its lock (or may be
-/// about to: a young one without a lock file yet).
+/// Removes an import working directory unless a running import holds it, or may be about
+/// to (the rule `import` sweeps leftovers by).
 fn clear_import_dir(dir: &Path) -> Result<u64> {
-    match fs::File::open(dir.join("lock")) {
-        Ok(f) if f.try_lock().is_err() => {
-            eprintln!("Skipping {}: an import is using it", dir.display());
-            return Ok(0);
-        }
-        Ok(_) => {}
-        Err(_) => {
-            let young = fs::metadata(dir)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_none_or(|age| age < UNLOCKED_GRACE);
-            if young {
-                eprintln!(
-                    "Skipping {}: an import may be starting in it",
-                    dir.display()
-                );
-                return Ok(0);
-            }
-        }
+    if !crate::commands::import::is_leftover(dir) {
+        eprintln!(
+            "Skipping {}: an import is using it or starting in it",
+            dir.display()
+        );
+        return Ok(0);
     }
     let bytes = tree_bytes(dir);
     match fs::remove_dir_all(dir) {

@@ -360,21 +360,22 @@ fn sweep(base: &Path) {
     let Ok(rd) = fs::read_dir(base) else { return };
     for e in rd.flatten() {
         let p = e.path();
-        if !e.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let stale = match File::open(p.join("lock")) {
-            Ok(f) => f.try_lock().is_ok(),
-            Err(_) => e
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > UNLOCKED_GRACE),
-        };
-        if stale {
+        if e.file_type().is_ok_and(|t| t.is_dir()) && is_leftover(&p) {
             let _ = fs::remove_dir_all(&p);
         }
+    }
+}
+
+/// Whether an import working directory belongs to no running import: its lock is free,
+/// or it has none and is older than [`UNLOCKED_GRACE`] (a young one may be starting).
+pub(crate) fn is_leftover(dir: &Path) -> bool {
+    match File::open(dir.join("lock")) {
+        Ok(f) => f.try_lock().is_ok(),
+        Err(_) => fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > UNLOCKED_GRACE),
     }
 }
 

@@ -491,17 +491,7 @@ fn one_node_one_copy_for_ctr_nerdctl_a_cri_pod_and_docker() {
     let img = dir.join("busybox.tar");
     busybox_image(&img);
     for ns in ["default", "nerdctl"] {
-        let o = node.ctd.ctr_ns(
-            ns,
-            &[
-                "images",
-                "import",
-                "--snapshotter",
-                "kitsnap",
-                img.to_str().unwrap(),
-            ],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        node.ctd.import_image(ns, "kitsnap", &img);
     }
 
     // ctr: kitsnap pulls into `default`, a container reads a `kitsnap mount` of it.

@@ -225,17 +225,7 @@ impl Setup {
         if !img.exists() {
             busybox_image(&img);
         }
-        let o = self.ctd.ctr_ns(
-            ns,
-            &[
-                "images",
-                "import",
-                "--snapshotter",
-                "kitsnap",
-                img.to_str().unwrap(),
-            ],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        self.ctd.import_image(ns, "kitsnap", &img);
     }
 }
 
@@ -877,20 +867,8 @@ fn nerdctl_pulls_runs_and_removes_a_modelkit_through_the_mirror() {
     const NS: &str = "nerd";
     s.import_busybox(NS);
     let model_sha = sha256_hex(&s.model);
-    let nerd = |args: &[&str]| {
-        let o = nerdctl(&s, &real, &s.ctd.path_env(), NS, args);
-        let out = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        assert!(
-            o.status.success(),
-            "nerdctl {args:?}: {out}\n--- kitsnap log:\n{}",
-            tail(&s.ks.log())
-        );
-        out
-    };
+    let path = s.ctd.path_env();
+    let nerd = |args: &[&str]| nerdctl_ok(&s, &real, &path, NS, "kitsnap", args);
 
     nerd(&["pull", &s.plain]);
     assert!(
@@ -1010,21 +988,6 @@ fn nerdctl_ok(
         tail(&s.ks.log())
     );
     out
-}
-
-/// `ctr images import` of the image tar `img` into `ns` on `snapshotter`.
-fn import_image(s: &Setup, ns: &str, snapshotter: &str, img: &Path) {
-    let o = s.ctd.ctr_ns(
-        ns,
-        &[
-            "images",
-            "import",
-            "--snapshotter",
-            snapshotter,
-            img.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// Waits (bounded) until `kitsnap mount --list` shows no mount; returns the listing.
@@ -1223,7 +1186,7 @@ fn nerdctl_main_mounts_a_modelkit_with_type_image() {
         let ns = format!("img-{snapshotter}");
         let path = s.ctd.path_env();
         let nerd = |args: &[&str]| nerdctl_ok(&s, &real, &path, &ns, snapshotter, args);
-        import_image(&s, &ns, snapshotter, &img);
+        s.ctd.import_image(&ns, snapshotter, &img);
         // Natively (the mirror answers with the image view), then a kit kitsnap pulled.
         nerd(&["pull", &s.plain]);
         let pulled = Command::new(support::bin())
@@ -1277,7 +1240,7 @@ fn nerdctl_main_mounts_a_modelkit_with_type_image() {
     for snapshotter in ["kitsnap", "overlayfs"] {
         let ns = format!("front-{snapshotter}");
         let nerd = |args: &[&str]| nerdctl_ok(&s, &front, &path, &ns, snapshotter, args);
-        import_image(&s, &ns, snapshotter, &img);
+        s.ctd.import_image(&ns, snapshotter, &img);
         let mount = format!("type=modelkit,src={},dst=/models", s.gz);
         nerd(&[
             "run", "-d", "--name", "held", "--net", "host", "--mount", &mount, IMAGE, "sleep",

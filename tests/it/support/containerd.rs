@@ -442,6 +442,21 @@ state = "{state}"
             .unwrap()
     }
 
+    /// `ctr images import` of the image tar `tar` into `ns` on `snapshotter`.
+    pub fn import_image(&self, ns: &str, snapshotter: &str, tar: &Path) {
+        let o = self.ctr_ns(
+            ns,
+            &[
+                "images",
+                "import",
+                "--snapshotter",
+                snapshotter,
+                tar.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
     pub fn ctr_ok(&self, args: &[&str]) -> String {
         let o = self.ctr(args);
         assert!(
