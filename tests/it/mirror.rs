@@ -397,6 +397,78 @@ fn native_pulls(v: &Version) {
         0,
         "{ctx}: copies left under kitsnap's root after every image went"
     );
+
+    raw_files_keep_their_metadata(&s, &ctx, first);
+}
+
+/// A ModelPack with raw layers: the file's mode and mtime (with its nanoseconds) come from
+/// the layer's file-metadata annotation, whether containerd's applier unpacks the view's
+/// tar (overlayfs), kitsnap fills the layer for containerd 2.x, or `kitsnap pull
+/// --containerd` unpacks it.
+fn raw_files_keep_their_metadata(s: &Setup, ctx: &str, snapshotter: &str) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tree = s.dir.join("tree");
+    let readme = tree.join("README.md");
+    let docs = b"# the raw docs\n";
+    std::fs::write(&readme, docs).unwrap();
+    std::fs::set_permissions(&readme, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let when = std::time::UNIX_EPOCH + std::time::Duration::new(1_614_834_367, 123_456_789);
+    std::fs::File::options()
+        .write(true)
+        .open(&readme)
+        .and_then(|f| f.set_modified(when))
+        .unwrap();
+    let raw = format!("{}/kits/raw:v1", s.reg.addr());
+    let store = s.dir.join("store");
+    let t = tree.to_str().unwrap();
+    support::ok(
+        &store,
+        &[
+            "pack",
+            t,
+            "-t",
+            &raw,
+            "--use-model-pack",
+            "--layer-format",
+            "raw",
+        ],
+    );
+    support::ok(&store, &["push", &raw, "--plain-http"]);
+    // Read in the snapshotters' own directories: what the applier or kitsnap wrote.
+    let sha = sha256_hex(docs);
+    let check = |step: &str, root: &Path| {
+        let files = support::files_under(root, "README.md", &sha);
+        assert!(
+            !files.is_empty(),
+            "{ctx}: {step}: no README.md under {}",
+            root.display()
+        );
+        for f in files {
+            let m = std::fs::metadata(&f).unwrap();
+            let got = (m.mode() & 0o7777, m.mtime(), m.mtime_nsec());
+            assert_eq!(
+                got,
+                (0o750, 1_614_834_367, 123_456_789),
+                "{ctx}: {step}: {}",
+                f.display()
+            );
+        }
+    };
+    let (ok, out) = s.ctr_pull("raw-native", snapshotter, &raw, &[]);
+    assert!(ok, "{ctx}: ctr pull {raw}:\n{out}");
+    let root = if snapshotter == "kitsnap" {
+        &s.ks.root
+    } else {
+        &s.ctd.dir
+    };
+    check(&format!("ctr pull on {snapshotter}"), root);
+    let o = s.kitsnap_pull("raw-kitsnap", &raw);
+    assert!(
+        o.status.success(),
+        "{ctx}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    check("kitsnap pull --containerd", &s.ks.root);
 }
 
 #[test]

@@ -66,8 +66,9 @@ pub fn extract<R: Read>(
 /// [`extract`], also returning the layer's diff ID as an image view names it: the digest
 /// of the uncompressed tar (for a raw layer, of the tar around the file), computed from
 /// the very bytes extracted. Files are written as that tar has them (a raw layer's as
-/// [`RawWrapper`] makes it: mode 0644, no metadata restored), so that a snapshot made with
-/// this equals what unpacking the image view gives.
+/// [`RawWrapper`] makes it, with its file metadata), so that a snapshot made with this
+/// equals what unpacking the image view gives. (One difference is left: containerd sets
+/// the mtime 0 of a KitOps tar entry, 1970; this leaves the extraction time.)
 pub fn extract_with_diff_id<R: Read>(
     reader: R,
     l: &LayerPlan,
@@ -95,28 +96,28 @@ fn extract_planned<R: Read>(
         l.desc.digest.short()
     );
     if l.raw && !for_view {
-        let meta = raw_metadata(l, &what)?;
+        let meta = raw_metadata(&l.desc, &what)?;
         extract_raw_with(reader, &l.desc, dest, &l.path, opts, &what, meta.as_ref())?;
         Ok((l.desc.size, None))
     } else if l.raw {
         // The blob is the file: its size is known and checked.
-        let wrapper = RawWrapper::new(&l.path, l.desc.size)?;
+        let wrapper = RawWrapper::for_layer(l)?;
+        let meta = raw_metadata(&l.desc, &what)?;
         let mut tar = Sha256::new();
         tar.update(wrapper.prefix());
         let hashed = Sha256Tee {
             inner: reader,
             hasher: &mut tar,
         };
-        extract_raw_with(hashed, &l.desc, dest, &l.path, opts, &what, None)?;
+        extract_raw_with(hashed, &l.desc, dest, &l.path, opts, &what, meta.as_ref())?;
         tar.update(wrapper.suffix());
         Ok((
             l.desc.size,
             Some(Digest::from_sha256_bytes(&tar.finalize())),
         ))
     } else {
-        let restore_mtimes = !for_view
-            && LayerType::parse(&l.desc.media_type)
-                .is_some_and(|t| t.format == ModelFormat::ModelPack);
+        let restore_mtimes = LayerType::parse(&l.desc.media_type)
+            .is_some_and(|t| t.format == ModelFormat::ModelPack);
         extract_tar_layer(
             reader,
             &l.desc,
@@ -133,9 +134,9 @@ fn extract_planned<R: Read>(
 /// A raw layer's file metadata annotation, checked against the layer: it must describe a
 /// regular file of the blob's size. Nothing in it names a path (the file's path is the
 /// layer's `org.cncf.model.filepath`), and only its permission bits and mtime are used.
-fn raw_metadata(l: &LayerPlan, what: &str) -> Result<Option<FileMetadata>> {
+pub(crate) fn raw_metadata(desc: &Descriptor, what: &str) -> Result<Option<FileMetadata>> {
     let bad = |msg: String| Error::Invalid(format!("{what}: {msg}"));
-    let Some(m) = FileMetadata::of(&l.desc).map_err(bad)? else {
+    let Some(m) = FileMetadata::of(desc).map_err(bad)? else {
         return Ok(None);
     };
     if !m.is_regular() {
@@ -145,10 +146,10 @@ fn raw_metadata(l: &LayerPlan, what: &str) -> Result<Option<FileMetadata>> {
         )));
     }
     // A size of 0 is Go's zero value: a tool that records only mode and mtime left it out.
-    if m.size != 0 && u64::try_from(m.size).ok() != Some(l.desc.size) {
+    if m.size != 0 && u64::try_from(m.size).ok() != Some(desc.size) {
         return Err(bad(format!(
             "its file metadata says {} bytes, the layer has {}",
-            m.size, l.desc.size
+            m.size, desc.size
         )));
     }
     Ok(Some(m))
@@ -859,7 +860,7 @@ mod tests {
     }
 
     /// A raw layer's file takes its metadata annotation's permission bits (never setuid,
-    /// setgid or sticky) and mtime; the node's path (image views) does not.
+    /// setgid or sticky) and mtime, on the node's path (image views) as well.
     #[test]
     fn raw_layers_restore_mode_and_mtime() {
         let data = b"weights".as_slice();
@@ -875,9 +876,20 @@ mod tests {
             !d.path().join("evil").exists() && !d.path().parent().unwrap().join("evil").exists()
         );
 
-        // Without metadata, or through the image-view path: 0644 (less the umask), now.
+        // The image-view path too, and its diff ID is that of the tar that says so.
         let d = tempfile::tempdir().unwrap();
-        extract_with_diff_id(data, &plan, d.path(), ExtractOptions::default()).unwrap();
+        let (_, diff) =
+            extract_with_diff_id(data, &plan, d.path(), ExtractOptions::default()).unwrap();
+        let f = d.path().join("weights/w.bin");
+        assert_eq!(mode_and_mtime(&f), (0o755, 1_614_834_367, 123_456_789));
+        let w = RawWrapper::for_layer(&plan).unwrap();
+        let tar = [w.prefix(), data, &w.suffix()].concat();
+        assert_eq!(diff, crate::digest::Digest::of(&tar));
+
+        // Without metadata: 0644 (less the umask), now.
+        let d = tempfile::tempdir().unwrap();
+        let plain = raw_plan(data, None);
+        extract_with_diff_id(data, &plain, d.path(), ExtractOptions::default()).unwrap();
         let (mode, mtime, _) = mode_and_mtime(&d.path().join("weights/w.bin"));
         assert_eq!(mode & 0o111, 0, "not executable: {mode:o}");
         assert!(mtime > 1_614_834_367);

@@ -65,13 +65,41 @@ impl Emitter<'_> {
                 self.pad(indent);
             }
             let key = scalar_text(k);
-            self.out.push_str(&quote(&key, Place::Key));
-            self.out.push(':');
             let child = Ctx {
                 sorted: ctx.sorted || key == "parameters",
                 package: indent == 0 && !ctx.sorted && !ctx.package && key == "package",
             };
-            self.value(v, indent, child, ctx.package && key == "authors");
+            let flow = ctx.package && key == "authors";
+            // libyaml's check_simple_key: a key over 128 bytes or spanning lines is written
+            // in the explicit `? key` / `: value` form.
+            if key.len() > 128 || key.contains(is_break) {
+                self.out.push_str("? ");
+                self.inline(&Value::String(key), indent, child);
+                self.out.push('\n');
+                self.pad(indent);
+                self.out.push(':');
+                self.explicit_value(v, indent, child, flow);
+                continue;
+            }
+            self.out.push_str(&quote(&key, Place::Key));
+            self.out.push(':');
+            self.value(v, indent, child, flow);
+        }
+    }
+
+    /// The value after an explicit key's `:`: a collection starts on the same line, its
+    /// items at `indent + 2`.
+    fn explicit_value(&mut self, v: &Value, indent: usize, ctx: Ctx, flow: bool) {
+        match v {
+            Value::Mapping(m) if !m.is_empty() => {
+                self.out.push(' ');
+                self.mapping(m, indent + 2, ctx);
+            }
+            Value::Sequence(s) if !s.is_empty() && !flow => {
+                self.out.push(' ');
+                self.sequence(s, indent + 2, ctx);
+            }
+            _ => self.value(v, indent, ctx, flow),
         }
     }
 
@@ -701,6 +729,21 @@ mod tests {
             kitfile_to_string(&v),
             "package:\n  authors: [a, b]\nmodel:\n  parameters:\n    authors:\n      - name: x\n"
         );
+    }
+
+    /// What kit v1.7.0's `info` printed on 2026-12-05 for keys over 128 bytes and keys that
+    /// span lines: yaml.v3's explicit `? key` / `: value` form.
+    #[test]
+    fn long_and_multiline_keys_are_explicit() {
+        let k = "k".repeat(130);
+        let v: Value = serde_yaml_ng::from_str(&format!(
+            "model:\n  parameters:\n    {k}: 1\n    short: x\n    {k}2: {{nested: 2, list: [a, b]}}\n    {k}3: [1, 2]\n    {k}4: \"two\\nlines\\n\"\n    \"a\\nb\": 1\n    \"c\\nd\\n\": {{x: 1}}\n"
+        ))
+        .unwrap();
+        let want = format!(
+            "model:\n  parameters:\n    ? |-\n      a\n      b\n    : 1\n    ? |\n      c\n      d\n    : x: 1\n    ? {k}\n    : 1\n    ? {k}2\n    : list:\n        - a\n        - b\n      nested: 2\n    ? {k}3\n    : - 1\n      - 2\n    ? {k}4\n    : |\n      two\n      lines\n    short: x\n"
+        );
+        assert_eq!(kitfile_to_string(&v), want);
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! containerd's unpacker, nerdctl and the CRI (Kubernetes image volumes) accept a ModelKit
 //! as they accept any image.
 //!
-//! Format, version 1 (`org.kitsnap.image-view.version: "1"`). Given a ModelKit or ModelPack
+//! Format, version 2 (`org.kitsnap.image-view.version: "2"`; version 1 gave raw files mode
+//! 0644 and mtime 0 whatever their metadata said). Given a ModelKit or ModelPack
 //! manifest, its config and the layers selected by a filter (all by default), in manifest order:
 //! - each layer is the kit's blob relabelled with the OCI layer media type of its compression
 //!   (`application/vnd.oci.image.layer.v1.tar`, `+gzip`, `+zstd`), its annotations kept and
 //!   [`label::SNAPSHOT_LAYER`] added (the kit's blob digest); a
 //!   `.raw` layer (one file's bytes) becomes a generated uncompressed tar holding that file at
-//!   its `org.cncf.model.filepath` (mode 0644, uid/gid 0, mtime 0), see [`RawWrapper`];
+//!   its `org.cncf.model.filepath` (uid/gid 0; mode and mtime from the layer's file-metadata
+//!   annotation, else 0644 and 0), see [`RawWrapper`];
 //! - for each platform in [`PLATFORMS`], an OCI image config naming it (`architecture`,
 //!   `variant`, `os: linux`), with `config.Labels` naming the kit (see [`label`]) and
 //!   `rootfs.diff_ids` (the digest of each layer's uncompressed tar), and an OCI image
@@ -42,13 +44,14 @@ use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
 use crate::kitfile::Kitfile;
 use crate::layers::{self, Filter, FilterType, LayerPlan};
+use crate::modelpack::FileMetadata;
 use crate::oci::{
     self, Compression, Descriptor, Index, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Manifest,
     ModelFormat, ModelPackConfig, Platform,
 };
 
 /// The format version written in every view.
-pub const FORMAT_VERSION: &str = "1";
+pub const FORMAT_VERSION: &str = "2";
 
 pub const MEDIA_TYPE_IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_TYPE_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -355,7 +358,7 @@ pub fn synthesize(
         let mut annotations = l.desc.annotations.clone();
         annotations.insert(label::SNAPSHOT_LAYER.into(), l.desc.digest.to_string());
         let (desc, raw) = if l.raw {
-            let w = RawWrapper::new(&l.path, l.desc.size)?;
+            let w = RawWrapper::for_layer(l)?;
             annotations.insert(label::RAW_SOURCE.into(), l.desc.digest.to_string());
             let d = Descriptor {
                 media_type: MEDIA_TYPE_LAYER_TAR.into(),
@@ -458,7 +461,7 @@ pub fn diff_id_of<R: Read>(reader: R, l: &LayerPlan) -> Result<Digest> {
     let mut blob = HashingReader::new(reader);
     let hash_all = |r: &mut dyn Read| HashingReader::new(r).finish().map(|(d, _)| d);
     let diff = if l.raw {
-        let w = RawWrapper::new(&l.path, l.desc.size)?;
+        let w = RawWrapper::for_layer(l)?;
         let mut h = Sha256::new();
         h.update(w.prefix());
         std::io::copy(&mut blob, &mut h)?;
@@ -498,6 +501,12 @@ pub fn diff_ids_with<R: Read>(
 
 /// The tar a raw layer is served as: `prefix`, the raw blob's bytes, `suffix` (padding to a
 /// 512-byte block and the two zero blocks that end an archive).
+///
+/// The one entry is the file at the layer's `org.cncf.model.filepath`, owned by 0:0, with
+/// the permission bits and mtime of the layer's file-metadata annotation (what `modctl
+/// extract` restores), else mode 0644 and mtime 0. An mtime with nanoseconds, or before
+/// 1970, is also written as a PAX `mtime` record, as Go's archive/tar writes it, so that
+/// containerd's applier restores it exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawWrapper {
     prefix: Vec<u8>,
@@ -505,25 +514,64 @@ pub struct RawWrapper {
 }
 
 impl RawWrapper {
-    pub fn new(path: &str, size: u64) -> Result<RawWrapper> {
+    /// The tar of raw layer `l`; a malformed metadata annotation is an error naming it.
+    pub fn for_layer(l: &LayerPlan) -> Result<RawWrapper> {
+        RawWrapper::for_blob(&l.path, &l.desc)
+    }
+
+    /// The tar of the raw blob `desc` (a kit's layer descriptor, annotations included),
+    /// holding the file at `path`.
+    pub fn for_blob(path: &str, desc: &Descriptor) -> Result<RawWrapper> {
+        let what = format!("raw layer {path} ({})", desc.digest.short());
+        let meta = crate::extract::raw_metadata(desc, &what)?;
+        let mtime = match meta
+            .as_ref()
+            .map(FileMetadata::mtime_since_epoch)
+            .transpose()
+        {
+            Ok(t) => t.flatten(),
+            Err(msg) => return Err(Error::Invalid(format!("{what}: {msg}"))),
+        };
+        let mode = meta.map(|m| m.mode & 0o777).filter(|m| *m != 0);
+        RawWrapper::new(path, desc.size, mode, mtime)
+    }
+
+    pub fn new(
+        path: &str,
+        size: u64,
+        mode: Option<u32>,
+        mtime: Option<(i64, u32)>,
+    ) -> Result<RawWrapper> {
         let path = crate::kitfile::check_relative_path(path)
             .map_err(|e| Error::Invalid(format!("raw layer file path: {e}")))?;
+        let (secs, nanos) = mtime.unwrap_or((0, 0));
         let mut h = tar::Header::new_ustar();
         h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
+        h.set_mode(mode.unwrap_or(0o644));
         h.set_uid(0);
         h.set_gid(0);
-        h.set_mtime(0);
+        // ustar holds whole seconds from 1970 in 11 octal digits; PAX carries the rest.
+        let ustar_secs = u64::try_from(secs).ok().filter(|s| *s < 0o77777777777);
+        h.set_mtime(ustar_secs.unwrap_or(0));
         h.set_size(size);
-        let mut b = tar::Builder::new(Vec::new());
-        b.mode(tar::HeaderMode::Deterministic);
-        // The header only: the content is streamed by whoever serves the tar. A name too
-        // long for a ustar header gets a PAX `path` record before it.
+        let mut pax: Vec<(&str, Vec<u8>)> = Vec::new();
+        if nanos != 0 || ustar_secs.is_none() {
+            pax.push(("mtime", pax_time(secs, nanos).into_bytes()));
+        }
+        // A name too long for a ustar header gets a PAX `path` record.
         if h.set_path(&path).is_err() {
-            b.append_pax_extensions([("path", path.as_bytes())])?;
+            pax.push(("path", path.as_bytes().to_vec()));
             h.set_path(short_name(&path))?;
         }
+        let mut b = tar::Builder::new(Vec::new());
+        b.mode(tar::HeaderMode::Deterministic);
+        if !pax.is_empty() {
+            // Go's writer sorts PAX keys.
+            pax.sort();
+            b.append_pax_extensions(pax.iter().map(|(k, v)| (*k, v.as_slice())))?;
+        }
         h.set_cksum();
+        // The header only: the content is streamed by whoever serves the tar.
         b.append(&h, std::io::empty())?;
         // Not `into_inner`, which would end the archive after the header.
         let prefix = b.get_ref().clone();
@@ -546,6 +594,22 @@ impl RawWrapper {
     pub fn size(&self) -> u64 {
         self.prefix.len() as u64 + self.content + self.suffix().len() as u64
     }
+}
+
+/// A PAX time as Go's archive/tar formats it: seconds, then a fraction without trailing
+/// zeros (`-1.5` is half a second before 1970).
+fn pax_time(secs: i64, nanos: u32) -> String {
+    if nanos == 0 {
+        return secs.to_string();
+    }
+    // Go writes a time before 1970 as minus its distance from the epoch.
+    let (sign, s, n) = if secs < 0 {
+        ("-", (secs + 1).unsigned_abs(), 1_000_000_000 - nanos)
+    } else {
+        ("", secs.unsigned_abs(), nanos)
+    };
+    let frac = format!("{n:09}");
+    format!("{sign}{s}.{}", frac.trim_end_matches('0'))
 }
 
 /// The last 100 bytes of a long path (what readers without PAX support see).
@@ -692,7 +756,7 @@ mod tests {
     #[test]
     fn raw_wrapper_is_a_tar_of_the_file() {
         let data = b"raw weights".to_vec();
-        let w = RawWrapper::new("weights/model.gguf", data.len() as u64).unwrap();
+        let w = RawWrapper::new("weights/model.gguf", data.len() as u64, None, None).unwrap();
         let mut tar_bytes = w.prefix().to_vec();
         tar_bytes.extend_from_slice(&data);
         tar_bytes.extend_from_slice(&w.suffix());
@@ -707,14 +771,48 @@ mod tests {
         assert_eq!(got, data);
         assert!(entries.next().is_none());
         let long = format!("{}/w.bin", "d".repeat(300));
-        let w = RawWrapper::new(&long, 3).unwrap();
+        let w = RawWrapper::new(&long, 3, None, None).unwrap();
         let mut t = w.prefix().to_vec();
         t.extend_from_slice(b"abc");
         t.extend_from_slice(&w.suffix());
         let mut a = tar::Archive::new(&t[..]);
         let e = a.entries().unwrap().next().unwrap().unwrap();
         assert_eq!(e.path().unwrap().to_str(), Some(long.as_str()));
-        assert!(RawWrapper::new("../etc/passwd", 1).is_err());
+        assert!(RawWrapper::new("../etc/passwd", 1, None, None).is_err());
+    }
+
+    /// The tar carries the file's metadata: containerd's applier restores it from there.
+    #[test]
+    fn raw_wrapper_carries_mode_and_mtime() {
+        let tar_of = |w: &RawWrapper| {
+            let mut t = w.prefix().to_vec();
+            t.extend_from_slice(b"abc");
+            t.extend_from_slice(&w.suffix());
+            t
+        };
+        let w =
+            RawWrapper::new("run.sh", 3, Some(0o755), Some((1_614_834_367, 123_456_789))).unwrap();
+        let t = tar_of(&w);
+        let mut a = tar::Archive::new(&t[..]);
+        let mut e = a.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(e.header().mode().unwrap(), 0o755);
+        assert_eq!(e.header().mtime().unwrap(), 1_614_834_367);
+        let pax: Vec<(String, String)> = e
+            .pax_extensions()
+            .unwrap()
+            .unwrap()
+            .map(|p| {
+                let p = p.unwrap();
+                (p.key().unwrap().into(), p.value().unwrap().into())
+            })
+            .collect();
+        assert_eq!(pax, [("mtime".into(), "1614834367.123456789".into())]);
+        // Whole seconds fit the ustar header: no PAX record.
+        let w = RawWrapper::new("run.sh", 3, Some(0o600), Some((1_614_834_367, 0))).unwrap();
+        assert_eq!(w.prefix().len(), 512);
+        assert_eq!(pax_time(-2, 500_000_000), "-1.5");
+        assert_eq!(pax_time(5, 100_000_000), "5.1");
+        assert_eq!(pax_time(-7, 0), "-7");
     }
 
     #[test]

@@ -73,15 +73,22 @@ impl FileMetadata {
         Ok(Some(m))
     }
 
-    /// The modification time; None when absent (Go's zero time, as modctl skips it).
-    pub fn modified(&self) -> std::result::Result<Option<SystemTime>, String> {
+    /// The modification time as seconds and nanoseconds since the Unix epoch; None when
+    /// absent (Go's zero time, as modctl skips it).
+    pub fn mtime_since_epoch(&self) -> std::result::Result<Option<(i64, u32)>, String> {
         let Some(s) = self.mtime.as_deref() else {
             return Ok(None);
         };
         let (secs, nanos) = parse_go_time(s).map_err(|e| format!("mtime {s:?}: {e}"))?;
-        if secs == GO_ZERO_TIME {
+        Ok((secs != GO_ZERO_TIME).then_some((secs, nanos)))
+    }
+
+    /// The modification time; None when absent (Go's zero time, as modctl skips it).
+    pub fn modified(&self) -> std::result::Result<Option<SystemTime>, String> {
+        let Some((secs, nanos)) = self.mtime_since_epoch()? else {
             return Ok(None);
-        }
+        };
+        let s = self.mtime.as_deref().unwrap_or_default();
         let t = if secs >= 0 {
             UNIX_EPOCH.checked_add(Duration::new(secs as u64, nanos))
         } else {

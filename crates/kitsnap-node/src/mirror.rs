@@ -393,7 +393,7 @@ impl Mirror {
             return Ok(doc_response(digest, &doc, head));
         };
         // A raw layer as a tar: the header, the kit's blob from upstream, the padding.
-        let wrapper = imageview::RawWrapper::new(&raw.path, raw.blob.size)
+        let wrapper = imageview::RawWrapper::for_blob(&raw.path, &raw.blob)
             .map_err(|e| fail(StatusCode::INTERNAL_SERVER_ERROR, "UNKNOWN", e.to_string()))?;
         let r = Response::builder()
             .status(StatusCode::OK)

@@ -241,10 +241,15 @@ pub fn ok_with_peak_rss(store: &Path, args: &[&str]) -> (String, i64) {
 /// How many regular files named `name` with this sha256 lie under `root` (on its own
 /// filesystem: mounted views are not counted).
 pub fn copies_under(root: &Path, name: &str, sha256: &str) -> usize {
+    files_under(root, name, sha256).len()
+}
+
+/// The regular files named `name` with this sha256 under `root`, on its own filesystem.
+pub fn files_under(root: &Path, name: &str, sha256: &str) -> Vec<PathBuf> {
     let Ok(dev) = std::fs::symlink_metadata(root).map(|m| m.dev()) else {
-        return 0;
+        return Vec::new();
     };
-    let mut n = 0;
+    let mut n = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
@@ -261,7 +266,7 @@ pub fn copies_under(root: &Path, name: &str, sha256: &str) -> usize {
                 && e.file_name() == name
                 && std::fs::read(e.path()).is_ok_and(|b| sha256_hex(&b) == sha256)
             {
-                n += 1;
+                n.push(e.path());
             }
         }
     }
