@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::{
-    cache, containerd, df, diff, front, hosts, import, info, init, inspect, list, login, logout,
-    mount, pack, pull, push, remove, serve, tag, umount, unpack, version,
+    cache, containerd, df, diff, front, hosts, import, index, info, init, inspect, list, login,
+    logout, mount, pack, pull, push, remove, serve, tag, umount, unpack, version,
 };
 
 #[derive(Parser, Debug)]
@@ -174,11 +174,13 @@ kitsnap cache clear"
     Diff(diff::DiffArgs),
     /// Give a ModelKit another name or tag.
     Tag(tag::TagArgs),
+    /// Manage ModelKit indexes: variants of a model under one reference, chosen by label.
+    Index(index::IndexArgs),
     /// Remove ModelKits from the local store and free the space they used.
     #[command(
         long_about = "Removes the named tags (or, for NAME@DIGEST or with --force, every tag of \
 that manifest), then deletes blobs nothing references any more. As with kit: --all removes \
-untagged ModelKits (whose tag moved to a newer pack) and --all --force removes every ModelKit.\n\n\
+untagged ModelKits (whose tag moved to a newer pack) and --all --force removes every ModelKit\n(ModelKits a ModelKit index refers to keep their content until the index is deleted).\n\n\
 Examples:\n  kitsnap remove my-model:v1\n  kitsnap remove my-model:v1,v2,v3\n  \
 kitsnap remove my-model@sha256:<digest>\n  kitsnap remove --all\n  kitsnap remove --all --force"
     )]
@@ -188,10 +190,12 @@ kitsnap remove my-model@sha256:<digest>\n  kitsnap remove --all\n  kitsnap remov
         long_about = "Writes the files of a ModelKit into DIR, laid out as in its \
 Kitfile, plus the Kitfile itself. --filter selects parts, with kit's syntax: \
 TYPE[,TYPE...][:NAME_OR_PATH[,...]] where TYPE is kitfile, model, datasets, code, docs or \
-prompts; repeat --filter to combine. Every layer's digest is checked; entries that would \
+prompts; repeat --filter to combine. For a ModelKit index (`kitsnap index`), --label \
+KEY=VALUE (repeatable) selects the one ModelKit carrying every label given. Every layer's digest is checked; entries that would \
 escape DIR (.., absolute paths, outside links), device nodes and duplicates are refused.\n\n\
 Examples:\n  kitsnap unpack my-model:v1 -d ./out\n  kitsnap unpack my-model:v1 -d ./out --filter model\n  \
-kitsnap unpack my-model:v1 -d ./out --filter datasets:train --filter kitfile"
+kitsnap unpack my-model:v1 -d ./out --filter datasets:train --filter kitfile\n  \
+kitsnap unpack my-model:all -l quantization=q4_0 -d ./out"
     )]
     Unpack(unpack::UnpackArgs),
     /// Upload a ModelKit from the local store to a registry.
@@ -215,8 +219,11 @@ With --containerd, kitsnap serve pulls REF into containerd instead (namespace -n
 containerd's API under a lease, the manifest and config in containerd's content store with \
 the GC labels containerd's unpacker uses, and an image record (`ctr images ls`). Layers the \
 node already holds are neither downloaded nor unpacked; `ctr images rm` lets containerd's GC \
-remove everything. A REF in the local store is taken from there.\n\nExamples:\n  \
+remove everything. A REF in the local store is taken from there.\n\nA REF that is a \
+ModelKit index needs --label KEY=VALUE (repeatable): the one ModelKit carrying every label \
+is pulled and takes REF's tag in the store, as kit does.\n\nExamples:\n  \
 kitsnap pull registry.example.com/org/llm:v1\n  \
+kitsnap pull registry.example.com/org/llm:all -l quantization=q4_0\n  \
 kitsnap pull --containerd registry.example.com/org/llm:v1\n  \
 kitsnap pull --containerd -n k8s.io 127.0.0.1:5000/kits/llm:v1 --plain-http"
     )]

@@ -31,6 +31,8 @@ mod errors;
 mod hostile;
 #[path = "it/import.rs"]
 mod import;
+#[path = "it/index.rs"]
+mod index;
 #[path = "it/init.rs"]
 mod init;
 #[path = "it/interrupts.rs"]

@@ -122,7 +122,10 @@ fn remote_rows(args: &RegistryArgs, r: &Reference) -> Result<Vec<Row>> {
         }
         let (_, m, desc) = match rt.block_on(transfer::remote_manifest(&reg, &one)) {
             Ok(v) => v,
-            Err(kitsnap_registry::Error::Core(kitsnap_core::Error::NotAModelKit(_))) => continue,
+            // Other artifacts, and ModelKit indexes (`kitsnap index list` shows those).
+            Err(kitsnap_registry::Error::Core(
+                kitsnap_core::Error::NotAModelKit(_) | kitsnap_core::Error::Index(_),
+            )) => continue,
             Err(e) => return Err(e).with_context(|| format!("failed to resolve reference {one}")),
         };
         let kf = match layers::kitfile_of(&m, || {

@@ -8,6 +8,7 @@ pub mod diff;
 pub mod front;
 pub mod hosts;
 pub mod import;
+pub mod index;
 pub mod info;
 pub mod init;
 pub mod inspect;
@@ -42,6 +43,7 @@ pub fn run(command: Command, ctx: &Ctx) -> Result<()> {
         Command::Info(a) => info::run(a, ctx),
         Command::Diff(a) => diff::run(a, ctx),
         Command::Tag(a) => tag::run(a, ctx),
+        Command::Index(a) => index::run(a, ctx),
         Command::Remove(a) => remove::run(a, ctx),
         Command::Unpack(a) => unpack::run(a, ctx),
         Command::Push(a) => push::run(a, ctx),

@@ -10,7 +10,7 @@ use kitsnap_registry::transfer;
 
 use crate::cli::{DaemonArgs, RegistryArgs};
 use crate::client;
-use crate::commands::parse_ref;
+use crate::commands::{index, parse_ref};
 use crate::settings::{Ctx, runtime};
 
 #[derive(Args, Debug)]
@@ -26,6 +26,15 @@ pub struct PullArgs {
     /// image view. Costs one more copy of each uncompressed layer.
     #[arg(long, requires = "containerd")]
     pub keep_blobs: bool,
+    /// REF is a ModelKit index: pull the one ModelKit carrying this label (KEY=VALUE;
+    /// repeatable, every label must match); it takes REF's tag in the store.
+    #[arg(
+        short = 'l',
+        long = "label",
+        value_name = "KEY=VALUE",
+        conflicts_with = "containerd"
+    )]
+    pub labels: Vec<String>,
     #[command(flatten)]
     pub daemon: DaemonArgs,
     #[command(flatten)]
@@ -44,6 +53,9 @@ fn into_store(a: PullArgs, ctx: &Ctx) -> Result<()> {
     let store = ctx.open_store()?;
     let r = parse_ref(&a.reference)?;
     let reg = a.registry.registry(&r.registry)?;
+    if !a.labels.is_empty() {
+        return from_index(&store, &reg, &r, &a, ctx);
+    }
     let rep = runtime()?
         .block_on(transfer::pull(
             &store,
@@ -51,6 +63,14 @@ fn into_store(a: PullArgs, ctx: &Ctx) -> Result<()> {
             &r,
             &a.registry.transfer(ctx.progress),
         ))
+        .map_err(|e| {
+            let e = anyhow::Error::from(e);
+            if index::is_index_error(&e) {
+                index::needs_label(&r, "pull", true)
+            } else {
+                e
+            }
+        })
         .with_context(|| format!("pulling {r}"))?;
     eprintln!("{r}: {}", rep.summary("pulled", "already stored"));
     // As kit does: the parent ModelKits its model.path names come too.
@@ -58,6 +78,56 @@ fn into_store(a: PullArgs, ctx: &Ctx) -> Result<()> {
         return Ok(());
     };
     parents(&store, &r, &d, &a.registry, ctx)?;
+    writeln!(crate::output::stdout(), "{}", d.digest)?;
+    Ok(())
+}
+
+/// `pull -l`: the ModelKit the labels select from the index `r`, which takes `r`'s tag in
+/// the store, as a multi-platform image's manifest takes its index's tag. Labels on a
+/// ModelKit are ignored with a warning, as kit does.
+fn from_index(
+    store: &kitsnap_core::store::Store,
+    reg: &kitsnap_registry::Registry,
+    r: &kitsnap_core::reference::Reference,
+    a: &PullArgs,
+    ctx: &Ctx,
+) -> Result<()> {
+    transfer::check_remote(r)?;
+    let rt = runtime()?;
+    let target = match rt.block_on(transfer::remote_kit_or_index(reg, r))? {
+        transfer::Remote::Kit(..) => {
+            eprintln!(
+                "warning: Labels are ignored: {} is a ModelKit, not a ModelKit index",
+                index::display(r)
+            );
+            r.clone()
+        }
+        // The registry's index, just fetched (a local copy may be older).
+        transfer::Remote::Index(_, idx, _) => {
+            let selector = kitsnap_core::index::parse_label_selector(&a.labels)
+                .context("Invalid arguments")?;
+            index::select_from(&idx, r, &selector)?
+        }
+    };
+    let _w = store.writer_lock()?;
+    let rep = rt
+        .block_on(transfer::pull_content(
+            store,
+            reg,
+            &target,
+            &a.registry.transfer(ctx.progress),
+        ))
+        .with_context(|| format!("pulling {target}"))?;
+    let Some(d) = rep.manifest.clone() else {
+        return Ok(());
+    };
+    if r.digest.is_some() && r.tag.is_none() {
+        store.add_untagged(&r.name(), &d)?;
+    } else {
+        store.tag(r, &d)?;
+    }
+    eprintln!("{r}: {}", rep.summary("pulled", "already stored"));
+    parents(store, r, &d, &a.registry, ctx)?;
     writeln!(crate::output::stdout(), "{}", d.digest)?;
     Ok(())
 }

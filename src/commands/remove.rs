@@ -1,5 +1,6 @@
 //! `kitsnap remove`: untags ModelKits and collects the blobs nothing references, with
-//! kit's semantics: `--all` removes untagged ModelKits only, `--all --force` everything.
+//! kit's semantics: `--all` removes untagged ModelKits only, `--all --force` every tag
+//! (ModelKits an index refers to keep their content while it exists).
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -85,9 +86,15 @@ pub fn run(a: RemoveArgs, ctx: &Ctx) -> Result<()> {
             } else {
                 r.clone()
             };
-            removed += store
-                .untag(&target)
-                .with_context(|| format!("removing {r}"))?;
+            let n = match store.untag(&target) {
+                Err(kitsnap_core::Error::NotFound(_)) if store.resolve_index(r).is_ok() => {
+                    anyhow::bail!(
+                        "removing {r}: it names a ModelKit index, not a ModelKit; `kitsnap index delete {r}` deletes it"
+                    )
+                }
+                other => other.with_context(|| format!("removing {r}"))?,
+            };
+            removed += n;
         }
         if a.prune || a.all {
             removed += store.prune_untagged()?;

@@ -12,7 +12,7 @@ use kitsnap_core::unpack::{self, UnpackOptions};
 use kitsnap_registry::transfer;
 
 use crate::cli::RegistryArgs;
-use crate::commands::parse_ref;
+use crate::commands::{index, parse_ref};
 use crate::settings::{Ctx, runtime};
 
 #[derive(Args, Debug)]
@@ -35,6 +35,10 @@ pub struct UnpackArgs {
     /// Leave files that already exist as they are and write the others (kit's -i).
     #[arg(short = 'i', long)]
     pub ignore_existing: bool,
+    /// REF is a ModelKit index: unpack the one ModelKit carrying this label (KEY=VALUE);
+    /// repeatable, every label must match.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// Used when REF is not in the local store: only the selected layers are downloaded.
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -85,7 +89,23 @@ pub fn run(mut a: UnpackArgs, ctx: &Ctx) -> Result<()> {
         .flat_map(|f| f.split(' ').filter(|s| !s.is_empty()))
         .map(|f| f.parse::<Filter>())
         .collect::<Result<Vec<_>, _>>()?;
-    let r = parse_ref(&a.reference)?;
+    let mut r = parse_ref(&a.reference)?;
+    if !a.labels.is_empty() {
+        r = index::select_modelkit(&store, &r, &a.labels, &a.registry, true)?;
+    } else if matches!(store.resolve(&r), Err(kitsnap_core::Error::NotFound(_)))
+        && store.resolve_index(&r).is_ok()
+    {
+        return Err(index::needs_label(&r, "unpack", false));
+    }
+    // A remote index named without labels: kit's message, with this verb.
+    let index_or = |e: kitsnap_registry::Error| {
+        let e = anyhow::Error::from(e);
+        if index::is_index_error(&e) {
+            index::needs_label(&r, "unpack", true)
+        } else {
+            e
+        }
+    };
     let d = match store.resolve(&r) {
         Ok(d) => d,
         Err(kitsnap_core::Error::NotFound(_)) if r.registry != DEFAULT_REGISTRY => {
@@ -102,6 +122,7 @@ pub fn run(mut a: UnpackArgs, ctx: &Ctx) -> Result<()> {
                         &a.dir,
                         ctx.progress,
                     ))
+                    .map_err(index_or)
                     .with_context(|| format!("unpacking {r}"))?;
                 if let Some(rep) = streamed {
                     for (k, p) in &rep.layers {
@@ -131,6 +152,7 @@ pub fn run(mut a: UnpackArgs, ctx: &Ctx) -> Result<()> {
                     &filters,
                     &a.registry.transfer(ctx.progress),
                 ))
+                .map_err(index_or)
                 .with_context(|| format!("fetching {r}"))?;
             eprintln!(
                 "Fetched {} blob(s) ({}) from {}",

@@ -64,6 +64,9 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -4,8 +4,8 @@
 //! [`kitfile`] and [`ignore`] (`.kitignore`), [`modelpack`] (model-spec file metadata, a
 //! Kitfile for a ModelPack without one). Layers: [`layers`] (which manifest layer is
 //! which Kitfile entry, `--filter`), [`extract`] (safe, digest-checked tar extraction),
-//! [`pack`], [`unpack`], [`init`]. The local OCI image-layout [`store`]. Registries and
-//! containerd live in the crates above this one.
+//! [`pack`], [`unpack`], [`init`]. The local OCI image-layout [`store`], and ModelKit
+//! indexes ([`index`]). Registries and containerd live in the crates above this one.
 
 pub mod cleanup;
 pub mod digest;
@@ -14,6 +14,7 @@ pub mod extract;
 pub mod goyaml;
 pub mod ignore;
 pub mod imageview;
+pub mod index;
 pub mod init;
 pub mod kitfile;
 pub mod layers;

@@ -21,6 +21,10 @@ use crate::reference::Reference;
 
 /// Keeps the repository of a manifest whose tag moved elsewhere, so it still lists.
 pub const ANNOTATION_UNTAGGED_REPO: &str = "dev.kitsnap.repository";
+/// The tag (`registry/repo:tag`) of a ModelKit index. Indexes have tags of their own, not
+/// `org.opencontainers.image.ref.name`: as in kit, an index and a ModelKit may share a
+/// reference, and ModelKit verbs (`list`, `remove`) never see indexes.
+pub const ANNOTATION_INDEX_REF: &str = "dev.kitsnap.index.ref.name";
 /// Manifests and configs are small; anything larger is refused rather than read into memory.
 pub const MAX_METADATA_BLOB: u64 = 4 << 20;
 
@@ -355,8 +359,10 @@ impl Store {
                     orphaned = Some(m.clone());
                     return false;
                 }
-                // Drop an untagged entry of the manifest being tagged.
-                !(r.is_none() && m.digest == desc.digest)
+                // Drop an untagged entry of the manifest being tagged (never an index's).
+                !(r.is_none()
+                    && m.digest == desc.digest
+                    && !m.annotations.contains_key(ANNOTATION_INDEX_REF))
             });
             let mut entry = desc.clone();
             entry.annotations.remove(ANNOTATION_UNTAGGED_REPO);
@@ -496,6 +502,11 @@ impl Store {
                 desc.annotations.clear();
                 return Ok(desc);
             }
+            if self.index_tags()?.iter().any(|t| &t.descriptor.digest == d) {
+                return Err(Error::Invalid(format!(
+                    "{reference} is a ModelKit index, not a ModelKit: see `kitsnap index --help`"
+                )));
+            }
             if self.has_blob(d) {
                 let size = fs::metadata(self.blob_path(d))?.len();
                 return Ok(Descriptor {
@@ -542,6 +553,10 @@ impl Store {
         self.update_index(|idx| {
             let before = idx.manifests.len();
             idx.manifests.retain(|m| {
+                // A ModelKit index's entries go through `untag_index`/`delete_index` only.
+                if m.annotations.contains_key(ANNOTATION_INDEX_REF) {
+                    return true;
+                }
                 if let Some(d) = &digest {
                     return &m.digest != d;
                 }
@@ -556,12 +571,13 @@ impl Store {
         })
     }
 
-    /// Drops every index entry.
+    /// Drops every ModelKit's entry (ModelKit indexes stay).
     pub fn untag_all(&self) -> Result<usize> {
         self.update_index(|idx| {
             let n = idx.manifests.len();
-            idx.manifests.clear();
-            Ok(n)
+            idx.manifests
+                .retain(|m| m.annotations.contains_key(ANNOTATION_INDEX_REF));
+            Ok(n - idx.manifests.len())
         })
     }
 
@@ -569,8 +585,10 @@ impl Store {
     pub fn prune_untagged(&self) -> Result<usize> {
         self.update_index(|idx| {
             let before = idx.manifests.len();
-            idx.manifests
-                .retain(|m| m.annotations.contains_key(ANNOTATION_REF_NAME));
+            idx.manifests.retain(|m| {
+                m.annotations.contains_key(ANNOTATION_REF_NAME)
+                    || m.annotations.contains_key(ANNOTATION_INDEX_REF)
+            });
             Ok(before - idx.manifests.len())
         })
     }
@@ -581,13 +599,25 @@ impl Store {
         let _idx = self.lock_index()?;
         let idx = self.read_index()?;
         let mut live: HashSet<String> = HashSet::new();
-        for m in &idx.manifests {
+        let keep_manifest = |m: &Descriptor, live: &mut HashSet<String>| {
             live.insert(m.digest.hex().to_string());
             // A manifest we cannot read keeps only itself alive; its layers may go.
             if let Ok(man) = self.manifest(m) {
                 live.insert(man.config.digest.hex().to_string());
                 for l in &man.layers {
                     live.insert(l.digest.hex().to_string());
+                }
+            }
+        };
+        for m in &idx.manifests {
+            keep_manifest(m, &mut live);
+            // The ModelKits an index refers to live as long as the index, tagged or not.
+            // An index that cannot be read stops the collection: its ModelKits may have
+            // nothing else keeping them.
+            if m.annotations.contains_key(ANNOTATION_INDEX_REF) {
+                let kit_index = self.read_kit_index(m)?;
+                for e in &kit_index.manifests {
+                    keep_manifest(&e.descriptor(), &mut live);
                 }
             }
         }
@@ -611,6 +641,175 @@ impl Store {
             stats.temp_files_removed += 1;
         }
         Ok(stats)
+    }
+}
+
+/// A tag of a ModelKit index in the store.
+#[derive(Clone, Debug)]
+pub struct IndexTag {
+    /// `registry/repository`
+    pub name: String,
+    pub tag: String,
+    pub descriptor: Descriptor,
+}
+
+/// ModelKit indexes: entries of `index.json` marked with [`ANNOTATION_INDEX_REF`].
+impl Store {
+    /// Every index tag, in `index.json` order.
+    pub fn index_tags(&self) -> Result<Vec<IndexTag>> {
+        let idx = self.read_index()?;
+        Ok(idx
+            .manifests
+            .iter()
+            .filter_map(|m| {
+                let (name, tag) = m.annotations.get(ANNOTATION_INDEX_REF)?.rsplit_once(':')?;
+                let mut descriptor = m.clone();
+                descriptor.annotations.clear();
+                Some(IndexTag {
+                    name: name.to_string(),
+                    tag: tag.to_string(),
+                    descriptor,
+                })
+            })
+            .collect())
+    }
+
+    /// The index a reference names: by tag, or by digest among the repository's indexes.
+    pub fn resolve_index(&self, reference: &Reference) -> Result<Descriptor> {
+        let name = reference.name();
+        let tags = self.index_tags()?;
+        let found = match (&reference.digest, reference.tag_or_default()) {
+            (Some(d), _) => tags
+                .into_iter()
+                .find(|t| t.name == name && &t.descriptor.digest == d),
+            (None, tag) => {
+                let tag = tag.unwrap_or(crate::reference::DEFAULT_TAG);
+                tags.into_iter().find(|t| t.name == name && t.tag == tag)
+            }
+        };
+        found
+            .map(|t| t.descriptor)
+            .ok_or_else(|| Error::NotFound(format!("index {reference}")))
+    }
+
+    /// Reads a stored ModelKit index.
+    pub fn read_kit_index(&self, desc: &Descriptor) -> Result<crate::index::ModelKitIndex> {
+        Ok(crate::index::ModelKitIndex::parse(&self.read_blob(desc)?)?)
+    }
+
+    /// The tags in `name` of the index with this digest.
+    pub fn index_tags_of(&self, name: &str, digest: &Digest) -> Result<Vec<String>> {
+        Ok(self
+            .index_tags()?
+            .into_iter()
+            .filter(|t| t.name == name && &t.descriptor.digest == digest)
+            .map(|t| t.tag)
+            .collect())
+    }
+
+    /// Rewrites the index tagged `reference` (which must carry a tag) under the store's
+    /// locks, so that concurrent edits never lose one another: `edit` gets the current
+    /// index (None if the tag does not exist) and returns the new bytes, or None to leave
+    /// it. The tag then names the new index; the old version goes with its last tag (its
+    /// blob at the next garbage collection). Returns the new descriptor.
+    pub fn edit_index<F>(&self, reference: &Reference, edit: F) -> Result<Option<Descriptor>>
+    where
+        F: FnOnce(Option<(Descriptor, Vec<u8>)>) -> Result<Option<Vec<u8>>>,
+    {
+        let tag = reference
+            .tag
+            .clone()
+            .ok_or_else(|| Error::Invalid(format!("{reference}: an index is edited by tag")))?;
+        let full = format!("{}:{tag}", reference.name());
+        // The writer lock before the index lock, as garbage collection takes them.
+        let _w = self.writer_lock()?;
+        self.update_index(|idx| {
+            let pos = idx
+                .manifests
+                .iter()
+                .position(|m| m.annotations.get(ANNOTATION_INDEX_REF) == Some(&full));
+            let current = match pos {
+                Some(i) => {
+                    let mut d = idx.manifests[i].clone();
+                    d.annotations.clear();
+                    let bytes = self.read_blob(&d)?;
+                    Some((d, bytes))
+                }
+                None => None,
+            };
+            let Some(bytes) = edit(current)? else {
+                return Ok(None);
+            };
+            let mut desc = self.put_bytes(oci::MEDIA_TYPE_INDEX, &bytes)?;
+            desc.artifact_type = Some(crate::index::ARTIFACT_TYPE_KIT_INDEX.to_string());
+            let mut entry = desc.clone();
+            entry
+                .annotations
+                .insert(ANNOTATION_INDEX_REF.into(), full.clone());
+            match pos {
+                Some(i) => idx.manifests[i] = entry,
+                None => idx.manifests.push(entry),
+            }
+            Ok(Some(desc))
+        })
+    }
+
+    /// Removes one tag of an index; the index itself goes with its last tag.
+    pub fn untag_index(&self, reference: &Reference) -> Result<()> {
+        let full = format!(
+            "{}:{}",
+            reference.name(),
+            reference
+                .tag_or_default()
+                .unwrap_or(crate::reference::DEFAULT_TAG)
+        );
+        self.update_index(|idx| {
+            let before = idx.manifests.len();
+            idx.manifests
+                .retain(|m| m.annotations.get(ANNOTATION_INDEX_REF) != Some(&full));
+            if idx.manifests.len() == before {
+                return Err(Error::NotFound(format!("index {reference}")));
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes every tag in `name` of the index with this digest; returns those tags. Its
+    /// blob goes at the next garbage collection, the ModelKits it referred to stay (unless
+    /// nothing else keeps them).
+    pub fn delete_index(&self, name: &str, digest: &Digest) -> Result<Vec<String>> {
+        let prefix = format!("{name}:");
+        self.update_index(|idx| {
+            let mut tags = Vec::new();
+            idx.manifests.retain(|m| {
+                let tag = m
+                    .annotations
+                    .get(ANNOTATION_INDEX_REF)
+                    .and_then(|r| r.strip_prefix(&prefix))
+                    .filter(|t| !t.contains('/'));
+                match tag {
+                    Some(t) if &m.digest == digest => {
+                        tags.push(t.to_string());
+                        false
+                    }
+                    _ => true,
+                }
+            });
+            Ok(tags)
+        })
+    }
+
+    /// The tagged indexes (`registry/repo:tag`) that refer to the manifest `digest`.
+    pub fn indexes_referring_to(&self, digest: &Digest) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for t in self.index_tags()? {
+            if let Ok(idx) = self.read_kit_index(&t.descriptor)
+                && idx.entry(digest).is_some()
+            {
+                out.push(format!("{}:{}", t.name, t.tag));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -10,6 +10,7 @@ use futures_util::{StreamExt, TryStreamExt, stream};
 
 use kitsnap_core::digest::Digest;
 use kitsnap_core::imageview;
+use kitsnap_core::index::{IndexError, ModelKitIndex};
 use kitsnap_core::layers::{self, Filter, FilterType};
 use kitsnap_core::oci::{Descriptor, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Manifest};
 use kitsnap_core::pack::{self, PackOptions};
@@ -126,6 +127,15 @@ pub async fn remote_manifest(
 ) -> Result<(Vec<u8>, Manifest, Descriptor)> {
     let (bytes, media_type, digest) = reg.get_manifest(&r.repository, &remote_ref(r)).await?;
     if media_type.starts_with(MEDIA_TYPE_INDEX) || media_type.contains("manifest.list") {
+        // A ModelKit index needs labels to choose one of its ModelKits.
+        if ModelKitIndex::parse(&bytes).is_ok() {
+            return Err(CoreError::from(IndexError::NeedsLabel {
+                reference: r.to_string(),
+                verb: "pull or unpack",
+                remote: " --remote",
+            })
+            .into());
+        }
         return Err(CoreError::NotAModelKit(format!(
             "{r} is {}; kitsnap pulls ModelKit manifests",
             describe_index(&bytes)
@@ -152,6 +162,30 @@ pub async fn remote_manifest(
         ..Default::default()
     };
     Ok((bytes, m, desc))
+}
+
+/// What a remote reference names, for the verbs that take both kinds.
+pub enum Remote {
+    Kit(Vec<u8>, Manifest, Descriptor),
+    Index(Vec<u8>, ModelKitIndex, Descriptor),
+}
+
+/// Fetches a remote manifest that is either a ModelKit (or ModelPack) or a ModelKit index.
+pub async fn remote_kit_or_index(reg: &Registry, r: &Reference) -> Result<Remote> {
+    check_remote(r)?;
+    let (bytes, media_type, digest) = reg.get_manifest(&r.repository, &remote_ref(r)).await?;
+    if media_type.starts_with(MEDIA_TYPE_INDEX) {
+        let idx = ModelKitIndex::parse(&bytes).map_err(CoreError::from)?;
+        let desc = Descriptor {
+            media_type: MEDIA_TYPE_INDEX.into(),
+            digest,
+            size: bytes.len() as u64,
+            ..Default::default()
+        };
+        return Ok(Remote::Index(bytes, idx, desc));
+    }
+    let (bytes, m, desc) = remote_manifest(reg, r).await?;
+    Ok(Remote::Kit(bytes, m, desc))
 }
 
 // Manifests that are not ModelKits are read with oci-spec's types: any valid OCI image or
@@ -257,6 +291,27 @@ pub async fn pull(
     r: &Reference,
     opts: &TransferOptions,
 ) -> Result<Report> {
+    let _w = store.writer_lock()?;
+    let report = pull_content(store, reg, r, opts).await?;
+    if let Some(stored) = &report.manifest {
+        if r.digest.is_some() && r.tag.is_none() {
+            store.add_untagged(&r.name(), stored)?;
+        } else {
+            store.tag(r, stored)?;
+        }
+    }
+    Ok(report)
+}
+
+/// The ModelKit's manifest and blobs into the store, with no tag or entry of its own: for
+/// a ModelKit that a ModelKit index keeps (the caller holds the store's writer lock until
+/// the index is tagged, or garbage collection may take it).
+pub async fn pull_content(
+    store: &Store,
+    reg: &Registry,
+    r: &Reference,
+    opts: &TransferOptions,
+) -> Result<Report> {
     check_remote(r)?;
     let _w = store.writer_lock()?;
     let (bytes, m, desc) = remote_manifest(reg, r).await?;
@@ -290,11 +345,6 @@ pub async fn pull(
     )
     .await?;
     let stored = store.put_bytes(&desc.media_type, &bytes)?;
-    if r.digest.is_some() && r.tag.is_none() {
-        store.add_untagged(&r.name(), &stored)?;
-    } else {
-        store.tag(r, &stored)?;
-    }
     report.manifest = Some(stored);
     Ok(report)
 }

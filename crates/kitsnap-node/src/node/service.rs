@@ -40,7 +40,7 @@ impl From<Error> for Status {
             | Error::Registry(R::Core(C::DigestMismatch { .. } | C::SizeMismatch { .. })) => {
                 Status::data_loss(msg)
             }
-            Error::Registry(R::Core(C::NotAModelKit(_) | C::Invalid(_))) => {
+            Error::Registry(R::Core(C::NotAModelKit(_) | C::Invalid(_) | C::Index(_))) => {
                 Status::invalid_argument(msg)
             }
             Error::Registry(R::Core(C::NotFound(_))) => Status::not_found(msg),
