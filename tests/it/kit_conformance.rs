@@ -283,6 +283,81 @@ fn pack_writes_kits_bytes() {
 /// Ignored by default (reported as "ignored", never as passed): kit cannot be installed on
 /// these machines (see the module comment), so CI cannot have it. scripts/test.sh runs it
 /// when a kit binary is at hand; asked for without one, it fails.
+/// A registry that serves other bytes for a layer than its digest names (a broken or
+/// compromised registry or mirror): `kitsnap unpack` straight from it refuses them and
+/// writes no file; kit v1.7.0's `unpack` straight from a registry writes them and exits 0
+/// (it reads oras-go's unverified remote Fetch into its tar reader), while `kit pull`
+/// refuses them. This is also why the peers benchmark times kit's unpack both ways.
+#[test]
+#[ignore = "needs a kit binary (KITSNAP_KIT); scripts/test.sh runs it when there is one"]
+fn kit_unpack_from_a_registry_writes_tampered_bytes_kitsnap_refuses_them() {
+    let kit = kit().expect("no kit binary: set KITSNAP_KIT=/path/to/kit");
+    require_registry!();
+    let t = tempfile::tempdir().unwrap();
+    let reg = RegistryProc::start(&t.path().join("reg"), None, None);
+    let tree = t.path().join("tree");
+    write(&tree, "model.bin", &vec![b'A'; 100_000], 0o644);
+    write(
+        &tree,
+        "Kitfile",
+        b"manifestVersion: 1.0.0\npackage:\n  name: t\nmodel:\n  path: model.bin\n",
+        0o644,
+    );
+    let r = format!("{}/tamper/kit:v1", reg.addr());
+    let store = t.path().join("store");
+    ok(&store, &["pack", tree.to_str().unwrap(), "-t", &r]);
+    ok(&store, &["push", &r, "--plain-http"]);
+    // Same size, other bytes, in the registry's own storage.
+    let data = t.path().join("reg/data");
+    let blob = files(&data)
+        .into_iter()
+        .find(|(p, b)| p.ends_with("/data") && b.len() > 50_000)
+        .map(|(p, _)| data.join(p))
+        .expect("the layer's blob in the registry's storage");
+    let mut b = fs::read(&blob).unwrap();
+    let at = b.windows(8).position(|w| w == b"AAAAAAAA").unwrap();
+    b[at..at + 8].copy_from_slice(b"TAMPERED");
+    fs::write(&blob, &b).unwrap();
+
+    let ks_out = t.path().join("ks-out");
+    let e = crate::support::fails(
+        &t.path().join("store2"),
+        &["unpack", &r, "-d", ks_out.to_str().unwrap(), "--plain-http"],
+    );
+    assert!(e.contains("does not match its digest"), "{e}");
+    assert!(!ks_out.join("model.bin").exists(), "kitsnap wrote no model");
+
+    let kit_out = t.path().join("kit-out");
+    let home = t.path().join("kithome");
+    let o = Command::new(&kit)
+        .env("KITOPS_HOME", &home)
+        .args([
+            "unpack",
+            &r,
+            "-d",
+            kit_out.to_str().unwrap(),
+            "--plain-http",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let written = fs::read(kit_out.join("model.bin")).unwrap();
+    assert!(
+        written.windows(8).any(|w| w == b"TAMPERED"),
+        "kit unpack wrote the tampered bytes"
+    );
+    let o = Command::new(&kit)
+        .env("KITOPS_HOME", &home)
+        .args(["pull", &r, "--plain-http"])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("hash does not match"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 #[test]
 #[ignore = "needs a kit binary (KITSNAP_KIT); scripts/test.sh runs it when there is one"]
 fn kit_reads_kitsnap_and_back() {

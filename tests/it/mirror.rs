@@ -397,6 +397,23 @@ fn native_pulls(v: &Version) {
         0,
         "{ctx}: copies left under kitsnap's root after every image went"
     );
+    // The mirror remembers where those layers came from (to fill them for containerd).
+    // `kitsnap pull --containerd` unpacks its layers itself: the filler must not unpack
+    // them a second time.
+    let fills = |s: &Setup| s.ks.log().matches("fill: layer unpacked").count();
+    let before = fills(&s);
+    let o = s.kitsnap_pull("after-gc", &s.plain);
+    assert!(
+        o.status.success(),
+        "{ctx}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(fills(&s), before, "{ctx}: {}", tail(&s.ks.log()));
+    assert_eq!(
+        support::copies_under(&s.ks.root, "model.bin", &model_sha),
+        1,
+        "{ctx}: one copy after kitsnap pull --containerd"
+    );
 
     raw_files_keep_their_metadata(&s, &ctx, first);
 }

@@ -57,8 +57,29 @@ pub const LEASE_OWNER: &str = "dev.kitsnap.lease.owner";
 /// On the image record of a ModelKit pulled by kitsnap.
 pub const IMAGE_KIND: &str = "dev.kitsnap.modelkit";
 
+/// Snapshot keys of `kitsnap pull --containerd`'s own layers (after containerd's
+/// `<namespace>/<id>/` prefix). The pull unpacks such a layer itself, so a Prepare with this
+/// key never asks the filler for it: that would download and unpack the layer twice.
+pub const PULL_EXTRACT_KEY: &str = "kitsnap-extract-";
+
+/// Whether a snapshotter key (as containerd passes it) is one of the pull's own.
+pub fn is_pull_extract_key(key: &str) -> bool {
+    key.rsplit('/')
+        .next()
+        .is_some_and(|k| k.starts_with(PULL_EXTRACT_KEY))
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_extract_keys_are_recognised_under_containerds_prefix() {
+        assert!(is_pull_extract_key("ns/12/kitsnap-extract-5-sha256:ab"));
+        assert!(!is_pull_extract_key("ns/12/extract-5-sha256:ab"));
+        assert!(!is_pull_extract_key("kitsnap-extract-x/ns/12/other"));
+    }
+
     #[test]
     fn distribution_source_drops_the_port_as_containerd_does() {
         use super::distribution_source as d;

@@ -1008,7 +1008,7 @@ impl Leased<'_> {
         if let Some(t) = &target {
             labels.insert(label::TARGET_REF.to_string(), t.to_string());
         }
-        let key = format!("kitsnap-extract-{}-{}", nonce(), l.desc.digest);
+        let key = format!("{}{}-{}", label::PULL_EXTRACT_KEY, nonce(), l.desc.digest);
         // Held already (this namespace, or the node via the remote-snapshot protocol): no
         // download, no unpack. Only possible when the chain ID is known in advance.
         let mounts = match ctr.prepare(&key, &parent_name, labels.clone()).await {

@@ -115,7 +115,10 @@ impl Snapshots for Service {
     ) -> Result<Response<pb::PrepareSnapshotResponse>, Status> {
         let r = r.into_inner();
         tracing::debug!(key = %r.key, parent = %r.parent, labels = ?r.labels, "prepare");
+        // kitsnap's own pull unpacks its layers itself (a held one is still adopted: see
+        // `create`); only containerd's unpacks are filled.
         if let (Some(p), Some(target)) = (&self.provider, r.labels.get(crate::labels::TARGET_REF))
+            && !crate::labels::is_pull_extract_key(&r.key)
             && p.provide(&r.parent, &r.labels).await
         {
             return Err(Status::already_exists(format!(
