@@ -477,6 +477,9 @@ pub fn assemble(plan: &Plan, written: &[Written], format: ModelFormat) -> Result
     })
 }
 
+/// Threads that fsync and rename finished blobs (see `pack_into`).
+const COMMITTERS: usize = 4;
+
 pub fn pack(store: &Store, opts: &PackOptions) -> Result<PackResult> {
     pack_into(store, opts, true)
 }
@@ -495,17 +498,59 @@ fn pack_into(store: &Store, opts: &PackOptions, tagged: bool) -> Result<PackResu
     let _writer = store.writer_lock()?;
     let mut written = Vec::new();
     let mut reused = 0;
-    for layer in &plan.layers {
-        bar.set_message(format!("{} {}", layer.entry.kind.user_str(), layer.path));
-        let mut ingest = store.ingest()?;
-        let file = ingest.file()?.try_clone()?;
-        let (mut buf, w) = encode_layer(BufWriter::with_capacity(IO_BUF, file), layer, opts, &bar)?;
-        buf.flush()?;
-        drop(buf);
-        reused += store.has_blob(&w.desc.digest) as usize;
-        store.commit(ingest, &w.desc.digest, false)?;
-        written.push(w);
-    }
+    // Blobs are fsynced and renamed into place by a few threads while the next layers are
+    // encoded: many small layers would otherwise wait on one fsync each, in turn (the
+    // filesystem's journal commits concurrent fsyncs together).
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(crate::store::Ingest, Digest)>(4);
+    let rx = std::sync::Mutex::new(rx);
+    std::thread::scope(|scope| -> Result<()> {
+        let committers: Vec<_> = (0..COMMITTERS)
+            .map(|_| {
+                let rx = &rx;
+                scope.spawn(move || -> Result<()> {
+                    loop {
+                        let next = match rx.lock() {
+                            Ok(r) => r.recv(),
+                            Err(_) => {
+                                return Err(Error::Internal("blob commit queue poisoned".into()));
+                            }
+                        };
+                        let Ok((ingest, digest)) = next else {
+                            return Ok(());
+                        };
+                        store.commit(ingest, &digest, false)?;
+                    }
+                })
+            })
+            .collect();
+        let encoded = (|| -> Result<()> {
+            for layer in &plan.layers {
+                bar.set_message(format!("{} {}", layer.entry.kind.user_str(), layer.path));
+                let mut ingest = store.ingest()?;
+                let file = ingest.file()?.try_clone()?;
+                let (mut buf, w) =
+                    encode_layer(BufWriter::with_capacity(IO_BUF, file), layer, opts, &bar)?;
+                buf.flush()?;
+                drop(buf);
+                reused += store.has_blob(&w.desc.digest) as usize;
+                // A send fails only once the committer stopped on an error: join says which.
+                if tx.send((ingest, w.desc.digest.clone())).is_err() {
+                    break;
+                }
+                written.push(w);
+            }
+            Ok(())
+        })();
+        drop(tx);
+        let mut committed = Ok(());
+        for c in committers {
+            let r = c
+                .join()
+                .map_err(|_| Error::Internal("blob commit thread panicked".into()))?;
+            committed = committed.and(r);
+        }
+        encoded.and(committed)
+    })?;
     bar.finish_and_clear();
     let a = assemble(&plan, &written, opts.format)?;
     store.put_bytes(&a.config.media_type, &a.config_bytes)?;

@@ -1,7 +1,8 @@
 //! The local store: an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/`).
 //!
 //! Crash safety: a blob is written under `ingest/`, fsynced, checked against its digest and
-//! renamed into `blobs/`; `index.json` is replaced by rename after the blobs it names exist.
+//! renamed into `blobs/`; `index.json` is replaced by rename after the blobs it names exist
+//! (and after `blobs/sha256` itself is fsynced, once for all the renames since the last time).
 //! A killed writer therefore leaves at most stray files in `ingest/`, never a torn blob or
 //! an index entry without its content. Two lock files order concurrent processes:
 //! `gc.lock` (shared by writers, exclusive for garbage collection) and `index.lock`
@@ -31,6 +32,9 @@ pub const MAX_METADATA_BLOB: u64 = 4 << 20;
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    /// Blobs renamed into `blobs/sha256` (or found there) since its directory was last
+    /// fsynced: one directory fsync before `index.json` names them, instead of one per blob.
+    blobs_unsynced: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A tagged (or untagged) ModelKit in the store.
@@ -105,6 +109,13 @@ pub fn kit_home() -> PathBuf {
 }
 
 impl Store {
+    fn at(root: PathBuf) -> Store {
+        Store {
+            root,
+            blobs_unsynced: Default::default(),
+        }
+    }
+
     /// `$KITSNAP_HOME/storage`, else `$XDG_DATA_HOME/kitsnap/storage`, else
     /// `~/.local/share/kitsnap/storage` (KitOps' layout under our own name).
     pub fn default_root() -> PathBuf {
@@ -127,10 +138,10 @@ impl Store {
         }
         let layout = root.join("oci-layout");
         if !layout.exists() {
-            let s = Store { root: root.clone() };
+            let s = Store::at(root.clone());
             s.write_atomic(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
         }
-        let store = Store { root };
+        let store = Store::at(root);
         if !store.root.join("index.json").exists() {
             let _l = store.lock_index()?;
             if !store.root.join("index.json").exists() {
@@ -153,7 +164,7 @@ impl Store {
                 )));
             }
         }
-        Ok(Store { root })
+        Ok(Store::at(root))
     }
 
     pub fn root(&self) -> &Path {
@@ -280,6 +291,9 @@ impl Store {
             }
         }
         let dest = self.blob_path(digest);
+        // Its directory entry is made durable before index.json names it (another writer's
+        // rename of the same blob may not be yet).
+        self.blobs_unsynced.store(true, Ordering::Release);
         if dest.exists() {
             // Same content already stored: the ingest is dropped (and deleted).
             return Ok(());
@@ -288,7 +302,6 @@ impl Store {
         if let Some(t) = ingest.tmp.take() {
             t.keep();
         }
-        sync_dir(dest.parent().unwrap_or(&self.root));
         Ok(())
     }
 
@@ -330,6 +343,7 @@ impl Store {
     }
 
     fn write_index(&self, idx: &Index) -> Result<()> {
+        self.sync_blobs_dir();
         let data = oci::to_go_json(idx)?;
         self.write_atomic(&self.root.join("index.json"), &data)
     }
@@ -848,6 +862,16 @@ impl Store {
             fs::remove_file(e.path()).at(e.path())?;
         }
         Ok(freed)
+    }
+}
+
+impl Store {
+    /// Makes the renames of committed blobs durable (see `blobs_unsynced`). Public for
+    /// writers that name blobs elsewhere than index.json.
+    pub fn sync_blobs_dir(&self) {
+        if self.blobs_unsynced.swap(false, Ordering::AcqRel) {
+            sync_dir(&self.root.join("blobs/sha256"));
+        }
     }
 }
 
