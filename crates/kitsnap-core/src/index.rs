@@ -581,6 +581,10 @@ pub fn indent_json(compact: &[u8]) -> String {
             '{' | '[' => {
                 out.push(c);
                 let close = if c == '{' { '}' } else { ']' };
+                // `[ ]` is empty too: json.Indent prints `[]`.
+                while chars.peek().is_some_and(|c| c.is_whitespace()) {
+                    chars.next();
+                }
                 if chars.peek() == Some(&close) {
                     out.push(close);
                     chars.next();
@@ -845,6 +849,11 @@ mod tests {
         assert_eq!(
             s,
             "{\n  \"a\": [],\n  \"b\": {\n    \"c\": 7000000000,\n    \"d\": \"x:,{\"\n  },\n  \"e\": {}\n}"
+        );
+        // Whitespace another tool left in is dropped, as json.Indent drops it.
+        assert_eq!(
+            indent_json(b"{ \"a\" : [ ] , \"b\":{ } }"),
+            "{\n  \"a\": [],\n  \"b\": {}\n}"
         );
     }
 }
