@@ -52,6 +52,11 @@ impl Ctx {
         fails(&self.store(), args)
     }
 
+    /// `kitsnap index add ARGS...`
+    fn index_add(&self, args: &[&str]) -> String {
+        self.ok(&[&["index", "add"][..], args].concat())
+    }
+
     /// Packs a one-file model (`model.bin` holding `weights`) as `tag`; returns its digest.
     fn pack(&self, tag: &str, weights: &str) -> String {
         let dir = self.p(&format!("src-{}", tag.replace(['/', ':'], "_")));
@@ -107,7 +112,7 @@ fn round_trip_create_add_info_inspect_remove_delete() {
         added.contains("Added test/model:q4_0 to index test/model:all (digest sha256:"),
         "{added}"
     );
-    c.ok(&["index", "add", "test/model:all", "test/model:q8_0"]);
+    c.index_add(&["test/model:all", "test/model:q8_0"]);
     let info = c.ok(&["index", "info", "test/model:all"]);
     assert!(info.contains("2 ModelKits:"), "{info}");
     assert!(info.contains(&q4) && info.contains(&q8), "{info}");
@@ -162,9 +167,7 @@ fn labels_annotations_and_add_by_digest() {
     let c = Ctx::new();
     let (_, q8) = c.two_variants("test/model");
     c.ok(&["index", "create", "test/model:all"]);
-    c.ok(&[
-        "index",
-        "add",
+    c.index_add(&[
         "test/model:all",
         "test/model:q4_0",
         "-l",
@@ -225,21 +228,12 @@ fn labels_annotations_and_add_by_digest() {
     );
 
     // Re-adding merges: the untouched label survives, the removed one goes.
-    c.ok(&[
-        "index",
-        "add",
-        "test/model:all",
-        "test/model:q4_0",
-        "-l",
-        "vram-",
-    ]);
+    c.index_add(&["test/model:all", "test/model:q4_0", "-l", "vram-"]);
     let info = c.ok(&["index", "info", "test/model:all"]);
     assert!(info.contains("quantization=q4_0"), "{info}");
     assert!(!info.contains("vram="), "{info}");
     assert!(info.contains("org.example.tested=true"), "{info}");
-    c.ok(&[
-        "index",
-        "add",
+    c.index_add(&[
         "test/model:all",
         "test/model:q4_0",
         "--annotate",
@@ -249,12 +243,7 @@ fn labels_annotations_and_add_by_digest() {
     assert!(!info.contains("org.example.tested"), "{info}");
 
     // Added by digest: no reference recorded, shown as <none>.
-    c.ok(&[
-        "index",
-        "add",
-        "test/model:all",
-        &format!("test/model@{q8}"),
-    ]);
+    c.index_add(&["test/model:all", &format!("test/model@{q8}")]);
     let info = c.ok(&["index", "info", "test/model:all"]);
     assert!(
         line_matches(&info, |w| w.first() == Some(&"<none>")
@@ -296,8 +285,8 @@ fn list_hides_indexes_and_delete_keeps_the_modelkits() {
     let c = Ctx::new();
     let (q4, q8) = c.two_variants("test/model");
     c.ok(&["index", "create", "test/model:all"]);
-    c.ok(&["index", "add", "test/model:all", "test/model:q4_0"]);
-    c.ok(&["index", "add", "test/model:all", "test/model:q8_0"]);
+    c.index_add(&["test/model:all", "test/model:q4_0"]);
+    c.index_add(&["test/model:all", "test/model:q8_0"]);
     let list = c.ok(&["list"]);
     assert!(!line_matches(&list, |w| w.get(1) == Some(&"all")), "{list}");
     let indexes = c.ok(&["index", "list"]);
@@ -334,9 +323,7 @@ fn remove_keeps_a_modelkit_while_an_index_refers_to_it() {
     let c = Ctx::new();
     let (q4, _) = c.two_variants("test/model");
     c.ok(&["index", "create", "test/model:all"]);
-    c.ok(&[
-        "index",
-        "add",
+    c.index_add(&[
         "test/model:all",
         "test/model:q4_0",
         "-l",
@@ -382,7 +369,7 @@ fn modelkit_verbs_leave_indexes_alone() {
         .trim()
         .to_string();
     assert!(digest.starts_with("sha256:"), "{digest}");
-    c.ok(&["index", "add", "test/model:all", "test/model:q4_0"]);
+    c.index_add(&["test/model:all", "test/model:q4_0"]);
     let digest = c
         .ok(&["index", "add", "test/model:all", "test/model:q8_0"])
         .trim()
@@ -412,7 +399,7 @@ fn an_index_and_a_modelkit_share_a_reference() {
     c.pack("test/model:q4_0", "weights-q4");
     c.pack("test/model:all", "weights-all");
     c.ok(&["index", "create", "test/model:all"]);
-    c.ok(&["index", "add", "test/model:all", "test/model:q4_0"]);
+    c.index_add(&["test/model:all", "test/model:q4_0"]);
     let kit = c.ok(&["inspect", "test/model:all"]);
     // `inspect` is the ModelKit's document (kit 1.7's manifest has no mediaType).
     assert!(
@@ -439,9 +426,7 @@ fn unpack_selects_by_label() {
     let c = Ctx::new();
     c.two_variants("test/model");
     c.ok(&["index", "create", "test/model:all"]);
-    c.ok(&[
-        "index",
-        "add",
+    c.index_add(&[
         "test/model:all",
         "test/model:q4_0",
         "-l",
@@ -449,9 +434,7 @@ fn unpack_selects_by_label() {
         "-l",
         "gpu=cuda",
     ]);
-    c.ok(&[
-        "index",
-        "add",
+    c.index_add(&[
         "test/model:all",
         "test/model:q8_0",
         "-l",
@@ -546,9 +529,7 @@ fn push_and_pull_through_a_registry() {
     );
     let all = format!("{repo}:all");
     c.ok(&["index", "create", &all]);
-    c.ok(&[
-        "index",
-        "add",
+    c.index_add(&[
         &all,
         &format!("{repo}:q4_0"),
         "-l",
@@ -556,14 +537,7 @@ fn push_and_pull_through_a_registry() {
         "-l",
         "n:=7000000000",
     ]);
-    c.ok(&[
-        "index",
-        "add",
-        &all,
-        &format!("{repo}:q8_0"),
-        "-l",
-        "quantization=q8_0",
-    ]);
+    c.index_add(&[&all, &format!("{repo}:q8_0"), "-l", "quantization=q8_0"]);
     let local = c.ok(&["index", "inspect", &all]);
 
     // Kit's way first: only the index, whose ModelKits the registry lacks.
@@ -618,22 +592,8 @@ fn pull_and_unpack_select_from_a_remote_index() {
     let q8 = c.pack(&format!("{repo}:q8_0"), "weights-q8");
     let all = format!("{repo}:all");
     c.ok(&["index", "create", &all]);
-    c.ok(&[
-        "index",
-        "add",
-        &all,
-        &format!("{repo}:q4_0"),
-        "-l",
-        "quantization=q4_0",
-    ]);
-    c.ok(&[
-        "index",
-        "add",
-        &all,
-        &format!("{repo}:q8_0"),
-        "-l",
-        "quantization=q8_0",
-    ]);
+    c.index_add(&[&all, &format!("{repo}:q4_0"), "-l", "quantization=q4_0"]);
+    c.index_add(&[&all, &format!("{repo}:q8_0"), "-l", "quantization=q8_0"]);
     c.ok(&["index", "push", &all, "--plain-http"]);
 
     let other = Ctx::new();
@@ -699,20 +659,13 @@ fn pull_l_reads_the_registrys_index_and_remote_list_skips_it() {
     let all = format!("{repo}:all");
     let q4_ref = format!("{repo}:q4_0");
     c.ok(&["index", "create", &all]);
-    c.ok(&["index", "add", &all, &q4_ref, "-l", "pick=yes"]);
+    c.index_add(&[&all, &q4_ref, "-l", "pick=yes"]);
     c.ok(&["index", "push", &all, "--plain-http"]);
     let other = Ctx::new();
     other.ok(&["index", "pull", &all, "--plain-http"]);
     // The registry's index moves on: q8_0 is now the pick.
-    c.ok(&["index", "add", &all, &q4_ref, "-l", "pick-"]);
-    c.ok(&[
-        "index",
-        "add",
-        &all,
-        &format!("{repo}:q8_0"),
-        "-l",
-        "pick=yes",
-    ]);
+    c.index_add(&[&all, &q4_ref, "-l", "pick-"]);
+    c.index_add(&[&all, &format!("{repo}:q8_0"), "-l", "pick=yes"]);
     c.ok(&["index", "push", &all, "--plain-http"]);
     let got = other.ok(&["pull", &all, "-l", "pick=yes", "--plain-http"]);
     assert_eq!(got.trim(), q8);

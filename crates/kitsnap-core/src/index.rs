@@ -163,24 +163,53 @@ fn compact_metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ModelMetadata, D:
 
 /// Valid JSON text without the whitespace between tokens; strings and numbers untouched.
 fn compact_raw(text: &str) -> Result<Box<RawValue>, serde_json::Error> {
-    let mut out = String::with_capacity(text.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for c in text.chars() {
-        if in_string {
-            out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
-        } else if !matches!(c, ' ' | '\t' | '\n' | '\r') {
-            in_string = c == '"';
-            out.push(c);
+    RawValue::from_string(JsonChars::new(text).map(|(c, _)| c).collect())
+}
+
+/// The characters of JSON text without the whitespace between tokens, each with whether
+/// it is inside a string (quotes included): what compacting and indenting walk.
+struct JsonChars<'a> {
+    chars: std::str::Chars<'a>,
+    in_string: bool,
+    escaped: bool,
+}
+
+impl<'a> JsonChars<'a> {
+    fn new(text: &'a str) -> Self {
+        JsonChars {
+            chars: text.chars(),
+            in_string: false,
+            escaped: false,
         }
     }
-    RawValue::from_string(out)
+}
+
+impl Iterator for JsonChars<'_> {
+    type Item = (char, bool);
+
+    fn next(&mut self) -> Option<(char, bool)> {
+        loop {
+            let c = self.chars.next()?;
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if c == '\\' {
+                    self.escaped = true;
+                } else if c == '"' {
+                    self.in_string = false;
+                }
+                return Some((c, true));
+            }
+            match c {
+                ' ' | '\t' | '\n' | '\r' => continue,
+                '"' => {
+                    self.in_string = true;
+                    return Some((c, true));
+                }
+                _ => return Some((c, false)),
+            }
+        }
+    }
 }
 
 impl IndexEntry {
@@ -555,37 +584,21 @@ pub fn indent_json(compact: &[u8]) -> String {
     let text = String::from_utf8_lossy(compact);
     let mut out = String::with_capacity(text.len() * 2);
     let mut depth = 0usize;
-    let (mut in_string, mut escaped) = (false, false);
-    let mut chars = text.chars().peekable();
+    let mut chars = JsonChars::new(&text).peekable();
     let newline = |out: &mut String, depth: usize| {
         out.push('\n');
         out.extend(std::iter::repeat_n("  ", depth));
     };
-    while let Some(c) = chars.next() {
+    while let Some((c, in_string)) = chars.next() {
         if in_string {
             out.push(c);
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            }
             continue;
         }
         match c {
-            '"' => {
-                in_string = true;
-                out.push(c);
-            }
             '{' | '[' => {
                 out.push(c);
                 let close = if c == '{' { '}' } else { ']' };
-                // `[ ]` is empty too: json.Indent prints `[]`.
-                while chars.peek().is_some_and(|c| c.is_whitespace()) {
-                    chars.next();
-                }
-                if chars.peek() == Some(&close) {
+                if chars.peek() == Some(&(close, false)) {
                     out.push(close);
                     chars.next();
                 } else {
@@ -603,7 +616,6 @@ pub fn indent_json(compact: &[u8]) -> String {
                 newline(&mut out, depth);
             }
             ':' => out.push_str(": "),
-            c if c.is_whitespace() => {}
             c => out.push(c),
         }
     }
