@@ -391,6 +391,40 @@ fn modelkit_verbs_leave_indexes_alone() {
     assert!(e.contains("could not find index"), "{e}");
     let info = c.ok(&["index", "info", "test/model:all"]);
     assert!(info.contains("2 ModelKits:"), "{info}");
+    // --all alone has nothing to delete (kitsnap keeps no untagged index).
+    let out = c.out(&["index", "delete", "--all"]);
+    assert!(out.contains("No untagged indexes to delete"), "{out}");
+    c.ok(&["index", "info", "test/model:all"]);
+}
+
+/// An index blob that cannot be read stops garbage collection: the ModelKits only it keeps
+/// are not freed on a guess.
+#[test]
+fn gc_stops_on_an_unreadable_index() {
+    let c = Ctx::new();
+    let (q4, _) = c.two_variants("test/model");
+    c.ok(&["index", "create", "test/model:all"]);
+    let index = c
+        .index_add(&["test/model:all", "test/model:q4_0"])
+        .trim()
+        .to_string();
+    c.ok(&["remove", "test/model:q4_0"]);
+    let blob = |d: &str| {
+        c.store()
+            .join("blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    assert!(blob(&q4).exists(), "the index keeps q4_0");
+    fs::write(blob(&index), b"{not an index").unwrap();
+    let e = c.fails(&["remove", "test/model:q8_0"]);
+    assert!(
+        e.contains("garbage collection stopped") && e.contains("kitsnap index delete"),
+        "{e}"
+    );
+    assert!(
+        blob(&q4).exists(),
+        "q4_0 was collected although an index may refer to it"
+    );
 }
 
 #[test]
@@ -580,6 +614,42 @@ fn push_and_pull_through_a_registry() {
         d.to_str().unwrap(),
     ]);
     assert_eq!(model_bytes(&d), "weights-q8");
+}
+
+/// `index push` of an index whose ModelKit the store holds only in part (unpacked with a
+/// filter straight from the registry) skips that ModelKit, says so, and pushes the rest.
+#[test]
+fn index_push_skips_a_modelkit_held_in_part() {
+    require_registry!();
+    let c = Ctx::new();
+    let reg = RegistryProc::start(&c.p("reg"), None, None);
+    let repo = format!("{}/team/model", reg.addr());
+    c.pack(&format!("{repo}:q4_0"), "weights-q4");
+    c.pack(&format!("{repo}:q8_0"), "weights-q8");
+    let all = format!("{repo}:all");
+    c.ok(&["index", "create", &all]);
+    c.index_add(&[&all, &format!("{repo}:q4_0"), "-l", "q=4"]);
+    c.index_add(&[&all, &format!("{repo}:q8_0"), "-l", "q=8"]);
+    c.ok(&["index", "push", &all, "--plain-http"]);
+
+    let other = Ctx::new();
+    other.ok(&["index", "pull", &all, "--plain-http", "--index-only"]);
+    let d = other.p("kf");
+    other.ok(&[
+        "unpack",
+        &all,
+        "-l",
+        "q=4",
+        "--filter=kitfile",
+        "--plain-http",
+        "-d",
+        d.to_str().unwrap(),
+    ]);
+    let out = other.out(&["index", "push", &all, "--plain-http"]);
+    assert!(
+        out.contains("is not whole in the store") && out.contains("Pushed index sha256:"),
+        "{out}"
+    );
 }
 
 #[test]

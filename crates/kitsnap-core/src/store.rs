@@ -628,8 +628,13 @@ impl Store {
             // The ModelKits an index refers to live as long as the index, tagged or not.
             // An index that cannot be read stops the collection: its ModelKits may have
             // nothing else keeping them.
-            if m.annotations.contains_key(ANNOTATION_INDEX_REF) {
-                let kit_index = self.read_kit_index(m)?;
+            if let Some(tag) = m.annotations.get(ANNOTATION_INDEX_REF) {
+                let kit_index = self.read_kit_index(m).map_err(|e| {
+                    Error::Invalid(format!(
+                        "garbage collection stopped, nothing deleted: ModelKit index {tag} ({}) cannot be read ({e}), so the ModelKits it refers to are kept; `kitsnap index delete {tag}` removes it",
+                        m.digest
+                    ))
+                })?;
                 for e in &kit_index.manifests {
                     keep_manifest(&e.descriptor(), &mut live);
                 }
