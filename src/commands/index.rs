@@ -22,6 +22,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::cli::RegistryArgs;
+use crate::commands::list::display_repo;
 use crate::commands::parse_ref;
 use crate::output::{Format, write_table};
 use crate::settings::{Ctx, runtime};
@@ -253,11 +254,6 @@ pub(crate) fn display(r: &Reference) -> String {
         .unwrap_or(s)
 }
 
-/// `registry/repo` as kit shows it.
-fn display_repo(name: &str) -> &str {
-    name.strip_prefix("localhost/").unwrap_or(name)
-}
-
 /// An index named by tag, for the verbs that write it: `latest` when none is given.
 fn index_tag_ref(s: &str) -> Result<Reference> {
     let mut r = parse_ref(s)?;
@@ -487,19 +483,18 @@ fn delete(a: DeleteArgs, ctx: &Ctx) -> Result<()> {
                 eprintln!("No untagged indexes to delete (--all --force deletes every index)");
                 return Ok(());
             }
-            {
-                let mut seen: Vec<(String, Digest)> = Vec::new();
-                for t in store.index_tags()? {
-                    if !seen.contains(&(t.name.clone(), t.descriptor.digest.clone())) {
-                        seen.push((t.name.clone(), t.descriptor.digest.clone()));
-                    }
+            let mut seen: Vec<(String, Digest)> = Vec::new();
+            for t in store.index_tags()? {
+                let key = (t.name, t.descriptor.digest);
+                if !seen.contains(&key) {
+                    seen.push(key);
                 }
-                for (name, d) in seen {
-                    let tags = store.delete_index(&name, &d)?;
-                    eprintln!("Deleted index {}@{d}", display_repo(&name));
-                    if !tags.is_empty() {
-                        eprintln!("Removed tags: {}", tags.join(", "));
-                    }
+            }
+            for (name, d) in seen {
+                let tags = store.delete_index(&name, &d)?;
+                eprintln!("Deleted index {}@{d}", display_repo(&name));
+                if !tags.is_empty() {
+                    eprintln!("Removed tags: {}", tags.join(", "));
                 }
             }
         }
@@ -824,17 +819,12 @@ fn push(a: PushArgs, ctx: &Ctx) -> Result<()> {
                 );
                 continue;
             }
-            let at = |r: &Reference| Reference {
-                tag: None,
-                digest: Some(e.digest.clone()),
-                ..r.clone()
-            };
             let rep = rt
                 .block_on(transfer::push(
                     &store,
                     &reg,
-                    &at(&src),
-                    &at(&dst),
+                    &src.at_digest(&e.digest),
+                    &dst.at_digest(&e.digest),
                     &a.registry.transfer(ctx.progress),
                 ))
                 .with_context(|| format!("pushing ModelKit {}", e.digest))?;
@@ -883,16 +873,11 @@ fn pull(a: PullArgs, ctx: &Ctx) -> Result<()> {
     if !a.index_only {
         let repo = display_repo(&r.name()).to_string();
         for e in &idx.manifests {
-            let kit = Reference {
-                tag: None,
-                digest: Some(e.digest.clone()),
-                ..r.clone()
-            };
             let rep = rt
                 .block_on(transfer::pull_content(
                     &store,
                     &reg,
-                    &kit,
+                    &r.at_digest(&e.digest),
                     &a.registry.transfer(ctx.progress),
                 ))
                 .with_context(|| format!("pulling ModelKit {}", e.digest))?;
@@ -951,16 +936,14 @@ pub(crate) fn select_from(
     r: &Reference,
     selector: &std::collections::BTreeMap<String, String>,
 ) -> Result<Reference> {
-    let entry = idx.select(selector, display_repo(&r.name()))?;
+    let name = r.name();
+    let repo = display_repo(&name);
+    let entry = idx.select(selector, repo)?;
     let who = entry
-        .reference(display_repo(&r.name()))
+        .reference(repo)
         .unwrap_or_else(|| entry.digest.to_string());
     eprintln!("Index {} refers to ModelKit {who}", display(r));
-    Ok(Reference {
-        tag: None,
-        digest: Some(entry.digest.clone()),
-        ..r.clone()
-    })
+    Ok(r.at_digest(&entry.digest))
 }
 
 /// kit's "select the ModelKit to VERB with --label" for an index named without labels.
@@ -973,8 +956,23 @@ pub(crate) fn needs_label(r: &Reference, verb: &'static str, remote: bool) -> an
     .into()
 }
 
+/// A registry error from fetching `r` for `verb`: "this is a ModelKit index" becomes kit's
+/// message for that verb, any other error stays as it is.
+pub(crate) fn with_label_hint(
+    e: kitsnap_registry::Error,
+    r: &Reference,
+    verb: &'static str,
+) -> anyhow::Error {
+    let e = anyhow::Error::from(e);
+    if is_index_error(&e) {
+        needs_label(r, verb, true)
+    } else {
+        e
+    }
+}
+
 /// Whether a registry error is "this is a ModelKit index" (then the verb says so itself).
-pub(crate) fn is_index_error(e: &anyhow::Error) -> bool {
+fn is_index_error(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<kitsnap_registry::Error>(),

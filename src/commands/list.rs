@@ -41,7 +41,7 @@ pub struct ListArgs {
 }
 
 /// kit shows the default registry's repositories without `localhost/`.
-fn display_repo(name: &str) -> &str {
+pub(crate) fn display_repo(name: &str) -> &str {
     // An untagged pack (no --tag) has no repository at all.
     if name.is_empty() {
         return "<none>";

@@ -63,14 +63,7 @@ fn into_store(a: PullArgs, ctx: &Ctx) -> Result<()> {
             &r,
             &a.registry.transfer(ctx.progress),
         ))
-        .map_err(|e| {
-            let e = anyhow::Error::from(e);
-            if index::is_index_error(&e) {
-                index::needs_label(&r, "pull", true)
-            } else {
-                e
-            }
-        })
+        .map_err(|e| index::with_label_hint(e, &r, "pull"))
         .with_context(|| format!("pulling {r}"))?;
     eprintln!("{r}: {}", rep.summary("pulled", "already stored"));
     // As kit does: the parent ModelKits its model.path names come too.
@@ -92,7 +85,6 @@ fn from_index(
     a: &PullArgs,
     ctx: &Ctx,
 ) -> Result<()> {
-    transfer::check_remote(r)?;
     let rt = runtime()?;
     let target = match rt.block_on(transfer::remote_kit_or_index(reg, r))? {
         transfer::Remote::Kit(..) => {
@@ -121,11 +113,7 @@ fn from_index(
     let Some(d) = rep.manifest.clone() else {
         return Ok(());
     };
-    if r.digest.is_some() && r.tag.is_none() {
-        store.add_untagged(&r.name(), &d)?;
-    } else {
-        store.tag(r, &d)?;
-    }
+    store.name_pulled(r, &d)?;
     eprintln!("{r}: {}", rep.summary("pulled", "already stored"));
     parents(store, r, &d, &a.registry, ctx)?;
     writeln!(crate::output::stdout(), "{}", d.digest)?;

@@ -79,10 +79,7 @@ pub fn run(a: RemoveArgs, ctx: &Ctx) -> Result<()> {
             let target = if a.force && r.digest.is_none() {
                 // Every tag of the same manifest goes with it.
                 let desc = store.resolve(r).with_context(|| format!("removing {r}"))?;
-                let mut by_digest = r.clone();
-                by_digest.tag = None;
-                by_digest.digest = Some(desc.digest);
-                by_digest
+                r.at_digest(&desc.digest)
             } else {
                 r.clone()
             };

@@ -98,14 +98,7 @@ pub fn run(mut a: UnpackArgs, ctx: &Ctx) -> Result<()> {
         return Err(index::needs_label(&r, "unpack", false));
     }
     // A remote index named without labels: kit's message, with this verb.
-    let index_or = |e: kitsnap_registry::Error| {
-        let e = anyhow::Error::from(e);
-        if index::is_index_error(&e) {
-            index::needs_label(&r, "unpack", true)
-        } else {
-            e
-        }
-    };
+    let index_or = |e| index::with_label_hint(e, &r, "unpack");
     let d = match store.resolve(&r) {
         Ok(d) => d,
         Err(kitsnap_core::Error::NotFound(_)) if r.registry != DEFAULT_REGISTRY => {

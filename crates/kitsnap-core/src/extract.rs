@@ -101,8 +101,8 @@ fn extract_planned<R: Read>(
         Ok((l.desc.size, None))
     } else if l.raw {
         // The blob is the file: its size is known and checked.
-        let wrapper = RawWrapper::for_layer(l)?;
         let meta = raw_metadata(&l.desc, &what)?;
+        let wrapper = RawWrapper::with_metadata(&l.path, l.desc.size, meta.as_ref(), &what)?;
         let mut tar = Sha256::new();
         tar.update(wrapper.prefix());
         let hashed = Sha256Tee {
@@ -643,7 +643,7 @@ fn extract_raw_with<R: Read>(
         Ok(t) => t.flatten(),
         Err(msg) => return Err(Error::Invalid(format!("{what}: {msg}"))),
     };
-    let mode = meta.map(|m| m.mode & 0o777).filter(|m| *m != 0);
+    let mode = meta.and_then(FileMetadata::permissions);
     let parts = safe_components(path, what)?;
     if parts.is_empty() {
         return Err(Error::UnsafeLayer {

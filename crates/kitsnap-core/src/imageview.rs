@@ -524,16 +524,22 @@ impl RawWrapper {
     pub fn for_blob(path: &str, desc: &Descriptor) -> Result<RawWrapper> {
         let what = format!("raw layer {path} ({})", desc.digest.short());
         let meta = crate::extract::raw_metadata(desc, &what)?;
-        let mtime = match meta
-            .as_ref()
-            .map(FileMetadata::mtime_since_epoch)
-            .transpose()
-        {
+        RawWrapper::with_metadata(path, desc.size, meta.as_ref(), &what)
+    }
+
+    /// The tar of a raw file of `size` bytes at `path`, with the mode and mtime of `meta`
+    /// (checked already: see `extract::raw_metadata`); `what` names it in errors.
+    pub fn with_metadata(
+        path: &str,
+        size: u64,
+        meta: Option<&FileMetadata>,
+        what: &str,
+    ) -> Result<RawWrapper> {
+        let mtime = match meta.map(FileMetadata::mtime_since_epoch).transpose() {
             Ok(t) => t.flatten(),
             Err(msg) => return Err(Error::Invalid(format!("{what}: {msg}"))),
         };
-        let mode = meta.map(|m| m.mode & 0o777).filter(|m| *m != 0);
-        RawWrapper::new(path, desc.size, mode, mtime)
+        RawWrapper::new(path, size, meta.and_then(FileMetadata::permissions), mtime)
     }
 
     pub fn new(

@@ -73,6 +73,11 @@ impl FileMetadata {
         Ok(Some(m))
     }
 
+    /// The permission bits to give the file; None for Go's zero mode (left as written).
+    pub fn permissions(&self) -> Option<u32> {
+        Some(self.mode & 0o777).filter(|m| *m != 0)
+    }
+
     /// The modification time as seconds and nanoseconds since the Unix epoch; None when
     /// absent (Go's zero time, as modctl skips it).
     pub fn mtime_since_epoch(&self) -> std::result::Result<Option<(i64, u32)>, String> {

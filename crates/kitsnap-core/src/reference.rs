@@ -24,6 +24,15 @@ impl Reference {
         format!("{}/{}", self.registry, self.repository)
     }
 
+    /// The same repository, naming the manifest `digest` (and no tag).
+    pub fn at_digest(&self, digest: &Digest) -> Reference {
+        Reference {
+            tag: None,
+            digest: Some(digest.clone()),
+            ..self.clone()
+        }
+    }
+
     /// The tag, or `latest` when neither tag nor digest was given.
     pub fn tag_or_default(&self) -> Option<&str> {
         match (&self.tag, &self.digest) {

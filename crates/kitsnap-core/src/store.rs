@@ -357,6 +357,16 @@ impl Store {
         Ok(out)
     }
 
+    /// Records a pulled manifest under the reference it was pulled by: tagged, or, for a
+    /// digest alone, untagged in that repository.
+    pub fn name_pulled(&self, reference: &Reference, desc: &Descriptor) -> Result<()> {
+        if reference.digest.is_some() && reference.tag.is_none() {
+            self.add_untagged(&reference.name(), desc)
+        } else {
+            self.tag(reference, desc)
+        }
+    }
+
     /// Points `reference` (which must carry a tag) at `desc`. A manifest that loses its
     /// last tag stays listed as untagged until removed.
     pub fn tag(&self, reference: &Reference, desc: &Descriptor) -> Result<()> {
@@ -816,19 +826,6 @@ impl Store {
             });
             Ok(tags)
         })
-    }
-
-    /// The tagged indexes (`registry/repo:tag`) that refer to the manifest `digest`.
-    pub fn indexes_referring_to(&self, digest: &Digest) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for t in self.index_tags()? {
-            if let Ok(idx) = self.read_kit_index(&t.descriptor)
-                && idx.entry(digest).is_some()
-            {
-                out.push(format!("{}:{}", t.name, t.tag));
-            }
-        }
-        Ok(out)
     }
 }
 

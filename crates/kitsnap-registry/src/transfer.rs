@@ -126,6 +126,17 @@ pub async fn remote_manifest(
     r: &Reference,
 ) -> Result<(Vec<u8>, Manifest, Descriptor)> {
     let (bytes, media_type, digest) = reg.get_manifest(&r.repository, &remote_ref(r)).await?;
+    kit_manifest(r, bytes, &media_type, digest)
+}
+
+/// Checks fetched manifest bytes as a ModelKit manifest (refusing indexes and other
+/// artifacts) and describes them.
+fn kit_manifest(
+    r: &Reference,
+    bytes: Vec<u8>,
+    media_type: &str,
+    digest: Digest,
+) -> Result<(Vec<u8>, Manifest, Descriptor)> {
     if media_type.starts_with(MEDIA_TYPE_INDEX) || media_type.contains("manifest.list") {
         // A ModelKit index needs labels to choose one of its ModelKits.
         if ModelKitIndex::parse(&bytes).is_ok() {
@@ -184,7 +195,7 @@ pub async fn remote_kit_or_index(reg: &Registry, r: &Reference) -> Result<Remote
         };
         return Ok(Remote::Index(bytes, idx, desc));
     }
-    let (bytes, m, desc) = remote_manifest(reg, r).await?;
+    let (bytes, m, desc) = kit_manifest(r, bytes, &media_type, digest)?;
     Ok(Remote::Kit(bytes, m, desc))
 }
 
@@ -294,18 +305,15 @@ pub async fn pull(
     let _w = store.writer_lock()?;
     let report = pull_content(store, reg, r, opts).await?;
     if let Some(stored) = &report.manifest {
-        if r.digest.is_some() && r.tag.is_none() {
-            store.add_untagged(&r.name(), stored)?;
-        } else {
-            store.tag(r, stored)?;
-        }
+        store.name_pulled(r, stored)?;
     }
     Ok(report)
 }
 
-/// The ModelKit's manifest and blobs into the store, with no tag or entry of its own: for
-/// a ModelKit that a ModelKit index keeps (the caller holds the store's writer lock until
-/// the index is tagged, or garbage collection may take it).
+/// The ModelKit's manifest and blobs into the store, with no tag or entry of its own (for
+/// `pull`, and for a ModelKit that a ModelKit index keeps). The caller holds the store's
+/// writer lock until the manifest is named (tagged, or kept by a tagged index), or garbage
+/// collection may take it.
 pub async fn pull_content(
     store: &Store,
     reg: &Registry,
@@ -313,7 +321,6 @@ pub async fn pull_content(
     opts: &TransferOptions,
 ) -> Result<Report> {
     check_remote(r)?;
-    let _w = store.writer_lock()?;
     let (bytes, m, desc) = remote_manifest(reg, r).await?;
     let mut report = Report::default();
     // The config first (small): its Kitfile names the layers on the progress bars.
@@ -421,7 +428,6 @@ pub async fn fetch_selected(
     opts: &TransferOptions,
 ) -> Result<(Descriptor, Report)> {
     check_remote(r)?;
-    let _w = store.writer_lock()?;
     let (bytes, m, desc) = remote_manifest(reg, r).await?;
     let mut report = Report::default();
     download_all(
