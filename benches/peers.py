@@ -3,7 +3,8 @@
 local registry (Debian's docker-registry), in one run: KitOps' `kit` (when KITSNAP_KIT or
 --kit names a binary: the Go proxy refuses kitops, so the project's scripts cannot build
 it), the `oras` CLI, Dragonfly's `modctl` (both built by scripts/install-peers.sh), skopeo,
-and the physical floors (`tar | tee | openssl sha256`, `tar | zstd`, `cat`).
+and the physical floors: `tar | tee | openssl sha256`, `tar | zstd`, and for the registry
+rows what curl needs to PUT or GET the same bytes (the registry's and the disk's floor).
 
 Each row: wall time (best of --repeat), peak RSS of the command, bytes it wrote to disk
 (getrusage ru_oublock), and the ratio against the best peer. Page cache warm (the source
@@ -13,6 +14,7 @@ empty destination. A peer that checks no digest is timed but left out of the rat
 Usage: benches/peers.py [--size-mib 2048] [--repeat 1] [--kit PATH]
 """
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pack_unpack import ROOT  # noqa: E402
@@ -85,6 +88,10 @@ def main():
         for p in paths:
             shutil.rmtree(p, ignore_errors=True)
 
+    def fresh_file(p):
+        if os.path.exists(p):
+            os.remove(p)
+
     rows = []  # (operation, tool, seconds, rss, written)
 
     def bench(op, tool, cmd, setup=None, shell=False, cwd=None):
@@ -144,7 +151,27 @@ def main():
     subprocess.run(mc + ["build", "-t", f"{addr}/mc/bench:v1", "-f", os.path.join(src, "Modelfile"),
                          "--no-creation-time", src], env=env, check=True, capture_output=True)
 
+    # The layer blob kitsnap packed, for the registry floors.
+    with open(d("ks-store", "index.json")) as f:
+        man_digest = next(m["digest"] for m in json.load(f)["manifests"]
+                          if m.get("annotations", {}).get("org.opencontainers.image.ref.name", "")
+                          .endswith("/ks/bench:v1"))
+    with open(d("ks-store", "blobs", "sha256", man_digest.split(":")[1])) as f:
+        layer = json.load(f)["layers"][0]["digest"]
+    # A copy: the pull rows empty kitsnap's store.
+    blob = d("floor-src.blob")
+    shutil.copyfile(d("ks-store", "blobs", "sha256", layer.split(":")[1]), blob)
+    # What the registry needs to take or give the blob, nothing else: one streamed PUT, one
+    # GET. (A 2-line curl with no retries, no progress, no manifest.)
+    start_upload = (f"loc=$(curl -sf -o /dev/null -D - -X POST http://{addr}/v2/floor/bench/blobs/uploads/"
+                    f" | tr -d '\\r' | sed -n 's/^[Ll]ocation: //p'); "
+                    f"case $loc in /*) loc=http://{addr}$loc;; esac; ")
+    blob_url = f"http://{addr}/v2/ks/bench/blobs/{layer}"
+
     # --- push
+    bench("push", "floor: curl PUT of the blob", ["bash", "-c", start_upload +
+          f"curl -sf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' -T {blob} "
+          f"\"$loc&digest={layer}\""], setup=reg.restart)
     bench("push", "kitsnap push", [ks, "--no-progress", "push", f"{addr}/ks/bench:v1", "--plain-http"],
           setup=reg.restart)
     if kit:
@@ -157,6 +184,16 @@ def main():
           ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{d('ks-store')}:{addr}/ks/bench:v1",
            f"docker://{addr}/sk/bench:v1"], setup=reg.restart)
     # --- pack straight to the registry
+    # The registry taking the source file's bytes in one streamed PUT (its digest computed
+    # beforehand): pack --push cannot beat the registry's intake of the same bytes.
+    h = hashlib.sha256()
+    with open(os.path.join(src, "model.safetensors"), "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    bench("pack + push, no copy", "floor: curl PUT of the source file", ["bash", "-c", start_upload +
+          f"curl -sf -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' "
+          f"-T {os.path.join(src, 'model.safetensors')} \"$loc&digest=sha256:{h.hexdigest()}\""],
+          setup=reg.restart)
     bench("pack + push, no copy", "kitsnap pack --push",
           [ks, "--no-progress", "pack", src, "-t", f"{addr}/ks/bench:v1", "--push", "--plain-http"],
           setup=reg.restart)
@@ -175,7 +212,29 @@ def main():
                    env=env, check=True, capture_output=True, cwd=src)
     subprocess.run(mc + ["push", "--plain-http", f"{addr}/mc/bench:v1"], env=env, check=True, capture_output=True)
 
+    # The registry's first serve of a blob after it starts costs it several times what later
+    # serves do: read every tool's blobs once, so that no row pays that for the others.
+    def warm(repo):
+        accept = "application/vnd.oci.image.manifest.v1+json"
+        req = urllib.request.Request(f"http://{addr}/v2/{repo}/manifests/v1", headers={"Accept": accept})
+        with urllib.request.urlopen(req) as r:
+            man = json.load(r)
+        for l in man["layers"] + [man["config"]]:
+            with urllib.request.urlopen(f"http://{addr}/v2/{repo}/blobs/{l['digest']}") as r:
+                while r.read(1 << 20):
+                    pass
+    for repo in ["ks/bench", "oras/bench", "mc/bench"] + (["kit/bench"] if kit else []):
+        warm(repo)
+
     # --- pull into each tool's store
+    # The floors of a pull, each alone: the registry sending the blob (to /dev/null), and
+    # the disk taking it (`dd` of the same bytes from the page cache, fdatasync'd as kitsnap
+    # fsyncs a pulled blob). A pipeline of curl, tee and `openssl sha256` is no floor: it
+    # was slower than kitsnap, which hashes on a second core while it writes.
+    bench("pull", "floor: registry GET to /dev/null", f"curl -sf {blob_url} >/dev/null", shell=True)
+    bench("pull", "floor: dd of the blob, fdatasync",
+          ["dd", f"if={blob}", f"of={d('floor.blob')}", "bs=1M", "conv=fdatasync"],
+          setup=lambda: fresh_file(d("floor.blob")))
     bench("pull", "kitsnap pull", [ks, "--no-progress", "pull", f"{addr}/ks/bench:v1", "--plain-http"],
           setup=lambda: fresh(d("ks-store")))
     if kit:
@@ -187,6 +246,10 @@ def main():
           ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{addr}/ks/bench:v1",
            f"oci:{d('sk-oci')}:bench"], setup=lambda: fresh(d("sk-oci")))
     # --- from the registry to files in a directory
+    bench("unpack from registry", "floor: registry GET to /dev/null", f"curl -sf {blob_url} >/dev/null",
+          shell=True)
+    bench("unpack from registry", "floor: dd of the blob", ["dd", f"if={blob}", f"of={d('floor.blob')}",
+                                                             "bs=1M"], setup=lambda: fresh_file(d("floor.blob")))
     bench("unpack from registry", "kitsnap unpack REF -d",
           [ks, "--no-progress", "unpack", f"{addr}/ks/bench:v1", "-d", d("out"), "--plain-http"],
           setup=lambda: fresh(d("out"), d("ks-store")))

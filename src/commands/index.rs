@@ -485,6 +485,14 @@ fn delete(a: DeleteArgs, ctx: &Ctx) -> Result<()> {
             }
             let mut seen: Vec<(String, Digest)> = Vec::new();
             for t in store.index_tags()? {
+                if t.kit {
+                    eprintln!(
+                        "Left index {}:{} (written by kit; `kit index delete` removes it)",
+                        display_repo(&t.name),
+                        t.tag
+                    );
+                    continue;
+                }
                 let key = (t.name, t.descriptor.digest);
                 if !seen.contains(&key) {
                     seen.push(key);
@@ -518,8 +526,24 @@ fn delete(a: DeleteArgs, ctx: &Ctx) -> Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             };
-            let tags = store.index_tags_of(&r.name(), &desc.digest)?;
-            if r.digest.is_none() && !a.force && tags.len() > 1 {
+            let same: Vec<_> = store
+                .index_tags()?
+                .into_iter()
+                .filter(|t| t.name == r.name() && t.descriptor.digest == desc.digest)
+                .collect();
+            let ours = same.iter().filter(|t| !t.kit).count();
+            // By digest, kitsnap must tag it at all; by tag, that tag must be kitsnap's.
+            let named_ours = match r.tag_or_default() {
+                Some(tag) if r.digest.is_none() => same.iter().any(|t| !t.kit && t.tag == tag),
+                _ => ours > 0,
+            };
+            if !named_ours {
+                bail!(
+                    "index {} was written by kit (this store's kit files, which kitsnap reads but never rewrites): `kit index delete {s}` removes it",
+                    display(&r)
+                );
+            }
+            if r.digest.is_none() && !a.force && ours > 1 {
                 store.untag_index(&r)?;
                 eprintln!("Untagged index {} (digest {})", display(&r), desc.digest);
                 return Ok(());
@@ -528,6 +552,17 @@ fn delete(a: DeleteArgs, ctx: &Ctx) -> Result<()> {
             eprintln!("Deleted index {} (digest {})", display(&r), desc.digest);
             if !tags.is_empty() {
                 eprintln!("Removed tags: {}", tags.join(", "));
+            }
+            let kits: Vec<_> = same
+                .iter()
+                .filter(|t| t.kit)
+                .map(|t| t.tag.as_str())
+                .collect();
+            if !kits.is_empty() {
+                eprintln!(
+                    "Left kit's tags of this index: {} (`kit index delete` removes them)",
+                    kits.join(", ")
+                );
             }
         }
     }

@@ -79,6 +79,32 @@ impl Ctx {
             self.pack(&format!("{repo}:q8_0"), "weights-q8"),
         )
     }
+
+    /// `two_variants` of `repo` grouped by the index `{repo}:all`, each labelled with its
+    /// quantization; returns the two ModelKit digests and the index's.
+    fn labelled_index(&self, repo: &str) -> (String, String, String) {
+        let (q4, q8) = self.two_variants(repo);
+        let all = format!("{repo}:all");
+        self.ok(&["index", "create", &all]);
+        let mut index = String::new();
+        for q in ["q4_0", "q8_0"] {
+            let label = format!("quantization={q}");
+            index = self.index_add(&[&all, &format!("{repo}:{q}"), "-l", &label]);
+        }
+        (q4, q8, index.trim().to_string())
+    }
+
+    /// `unpack INDEX -l LABEL -d <dir> EXTRA...`; returns the model's bytes.
+    fn unpack_selected(&self, index: &str, label: &str, dir: &str, extra: &[&str]) -> String {
+        let d = self.p(dir);
+        let args = [
+            &["unpack", index, "-l", label, "-d", d.to_str().unwrap()][..],
+            extra,
+        ]
+        .concat();
+        self.ok(&args);
+        model_bytes(&d)
+    }
 }
 
 fn line_matches(out: &str, pred: impl Fn(&[&str]) -> bool) -> bool {
@@ -339,15 +365,10 @@ fn remove_keeps_a_modelkit_while_an_index_refers_to_it() {
             && w.get(3) == Some(&"quantization=q4_0")),
         "{info}"
     );
-    c.ok(&[
-        "unpack",
-        "test/model:all",
-        "-l",
-        "quantization=q4_0",
-        "-d",
-        c.p("u").to_str().unwrap(),
-    ]);
-    assert_eq!(model_bytes(&c.p("u")), "weights-q4");
+    assert_eq!(
+        c.unpack_selected("test/model:all", "quantization=q4_0", "u", &[]),
+        "weights-q4"
+    );
     // With the index gone nothing keeps it: its manifest blob goes.
     let q4_blob = c
         .store()
@@ -658,12 +679,8 @@ fn pull_and_unpack_select_from_a_remote_index() {
     let c = Ctx::new();
     let reg = RegistryProc::start(&c.p("reg"), None, None);
     let repo = format!("{}/team/model", reg.addr());
-    c.pack(&format!("{repo}:q4_0"), "weights-q4");
-    let q8 = c.pack(&format!("{repo}:q8_0"), "weights-q8");
+    let (_, q8, _) = c.labelled_index(&repo);
     let all = format!("{repo}:all");
-    c.ok(&["index", "create", &all]);
-    c.index_add(&[&all, &format!("{repo}:q4_0"), "-l", "quantization=q4_0"]);
-    c.index_add(&[&all, &format!("{repo}:q8_0"), "-l", "quantization=q8_0"]);
     c.ok(&["index", "push", &all, "--plain-http"]);
 
     let other = Ctx::new();
@@ -749,5 +766,175 @@ fn pull_l_reads_the_registrys_index_and_remote_list_skips_it() {
             && line_matches(&list, |w| w.get(1) == Some(&"q8_0"))
             && !line_matches(&list, |w| w.get(1) == Some(&"all")),
         "{list}"
+    );
+}
+
+/// Rewrites a kitsnap store into the layout kit writes (kit's `LocalRepo`): index.json
+/// without annotations, and per repository `<base64url(repo)>-tags.json` (tag to
+/// descriptor, an index's too) and `-index.json` (every manifest and index).
+fn into_kits_layout(store: &Path) {
+    use base64::Engine;
+    use std::collections::BTreeMap;
+    let idx_path = store.join("index.json");
+    let idx: serde_json::Value = serde_json::from_slice(&fs::read(&idx_path).unwrap()).unwrap();
+    let mut plain_all = Vec::new();
+    let mut repos: BTreeMap<String, (serde_json::Map<_, _>, Vec<serde_json::Value>)> =
+        BTreeMap::new();
+    for m in idx["manifests"].as_array().unwrap() {
+        let reference = m["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .or(m["annotations"]["dev.kitsnap.index.ref.name"].as_str())
+            .unwrap();
+        let (repo, tag) = reference.rsplit_once(':').unwrap();
+        let mut plain = m.clone();
+        plain.as_object_mut().unwrap().remove("annotations");
+        let (tags, manifests) = repos.entry(repo.to_string()).or_default();
+        tags.insert(tag.to_string(), plain.clone());
+        manifests.push(plain.clone());
+        plain_all.push(plain);
+    }
+    for (repo, (tags, manifests)) in repos {
+        let enc = base64::engine::general_purpose::URL_SAFE.encode(&repo);
+        fs::write(
+            store.join(format!("{enc}-tags.json")),
+            serde_json::Value::Object(tags).to_string(),
+        )
+        .unwrap();
+        fs::write(
+            store.join(format!("{enc}-index.json")),
+            serde_json::json!({"schemaVersion": 2, "manifests": manifests}).to_string(),
+        )
+        .unwrap();
+    }
+    fs::write(
+        &idx_path,
+        serde_json::json!({"schemaVersion": 2, "manifests": plain_all}).to_string(),
+    )
+    .unwrap();
+}
+
+/// A store `kit` wrote, holding a ModelKit index (`kit index create/add`): kitsnap lists
+/// the index as an index (never as a ModelKit), selects from it, keeps its ModelKits
+/// through garbage collection, edits it into an entry of its own and refuses to delete
+/// kit's, naming `kit index delete`.
+#[test]
+fn reads_indexes_in_a_store_kit_wrote() {
+    use base64::Engine;
+    let c = Ctx::new();
+    let (q4, q8, kits_index) = c.labelled_index("test/model");
+    into_kits_layout(&c.store());
+
+    let list = c.ok(&["list"]);
+    assert!(!line_matches(&list, |w| w.get(1) == Some(&"all")), "{list}");
+    for (tag, d) in [("q4_0", &q4), ("q8_0", &q8)] {
+        assert!(
+            line_matches(&list, |w| w.get(..2) == Some(&["test/model", tag][..])
+                && w.last() == Some(&d.as_str())),
+            "{list}"
+        );
+    }
+    let indexes = c.ok(&["index", "list"]);
+    assert!(
+        line_matches(&indexes, |w| w.get(..3)
+            == Some(&["test/model", "all", "2"][..])),
+        "{indexes}"
+    );
+    let info = c.ok(&["index", "info", "test/model:all"]);
+    assert!(
+        info.contains("2 ModelKits:") && info.contains(&q8),
+        "{info}"
+    );
+    assert_eq!(
+        c.unpack_selected("test/model:all", "quantization=q8_0", "q8", &[]),
+        "weights-q8"
+    );
+
+    // kit untags q4_0 (its tag and entries go, the index still names it), and the index
+    // is left only in kit's tags file (not in index.json): a garbage collection by kitsnap
+    // (removing a kit of its own) must keep q4_0 for kit's index.
+    let enc = base64::engine::general_purpose::URL_SAFE.encode("localhost/test/model");
+    let tags_path = c.store().join(format!("{enc}-tags.json"));
+    let mut tags: serde_json::Value =
+        serde_json::from_slice(&fs::read(&tags_path).unwrap()).unwrap();
+    tags.as_object_mut().unwrap().remove("q4_0");
+    fs::write(&tags_path, tags.to_string()).unwrap();
+    for f in [
+        c.store().join("index.json"),
+        c.store().join(format!("{enc}-index.json")),
+    ] {
+        let mut idx: serde_json::Value = serde_json::from_slice(&fs::read(&f).unwrap()).unwrap();
+        idx["manifests"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["digest"] != q4.as_str() && m["digest"] != kits_index.as_str());
+        fs::write(&f, idx.to_string()).unwrap();
+    }
+    c.pack("test/other:v1", "other");
+    c.ok(&["remove", "test/other:v1"]);
+    assert_eq!(
+        c.unpack_selected("test/model:all", "quantization=q4_0", "q4", &[]),
+        "weights-q4"
+    );
+
+    let e = c.fails(&["index", "delete", "test/model:all"]);
+    assert!(
+        e.contains("written by kit") && e.contains("`kit index delete test/model:all`"),
+        "{e}"
+    );
+    let out = c.out(&["index", "delete", "--all", "--force"]);
+    assert!(
+        out.contains("Left index test/model:all (written by kit"),
+        "{out}"
+    );
+
+    // kitsnap's own tag on kit's index (as `index pull` under another tag would make):
+    // deleting by kit's tag still refuses, deleting by kitsnap's removes only that one.
+    let idx_path = c.store().join("index.json");
+    let mut idx: serde_json::Value = serde_json::from_slice(&fs::read(&idx_path).unwrap()).unwrap();
+    let size = fs::metadata(
+        c.store()
+            .join("blobs/sha256")
+            .join(kits_index.trim_start_matches("sha256:")),
+    )
+    .unwrap()
+    .len();
+    idx["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": kits_index, "size": size,
+            "annotations": {"dev.kitsnap.index.ref.name": "localhost/test/model:mine"}
+        }));
+    fs::write(&idx_path, idx.to_string()).unwrap();
+    let e = c.fails(&["index", "delete", "test/model:all"]);
+    assert!(e.contains("written by kit"), "{e}");
+    let out = c.out(&["index", "delete", "test/model:mine"]);
+    assert!(
+        out.contains("Removed tags: mine") && out.contains("Left kit's tags of this index: all"),
+        "{out}"
+    );
+    let indexes = c.ok(&["index", "list"]);
+    assert!(
+        line_matches(&indexes, |w| w.get(..2) == Some(&["test/model", "all"][..])),
+        "{indexes}"
+    );
+
+    // An edit becomes kitsnap's own entry over kit's; kit's files stay as kit wrote them.
+    let before = fs::read(&tags_path).unwrap();
+    let edited = c
+        .index_add(&["test/model:all", "test/model:q8_0", "-l", "tested=true"])
+        .trim()
+        .to_string();
+    assert_ne!(edited, kits_index);
+    assert_eq!(fs::read(&tags_path).unwrap(), before);
+    let info = c.ok(&["index", "info", "test/model:all"]);
+    assert!(info.contains("tested") && info.contains(&edited), "{info}");
+    // Deleting kitsnap's version leaves kit's in view again.
+    c.ok(&["index", "delete", "test/model:all"]);
+    let info = c.ok(&["index", "info", "test/model:all"]);
+    assert!(
+        !info.contains("tested") && info.contains(&kits_index),
+        "{info}"
     );
 }

@@ -58,6 +58,8 @@ fn setup(v: &Version, auth: Option<(&str, &str)>) -> Setup {
                 "--plain-http",
             ])
             .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .and_then(|mut c| {
                 use std::io::Write;

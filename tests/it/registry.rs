@@ -718,6 +718,23 @@ fn pack_push_streams_without_a_local_copy() {
     );
 }
 
+/// `kitsnap pack SRC -t R --push --plain-http EXTRA...` with no usable local store.
+fn pack_push(c: &Ctx, src: &Path, r: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .env("KITSNAP_STORE", c.p("unused"))
+        .args([
+            "pack",
+            src.to_str().unwrap(),
+            "-t",
+            r,
+            "--push",
+            "--plain-http",
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 /// Registries that refuse chunked uploads (405, or Google Artifact Registry-style 201 on
 /// PATCH): `pack --push` hashes each layer first and sends it in one streamed PUT, and
 /// `push` of a blob over the chunk size sends it in one PUT; same digests. A registry
@@ -734,18 +751,7 @@ fn uploads_fall_back_when_chunks_are_refused() {
         let proxy = start_proxy(&reg.addr(), Faults::default());
         proxy.faults.refuse_patch.store(status, Ordering::SeqCst);
         let r = format!("{}/fb/streamed{status}:v1", proxy.addr());
-        let o = Command::new(bin())
-            .env("KITSNAP_STORE", c.p("unused"))
-            .args([
-                "pack",
-                src.to_str().unwrap(),
-                "-t",
-                &r,
-                "--push",
-                "--plain-http",
-            ])
-            .output()
-            .unwrap();
+        let o = pack_push(&c, &src, &r, &[]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "{status}: {err}");
         assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d, "{status}");
@@ -776,20 +782,7 @@ fn uploads_fall_back_when_chunks_are_refused() {
     let proxy = start_proxy(&reg.addr(), Faults::default());
     proxy.faults.patch_500s.store(1_000_000, Ordering::SeqCst);
     let r = format!("{}/fb/broken:v1", proxy.addr());
-    let o = Command::new(bin())
-        .env("KITSNAP_STORE", c.p("unused"))
-        .args([
-            "pack",
-            src.to_str().unwrap(),
-            "-t",
-            &r,
-            "--push",
-            "--plain-http",
-            "--retries",
-            "1",
-        ])
-        .output()
-        .unwrap();
+    let o = pack_push(&c, &src, &r, &["--retries", "1"]);
     assert!(!o.status.success());
     let head = reqwest::blocking::Client::new()
         .head(format!("http://{}/v2/fb/broken/manifests/v1", reg.addr()))
@@ -801,6 +794,50 @@ fn uploads_fall_back_when_chunks_are_refused() {
         404,
         "nothing tagged after a failed pack --push"
     );
+}
+
+/// After its first chunk a layer streams up in PATCHes of unknown length, which cannot be
+/// replayed: when one fails, `pack --push` produces the layer again from its files into a
+/// new upload, and when one is refused it falls back to one PUT per layer; either way the
+/// result is the ModelKit `pack` makes.
+#[test]
+fn pack_push_sends_a_broken_layer_again() {
+    require_registry!();
+    let c = Ctx::new();
+    let src = c.p("src");
+    big_tree(&src);
+    let reg = RegistryProc::start(&c.p("reg"), None, None);
+    let d = c.pack(&format!("{}/again/local:v1", reg.addr()), &[]);
+    let proxy = start_proxy(&reg.addr(), Faults::default());
+    proxy.faults.streamed_patch_500s.store(1, Ordering::SeqCst);
+    let r = format!("{}/again/streamed:v1", proxy.addr());
+    let o = pack_push(&c, &src, &r, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d);
+    assert_eq!(proxy.faults.streamed_patch_500s.load(Ordering::SeqCst), 0);
+    assert_eq!(proxy.faults.streamed_patches.load(Ordering::SeqCst), 2);
+    assert!(
+        err.contains("the streamed upload broke at byte") && err.contains("again from its start"),
+        "{err}"
+    );
+    assert_eq!(c.ok("s2", &["pull", &r, "--plain-http"]), d);
+
+    // A front end that refuses a streamed PATCH (411 Length Required) but takes ranged
+    // chunks: the layers go up as one PUT each, as for a registry refusing chunks.
+    let proxy = start_proxy(&reg.addr(), Faults::default());
+    proxy
+        .faults
+        .refuse_streamed_patch
+        .store(411, Ordering::SeqCst);
+    let r = format!("{}/again/refused:v1", proxy.addr());
+    let o = pack_push(&c, &src, &r, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d);
+    assert!(err.contains("refuses chunked uploads"), "{err}");
+    assert!(proxy.faults.puts_with_body.load(Ordering::SeqCst) >= 1);
+    assert_eq!(c.ok("s3", &["pull", &r, "--plain-http"]), d);
 }
 
 /// A minimal HTTP forward proxy (absolute-form requests; no CONNECT), counting the

@@ -451,70 +451,76 @@ impl Store {
     /// The ModelKits of a store that KitOps' `kit` wrote (its `$KITOPS_HOME/storage`):
     /// kit keeps the same blobs and index.json, and its tags per repository in
     /// `<base64url(registry/repo)>-tags.json` (manifests in `-index.json`), so kitsnap reads
-    /// kit's kits where they are, without a registry.
+    /// kit's kits where they are, without a registry. kit's ModelKit indexes live in the
+    /// same files; they are [`Store::index_tags`]' and never listed here.
     fn kit_entries(&self, out: &mut Vec<Entry>) -> Result<()> {
+        for (repo, tag, desc) in self
+            .kit_files::<BTreeMap<String, Descriptor>>("-tags.json")?
+            .into_iter()
+            .flat_map(|(repo, tags)| tags.into_iter().map(move |(t, d)| (repo.clone(), t, d)))
+        {
+            if is_index(&desc)
+                || out
+                    .iter()
+                    .any(|e| e.name == repo && e.tag.as_deref() == Some(tag.as_str()))
+            {
+                continue;
+            }
+            out.push(Entry {
+                name: repo,
+                tag: Some(tag),
+                descriptor: desc,
+            });
+        }
+        for (repo, idx) in self.kit_files::<Index>("-index.json")? {
+            for m in idx.manifests {
+                if is_index(&m)
+                    || out
+                        .iter()
+                        .any(|e| e.name == repo && e.descriptor.digest == m.digest)
+                {
+                    continue;
+                }
+                out.push(Entry {
+                    name: repo.clone(),
+                    tag: None,
+                    descriptor: m,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// kit's per-repository files `<base64url(registry/repo)><suffix>`, parsed, by name order.
+    fn kit_files<T: serde::de::DeserializeOwned>(&self, suffix: &str) -> Result<Vec<(String, T)>> {
         use base64::Engine;
         let dir = match fs::read_dir(&self.root) {
             Ok(d) => d,
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(Vec::new()),
         };
         let mut files: Vec<String> = dir
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .collect();
         files.sort();
-        let decode = |enc: &str| {
-            base64::engine::general_purpose::URL_SAFE
-                .decode(enc)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-        };
+        let mut out = Vec::new();
         for f in &files {
-            let Some(repo) = f.strip_suffix("-tags.json").and_then(decode) else {
+            let Some(repo) = f.strip_suffix(suffix).and_then(|enc| {
+                base64::engine::general_purpose::URL_SAFE
+                    .decode(enc)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+            }) else {
                 continue;
             };
             let p = self.root.join(f);
-            let tags: BTreeMap<String, Descriptor> = serde_json::from_slice(&fs::read(&p).at(&p)?)
-                .map_err(|source| Error::Json {
-                    what: p.display().to_string(),
-                    source,
-                })?;
-            for (tag, desc) in tags {
-                if !out
-                    .iter()
-                    .any(|e| e.name == repo && e.tag.as_deref() == Some(tag.as_str()))
-                {
-                    out.push(Entry {
-                        name: repo.clone(),
-                        tag: Some(tag),
-                        descriptor: desc,
-                    });
-                }
-            }
-        }
-        for f in &files {
-            let Some(repo) = f.strip_suffix("-index.json").and_then(decode) else {
-                continue;
-            };
-            let p = self.root.join(f);
-            let idx: Index =
+            let parsed =
                 serde_json::from_slice(&fs::read(&p).at(&p)?).map_err(|source| Error::Json {
                     what: p.display().to_string(),
                     source,
                 })?;
-            for m in idx.manifests {
-                if !out
-                    .iter()
-                    .any(|e| e.name == repo && e.descriptor.digest == m.digest)
-                {
-                    out.push(Entry {
-                        name: repo.clone(),
-                        tag: None,
-                        descriptor: m,
-                    });
-                }
-            }
+            out.push((repo, parsed));
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Finds the manifest a reference names: by digest (anywhere in the store) or by tag.
@@ -635,19 +641,34 @@ impl Store {
         };
         for m in &idx.manifests {
             keep_manifest(m, &mut live);
-            // The ModelKits an index refers to live as long as the index, tagged or not.
-            // An index that cannot be read stops the collection: its ModelKits may have
-            // nothing else keeping them.
-            if let Some(tag) = m.annotations.get(ANNOTATION_INDEX_REF) {
-                let kit_index = self.read_kit_index(m).map_err(|e| {
-                    Error::Invalid(format!(
-                        "garbage collection stopped, nothing deleted: ModelKit index {tag} ({}) cannot be read ({e}), so the ModelKits it refers to are kept; `kitsnap index delete {tag}` removes it",
-                        m.digest
-                    ))
-                })?;
-                for e in &kit_index.manifests {
-                    keep_manifest(&e.descriptor(), &mut live);
+            // Another image index (kit's top-level index.json lists its ModelKit indexes
+            // untagged): what it lists lives with it. Tagged ModelKit indexes come below.
+            if is_index(m)
+                && !m.annotations.contains_key(ANNOTATION_INDEX_REF)
+                && let Some(other) = self
+                    .read_blob(m)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Index>(&b).ok())
+            {
+                for e in &other.manifests {
+                    keep_manifest(e, &mut live);
                 }
+            }
+        }
+        // The ModelKits a tagged index (kitsnap's or kit's) refers to live as long as the
+        // index, tagged or not. An index that cannot be read stops the collection: its
+        // ModelKits may have nothing else keeping them.
+        for t in self.index_tags_in(&idx)? {
+            keep_manifest(&t.descriptor, &mut live);
+            let kit_index = self.read_kit_index(&t.descriptor).map_err(|e| {
+                let fix = if t.kit { "`kit index delete" } else { "`kitsnap index delete" };
+                Error::Invalid(format!(
+                    "garbage collection stopped, nothing deleted: ModelKit index {}:{} ({}) cannot be read ({e}), so the ModelKits it refers to are kept; {fix} {}:{}` removes it",
+                    t.name, t.tag, t.descriptor.digest, t.name, t.tag
+                ))
+            })?;
+            for e in &kit_index.manifests {
+                keep_manifest(&e.descriptor(), &mut live);
             }
         }
         let mut stats = GcStats::default();
@@ -680,14 +701,21 @@ pub struct IndexTag {
     pub name: String,
     pub tag: String,
     pub descriptor: Descriptor,
+    /// Tagged in kit's files of a store kit wrote: kitsnap reads it, never rewrites it.
+    pub kit: bool,
 }
 
 /// ModelKit indexes: entries of `index.json` marked with [`ANNOTATION_INDEX_REF`].
 impl Store {
-    /// Every index tag, in `index.json` order.
+    /// Every index tag, in `index.json` order, then those of kit's files (`kit index` in a
+    /// store kit wrote) that kitsnap's own do not shadow.
     pub fn index_tags(&self) -> Result<Vec<IndexTag>> {
-        let idx = self.read_index()?;
-        Ok(idx
+        self.index_tags_in(&self.read_index()?)
+    }
+
+    /// [`Store::index_tags`] with `index.json` already read.
+    fn index_tags_in(&self, idx: &Index) -> Result<Vec<IndexTag>> {
+        let mut out: Vec<IndexTag> = idx
             .manifests
             .iter()
             .filter_map(|m| {
@@ -698,9 +726,25 @@ impl Store {
                     name: name.to_string(),
                     tag: tag.to_string(),
                     descriptor,
+                    kit: false,
                 })
             })
-            .collect())
+            .collect();
+        for (name, tags) in self.kit_files::<BTreeMap<String, Descriptor>>("-tags.json")? {
+            for (tag, mut descriptor) in tags {
+                if !is_index(&descriptor) || out.iter().any(|t| t.name == name && t.tag == tag) {
+                    continue;
+                }
+                descriptor.annotations.clear();
+                out.push(IndexTag {
+                    name: name.clone(),
+                    tag,
+                    descriptor,
+                    kit: true,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The index a reference names: by tag, or by digest among the repository's indexes.
@@ -724,16 +768,6 @@ impl Store {
     /// Reads a stored ModelKit index.
     pub fn read_kit_index(&self, desc: &Descriptor) -> Result<crate::index::ModelKitIndex> {
         Ok(crate::index::ModelKitIndex::parse(&self.read_blob(desc)?)?)
-    }
-
-    /// The tags in `name` of the index with this digest.
-    pub fn index_tags_of(&self, name: &str, digest: &Digest) -> Result<Vec<String>> {
-        Ok(self
-            .index_tags()?
-            .into_iter()
-            .filter(|t| t.name == name && &t.descriptor.digest == digest)
-            .map(|t| t.tag)
-            .collect())
     }
 
     /// Rewrites the index tagged `reference` (which must carry a tag) under the store's
@@ -764,7 +798,14 @@ impl Store {
                     let bytes = self.read_blob(&d)?;
                     Some((d, bytes))
                 }
-                None => None,
+                // An index `kit index` wrote: the edit becomes kitsnap's entry, over kit's.
+                None => match self.kit_index_tag(&reference.name(), &tag)? {
+                    Some(d) => {
+                        let bytes = self.read_blob(&d)?;
+                        Some((d, bytes))
+                    }
+                    None => None,
+                },
             };
             let Some(bytes) = edit(current)? else {
                 return Ok(None);
@@ -781,6 +822,15 @@ impl Store {
             }
             Ok(Some(desc))
         })
+    }
+
+    /// The index kit's files (not kitsnap's index.json) tag `name:tag`.
+    fn kit_index_tag(&self, name: &str, tag: &str) -> Result<Option<Descriptor>> {
+        Ok(self
+            .index_tags()?
+            .into_iter()
+            .find(|t| t.kit && t.name == name && t.tag == tag)
+            .map(|t| t.descriptor))
     }
 
     /// Removes one tag of an index; the index itself goes with its last tag.
@@ -875,6 +925,11 @@ impl Store {
             sync_dir(&self.root.join("blobs/sha256"));
         }
     }
+}
+
+/// An image index: in a store, a ModelKit index (kit's or kitsnap's) or a copied image's.
+fn is_index(d: &Descriptor) -> bool {
+    d.media_type == oci::MEDIA_TYPE_INDEX
 }
 
 /// fsync a directory so a rename in it survives power loss; best effort.

@@ -64,6 +64,15 @@ pub enum Error {
     #[error("{url}: the registry refuses chunked uploads (PATCH answered HTTP {status})")]
     ChunkedRefused { url: String, status: u16 },
 
+    /// A streamed upload broke mid-way; it cannot be resumed (its bytes are gone), so the
+    /// caller produces the blob again into a new upload.
+    #[error("{url}: the streamed upload broke at byte {offset} ({why})")]
+    UploadBroken {
+        url: String,
+        offset: u64,
+        why: String,
+    },
+
     /// A transfer stopped for good (its consumer failed or cannot start over).
     #[error("{0}")]
     Aborted(String),

@@ -642,6 +642,15 @@ impl crate::client::BlobSink for PipeSink {
     }
 }
 
+impl PipeSink {
+    fn new(tx: tokio::sync::mpsc::Sender<bytes::Bytes>) -> PipeSink {
+        PipeSink {
+            tx: Some(tx),
+            started: false,
+        }
+    }
+}
+
 /// The diff IDs of `layers` of a remote kit: known ones from the kit itself, the others
 /// (compressed and raw layers) by streaming their blobs once.
 pub async fn diff_ids(
@@ -656,13 +665,10 @@ pub async fn diff_ids(
             out.push(d);
             continue;
         }
-        let (tx, reader) = ChannelReader::pipe(16);
+        let (tx, reader) = ChannelReader::pipe(4);
         let plan = l.clone();
         let worker = tokio::task::spawn_blocking(move || imageview::diff_id_of(reader, &plan));
-        let mut sink = PipeSink {
-            tx: Some(tx),
-            started: false,
-        };
+        let mut sink = PipeSink::new(tx);
         let fetched = reg
             .fetch_blob_into(repo, &l.desc, &mut sink, &indicatif::ProgressBar::hidden())
             .await;
@@ -748,7 +754,10 @@ pub async fn pack_push(reg: &Registry, opts: &PackOptions) -> Result<PackPushRep
                 Ok(out)
             }
         };
-        if !fell_back {
+        // A streamed upload that breaks cannot resume: the layer is produced again, from
+        // its files, into a new upload.
+        let mut backoff = reg.backoff();
+        while !fell_back {
             let enc = encode.clone();
             match reg
                 .push_stream(&r.repository, move |w| {
@@ -760,15 +769,27 @@ pub async fn pack_push(reg: &Registry, opts: &PackOptions) -> Result<PackPushRep
             {
                 Ok((out, _, _)) => {
                     written.push(out);
-                    continue;
+                    break;
                 }
                 Err(Error::ChunkedRefused { url, status }) => {
                     tracing::info!(%url, status, "chunked uploads refused: hashing each layer first, then one PUT");
                     fell_back = true;
                     bar.set_position(before);
                 }
+                Err(e @ Error::UploadBroken { .. }) => {
+                    bar.set_position(before);
+                    if !backoff
+                        .wait(format!("{e}; sending {} again from its start", l.path))
+                        .await
+                    {
+                        return Err(e);
+                    }
+                }
                 Err(e) => return Err(e),
             }
+        }
+        if written.len() == i + 1 {
+            continue;
         }
         // First pass: the digest and size, written nowhere.
         let out = {
@@ -894,7 +915,7 @@ pub async fn unpack_streaming(
         .map(|(l, bar)| {
             let (stop, first_error) = (&stop, &first_error);
             async move {
-                let (tx, reader) = ChannelReader::pipe(8);
+                let (tx, reader) = ChannelReader::pipe(4);
                 let (plan, to) = (l.clone(), dest.to_path_buf());
                 let extractor = tokio::task::spawn_blocking(move || {
                     kitsnap_core::extract::extract(
@@ -905,10 +926,7 @@ pub async fn unpack_streaming(
                     )
                 });
                 // The extracting thread checks the digest as it reads.
-                let mut feed = PipeSink {
-                    tx: Some(tx),
-                    started: false,
-                };
+                let mut feed = PipeSink::new(tx);
                 let fetched = tokio::select! {
                     r = reg.fetch_blob_into(&r.repository, &l.desc, &mut feed, &bar) => r,
                     _ = stop.cancelled() => Err(Error::Aborted("another layer failed".into())),

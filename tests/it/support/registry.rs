@@ -197,6 +197,13 @@ pub struct Faults {
     pub corrupt_digest: std::sync::Mutex<Option<String>>,
     /// Answer this many PATCH requests with 500 (after reading their body).
     pub patch_500s: AtomicUsize,
+    /// Answer this many streamed PATCHes (no Content-Length) with 500, after reading them.
+    pub streamed_patch_500s: AtomicUsize,
+    /// Streamed PATCHes seen.
+    pub streamed_patches: AtomicUsize,
+    /// Answer every streamed PATCH with this status (0: off), as a front end that takes
+    /// ranged chunks but not a body of unknown length would.
+    pub refuse_streamed_patch: std::sync::atomic::AtomicU16,
     /// Answer every PATCH with this status (0: off), as registries that refuse chunked
     /// uploads do (405, or Google Artifact Registry-style 201 without taking the data).
     pub refuse_patch: std::sync::atomic::AtomicU16,
@@ -450,6 +457,7 @@ async fn handle(
     up = up
         .header("x-forwarded-host", format!("127.0.0.1:{port}"))
         .header("x-forwarded-proto", "http");
+    let streamed = method == hyper::Method::PATCH && !req.headers().contains_key("content-length");
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Response::builder().status(400).body(full("")).unwrap(),
@@ -466,6 +474,23 @@ async fn handle(
     }
     if method == hyper::Method::PUT && !body.is_empty() {
         f.puts_with_body.fetch_add(1, Ordering::SeqCst);
+    }
+    if streamed {
+        f.streamed_patches.fetch_add(1, Ordering::SeqCst);
+        let st = f.refuse_streamed_patch.load(Ordering::SeqCst);
+        if st != 0 {
+            return Response::builder()
+                .status(st)
+                .body(full("a body of unknown length is refused"))
+                .unwrap();
+        }
+        if f.streamed_patch_500s.load(Ordering::SeqCst) > 0 {
+            f.streamed_patch_500s.fetch_sub(1, Ordering::SeqCst);
+            return Response::builder()
+                .status(500)
+                .body(full("injected"))
+                .unwrap();
+        }
     }
     if method == hyper::Method::PATCH && f.patch_500s.load(Ordering::SeqCst) > 0 {
         f.patch_500s.fetch_sub(1, Ordering::SeqCst);

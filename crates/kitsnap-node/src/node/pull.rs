@@ -617,8 +617,8 @@ pub(crate) async fn stream_layer(
     progress: Progress,
     content: Option<ContentWriter>,
 ) -> Result<(u64, Digest)> {
-    // Bounded: at most this many chunks in flight whatever the layer size.
-    let (tx, reader) = transfer::ChannelReader::pipe(16);
+    // Bounded: at most four 1 MiB pieces in flight whatever the layer size.
+    let (tx, reader) = transfer::ChannelReader::pipe(4);
     let plan = l.clone();
     let worker = tokio::task::spawn_blocking(move || {
         extract::extract_with_diff_id(reader, &plan, &dir, opts)
