@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""kitsnap against the tools users would pick instead, on the same 2 GiB model, the same
-local registry (Debian's docker-registry), in one run: KitOps' `kit` (when KITSNAP_KIT or
+"""kitsnap against the tools users would pick instead, on the same model (2 GiB unless
+--size-mib says otherwise), the same local registry (Debian's docker-registry), in one
+run: KitOps' `kit` (when KITSNAP_KIT or
 --kit names a binary: the Go proxy refuses kitops, so the project's scripts cannot build
 it), the `oras` CLI, Dragonfly's `modctl` (both built by scripts/install-peers.sh), skopeo,
 and the physical floors: `tar | tee | openssl sha256`, `tar | zstd`, and for the registry
@@ -11,7 +12,11 @@ Each row: wall time (best of --repeat), peak RSS of the command, bytes it wrote 
 is read once before). Every push starts from an empty registry, every pull/unpack from an
 empty destination. A peer that checks no digest is timed but left out of the ratio.
 
-Usage: benches/peers.py [--size-mib 2048] [--repeat 1] [--kit PATH]
+Every row's output is removed after the row, and each tool's store and the source once
+pushed for the pull rows, so that the peak disk use is about five times the model (the
+source, three tools' stores and the registry): a 10 GiB run peaked at 51 GB (measured).
+
+Usage: benches/peers.py [--size-mib 2048] [--repeat 1] [--kit PATH] [--skip gzip]
 """
 import argparse
 import hashlib
@@ -32,7 +37,8 @@ RUNNER = r"""
 import resource, subprocess, sys
 shell = sys.argv[1] == "1"
 args = sys.argv[2] if shell else sys.argv[2:]
-subprocess.run(args, shell=shell, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+subprocess.run(args, shell=shell, executable="/bin/bash" if shell else None, check=True,
+               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
 print(r.ru_maxrss, r.ru_oublock)
 """
@@ -56,6 +62,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/kitsnap"))
     ap.add_argument("--kit", default=os.environ.get("KITSNAP_KIT", ""))
+    ap.add_argument("--skip", default="", help="comma-separated words: rows whose operation contains "
+                    "one are left out (e.g. gzip: at 10 GiB its rows take 9 minutes)")
     a = ap.parse_args()
     peers = os.path.join(ROOT, ".cache/peers/bin")
     oras, modctl = os.path.join(peers, "oras"), os.path.join(peers, "modctl")
@@ -94,13 +102,21 @@ def main():
 
     rows = []  # (operation, tool, seconds, rss, written)
 
-    def bench(op, tool, cmd, setup=None, shell=False, cwd=None):
+    def bench(op, tool, cmd, setup=None, shell=False, cwd=None, leaves=()):
+        """Times `cmd`; `leaves` are the paths it writes, removed after the row."""
+        if any(w in op for w in a.skip.split(",") if w):
+            return
         best = None
         for _ in range(a.repeat):
             if setup:
                 setup()
             r = measure(cmd, env, shell, cwd)
             best = r if best is None or r[0] < best[0] else best
+        for p in leaves:
+            if os.path.isfile(p):
+                fresh_file(p)
+            else:
+                fresh(p)
         rows.append((op, tool) + best)
         print(f"  {op:<22} {tool:<34} {best[0]:7.2f} s {best[1]:7.0f} MiB RSS {best[2]:8.0f} MiB written",
               flush=True)
@@ -113,34 +129,39 @@ def main():
     # --- pack, uncompressed (and the floor)
     bench("pack none", "floor: tar | tee blob | sha256",
           f"tar -C {src} -cf - model.safetensors | tee {d('floor.tar')} | openssl sha256 >/dev/null",
-          shell=True)
+          shell=True, leaves=[d("floor.tar")])
     # kitsnap fsyncs every blob before it is named (no torn blob after a crash).
     bench("pack none", "floor: tar | tee blob | sha256 + sync blob",
           f"tar -C {src} -cf - model.safetensors | tee {d('floor.tar')} | openssl sha256 >/dev/null"
-          f" && sync {d('floor.tar')}", shell=True)
+          f" && sync {d('floor.tar')}", shell=True, leaves=[d("floor.tar")])
     bench("pack none", "kitsnap pack", [ks, "--no-progress", "pack", src, "-t", "bench:v1"],
-          setup=lambda: fresh(d("ks-store")))
+          setup=lambda: fresh(d("ks-store")), leaves=[d("ks-store")])
     if kit:
         bench("pack none", "kit pack", [kit, "pack", src, "-t", "bench:v1", "--progress", "none"],
-              setup=lambda: fresh(d("kit-home")))
+              setup=lambda: fresh(d("kit-home")), leaves=[d("kit-home")])
     bench("pack none", "modctl build (raw)", mc + ["build", "-t", f"{addr}/mc/bench:v1", "-f",
           os.path.join(src, "Modelfile"), "--no-creation-time", src],
-          setup=lambda: fresh(d("modctl")))
+          setup=lambda: fresh(d("modctl")), leaves=[d("modctl")])
     # --- pack, compressed
     bench("pack gzip", "floor: tar | gzip -6", f"tar -C {src} -cf - model.safetensors | gzip -6 >{d('f.gz')}",
-          shell=True)
+          shell=True, leaves=[d("f.gz")])
     bench("pack gzip", "kitsnap pack --compression gzip",
           [ks, "--no-progress", "pack", src, "-t", "gz:v1", "--compression", "gzip"],
-          setup=lambda: fresh(d("ks-store")))
+          setup=lambda: fresh(d("ks-store")), leaves=[d("ks-store")])
     if kit:
         bench("pack gzip", "kit pack --compression gzip",
               [kit, "pack", src, "-t", "gz:v1", "--compression", "gzip", "--progress", "none"],
-              setup=lambda: fresh(d("kit-home")))
+              setup=lambda: fresh(d("kit-home")), leaves=[d("kit-home")])
     bench("pack zstd", "floor: tar | zstd -3 -T2",
-          f"tar -C {src} -cf - model.safetensors | zstd -q -3 -T2 -o {d('f.zst')} -f", shell=True)
+          f"tar -C {src} -cf - model.safetensors | zstd -q -3 -T2 -o {d('f.zst')} -f", shell=True, leaves=[d("f.zst")])
+    # A compressed layer needs two digests, the blob's and the uncompressed tar's (the
+    # Kitfile's diffId, as kit records it): the floor of what pack must do hashes both.
+    bench("pack zstd", "floor: tar | sha256 | zstd -3 -T2 | sha256",
+          f"tar -C {src} -cf - model.safetensors | tee >(openssl sha256 >/dev/null) | zstd -q -3 -T2 "
+          f"| tee {d('f.zst')} | openssl sha256 >/dev/null", shell=True, leaves=[d("f.zst")])
     bench("pack zstd", "kitsnap pack --compression zstd (level 3)",
           [ks, "--no-progress", "pack", src, "-t", "zs:v1", "--compression", "zstd"],
-          setup=lambda: fresh(d("ks-store")))
+          setup=lambda: fresh(d("ks-store")), leaves=[d("ks-store")])
 
     # Stores to push from: kitsnap's, kit's, modctl's.
     subprocess.run([ks, "--no-progress", "pack", src, "-t", f"{addr}/ks/bench:v1"], env=env, check=True,
@@ -158,9 +179,9 @@ def main():
                           .endswith("/ks/bench:v1"))
     with open(d("ks-store", "blobs", "sha256", man_digest.split(":")[1])) as f:
         layer = json.load(f)["layers"][0]["digest"]
-    # A copy: the pull rows empty kitsnap's store.
-    blob = d("floor-src.blob")
-    shutil.copyfile(d("ks-store", "blobs", "sha256", layer.split(":")[1]), blob)
+    # The layer's bytes for the floors, read where they are (no copy, to spare the disk):
+    # kitsnap's store for the push rows, the registry's storage for the pull rows.
+    blob = d("ks-store", "blobs", "sha256", layer.split(":")[1])
     # What the registry needs to take or give the blob, nothing else: one streamed PUT, one
     # GET. (A 2-line curl with no retries, no progress, no manifest.)
     start_upload = (f"loc=$(curl -sf -o /dev/null -D - -X POST http://{addr}/v2/floor/bench/blobs/uploads/"
@@ -203,14 +224,21 @@ def main():
 
     # One registry holding every tool's artifact for the pulls.
     reg.restart()
+    # The rows below read from the registry only: each store goes once it is pushed.
     subprocess.run([ks, "--no-progress", "push", f"{addr}/ks/bench:v1", "--plain-http"], env=env, check=True,
                    capture_output=True)
+    fresh(d("ks-store"))
+    blob = os.path.join(reg.work, "regdata", "docker", "registry", "v2", "blobs", "sha256",
+                        layer.split(":")[1][:2], layer.split(":")[1], "data")
     if kit:
         subprocess.run([kit, "push", f"{addr}/kit/bench:v1", "--plain-http", "--progress", "none"], env=env,
                        check=True, capture_output=True)
+        fresh(d("kit-home"))
     subprocess.run([oras, "push", "--plain-http", "--no-tty", f"{addr}/oras/bench:v1", "model.safetensors"],
                    env=env, check=True, capture_output=True, cwd=src)
+    fresh(src)
     subprocess.run(mc + ["push", "--plain-http", f"{addr}/mc/bench:v1"], env=env, check=True, capture_output=True)
+    fresh(d("modctl"))
 
     # The registry's first serve of a blob after it starts costs it several times what later
     # serves do: read every tool's blobs once, so that no row pays that for the others.
@@ -227,48 +255,54 @@ def main():
         warm(repo)
 
     # --- pull into each tool's store
-    # The floors of a pull, each alone: the registry sending the blob (to /dev/null), and
-    # the disk taking it (`dd` of the same bytes from the page cache, fdatasync'd as kitsnap
-    # fsyncs a pulled blob). A pipeline of curl, tee and `openssl sha256` is no floor: it
-    # was slower than kitsnap, which hashes on a second core while it writes.
+    # The floors of a pull, each alone: the registry sending the blob (to /dev/null), one
+    # core verifying it (openssl's sha256, SHA extensions), and the disk taking it (`dd` of
+    # the same bytes from the page cache, fdatasync'd as kitsnap fsyncs a pulled blob). A
+    # pipeline of curl, tee and `openssl sha256` is no floor: it was slower than kitsnap,
+    # which hashes on a second core while it writes.
     bench("pull", "floor: registry GET to /dev/null", f"curl -sf {blob_url} >/dev/null", shell=True)
+    bench("pull", "floor: openssl sha256 of the blob", ["openssl", "sha256", blob])
     bench("pull", "floor: dd of the blob, fdatasync",
           ["dd", f"if={blob}", f"of={d('floor.blob')}", "bs=1M", "conv=fdatasync"],
-          setup=lambda: fresh_file(d("floor.blob")))
+          setup=lambda: fresh_file(d("floor.blob")), leaves=[d("floor.blob")])
     bench("pull", "kitsnap pull", [ks, "--no-progress", "pull", f"{addr}/ks/bench:v1", "--plain-http"],
-          setup=lambda: fresh(d("ks-store")))
+          setup=lambda: fresh(d("ks-store")), leaves=[d("ks-store")])
     if kit:
         bench("pull", "kit pull", [kit, "pull", f"{addr}/kit/bench:v1", "--plain-http", "--progress", "none"],
-              setup=lambda: fresh(d("kit-home")))
+              setup=lambda: fresh(d("kit-home")), leaves=[d("kit-home")])
     bench("pull", "modctl pull", mc + ["pull", "--plain-http", f"{addr}/mc/bench:v1"],
-          setup=lambda: fresh(d("modctl")))
+          setup=lambda: fresh(d("modctl")), leaves=[d("modctl")])
     bench("pull", "skopeo copy registry -> oci",
           ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{addr}/ks/bench:v1",
-           f"oci:{d('sk-oci')}:bench"], setup=lambda: fresh(d("sk-oci")))
+           f"oci:{d('sk-oci')}:bench"], setup=lambda: fresh(d("sk-oci")), leaves=[d("sk-oci")])
     # --- from the registry to files in a directory
     bench("unpack from registry", "floor: registry GET to /dev/null", f"curl -sf {blob_url} >/dev/null",
           shell=True)
+    bench("unpack from registry", "floor: openssl sha256 of the blob", ["openssl", "sha256", blob])
     bench("unpack from registry", "floor: dd of the blob", ["dd", f"if={blob}", f"of={d('floor.blob')}",
-                                                             "bs=1M"], setup=lambda: fresh_file(d("floor.blob")))
+                                                             "bs=1M"], setup=lambda: fresh_file(d("floor.blob")),
+          leaves=[d("floor.blob")])
     bench("unpack from registry", "kitsnap unpack REF -d",
           [ks, "--no-progress", "unpack", f"{addr}/ks/bench:v1", "-d", d("out"), "--plain-http"],
-          setup=lambda: fresh(d("out"), d("ks-store")))
+          setup=lambda: fresh(d("out"), d("ks-store")), leaves=[d("out"), d("ks-store")])
     if kit:
         # Straight from a registry, kit's unpack checks no digest (see
         # kit_conformance::kit_unpack_from_a_registry_writes_tampered_bytes_kitsnap_refuses_them):
         # timed, but kitsnap is compared with kit's verified path, pull then unpack.
         bench("unpack from registry", "kit unpack REF -d (unverified)",
               [kit, "unpack", f"{addr}/kit/bench:v1", "-d", d("out"), "--plain-http", "--progress", "none"],
-              setup=lambda: fresh(d("out"), d("kit-home")))
+              setup=lambda: fresh(d("out"), d("kit-home")), leaves=[d("out"), d("kit-home")])
         bench("unpack from registry", "kit pull + kit unpack -d",
               f"{kit} pull {addr}/kit/bench:v1 --plain-http --progress none && "
               f"{kit} unpack {addr}/kit/bench:v1 -d {d('out')} --progress none",
-              shell=True, setup=lambda: fresh(d("out"), d("kit-home")))
+              shell=True, setup=lambda: fresh(d("out"), d("kit-home")), leaves=[d("out"), d("kit-home")])
     bench("unpack from registry", "oras pull -o", [oras, "pull", "--plain-http", "--no-tty", "-o", d("out"),
-                                                    f"{addr}/oras/bench:v1"], setup=lambda: fresh(d("out")))
+                                                    f"{addr}/oras/bench:v1"], setup=lambda: fresh(d("out")),
+          leaves=[d("out")])
     bench("unpack from registry", "modctl pull --extract-from-remote",
           mc + ["pull", "--plain-http", "--extract-from-remote", "--extract-dir", d("out"),
-                f"{addr}/mc/bench:v1"], setup=lambda: fresh(d("out"), d("modctl")))
+                f"{addr}/mc/bench:v1"], setup=lambda: fresh(d("out"), d("modctl")),
+          leaves=[d("out"), d("modctl")])
 
     print()
     print("| operation | tool | wall | kitsnap / best peer | kitsnap / floor | peak RSS | written |")

@@ -36,7 +36,7 @@ use crate::oci::{
 };
 use crate::progress::{self, ProgressReader};
 use crate::reference::Reference;
-use crate::store::Store;
+use crate::store::{Store, WriteBehind};
 use crate::tarfmt;
 
 const IO_BUF: usize = 1 << 20;
@@ -365,11 +365,12 @@ pub fn encode_layer<W: Write>(
         }
         Compression::Zstd => {
             let mut enc = zstd::Encoder::new(out, 3)?;
-            // Two workers with 4 MiB jobs: about twice `zstd -1`'s single-thread speed at
-            // level 3, and peak memory near 56 MiB whatever the core count or model size.
-            // zstd's output does not depend on the worker count.
+            // Two workers with 2 MiB jobs: about twice `zstd -1`'s single-thread speed at
+            // level 3, and peak RSS near 57 MiB whatever the core count or model size (4 MiB
+            // jobs: 82 MiB, for 2% less time and 2 KB less output on 2 GiB). zstd's output
+            // does not depend on the worker count.
             enc.multithread(2)?;
-            enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(4 << 20))?;
+            enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(2 << 20))?;
             let tw = write_tar(HashingWriter::new(enc), &layer.items, bar)?;
             let (enc, diff, _) = tw.finish()?;
             (enc.finish()?, Some(diff))
@@ -528,8 +529,12 @@ fn pack_into(store: &Store, opts: &PackOptions, tagged: bool) -> Result<PackResu
                 bar.set_message(format!("{} {}", layer.entry.kind.user_str(), layer.path));
                 let mut ingest = store.ingest()?;
                 let file = ingest.file()?.try_clone()?;
-                let (mut buf, w) =
-                    encode_layer(BufWriter::with_capacity(IO_BUF, file), layer, opts, &bar)?;
+                let (mut buf, w) = encode_layer(
+                    BufWriter::with_capacity(IO_BUF, WriteBehind::new(file)),
+                    layer,
+                    opts,
+                    &bar,
+                )?;
                 buf.flush()?;
                 drop(buf);
                 reused += store.has_blob(&w.desc.digest) as usize;

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -374,25 +375,43 @@ impl Gather {
 }
 
 /// A file, written through tokio's blocking pool (never on the async workers).
-struct FileSink(tokio::io::BufWriter<tokio::fs::File>);
+/// A blob file being downloaded. Every `WRITEBACK_EVERY` bytes it starts the disk writing
+/// back what has arrived (`store::start_writeback`), so the commit's fsync does not wait for
+/// the whole blob.
+struct FileSink {
+    out: tokio::io::BufWriter<tokio::fs::File>,
+    /// The same file, for `start_writeback` on a blocking thread.
+    fd: Arc<File>,
+    unsynced: u64,
+}
 
 impl BlobSink for FileSink {
     async fn reset(&mut self) -> Result<()> {
         use tokio::io::{AsyncSeekExt, AsyncWriteExt};
-        self.0.flush().await?;
-        let f = self.0.get_mut();
+        self.out.flush().await?;
+        let f = self.out.get_mut();
         f.set_len(0).await?;
         f.seek(SeekFrom::Start(0)).await?;
+        self.unsynced = 0;
         Ok(())
     }
     async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
         use tokio::io::AsyncWriteExt;
-        self.0.write_all(&data).await?;
+        self.out.write_all(&data).await?;
+        self.unsynced += data.len() as u64;
+        if self.unsynced >= kitsnap_core::store::WRITEBACK_EVERY {
+            self.unsynced = 0;
+            let fd = self.fd.clone();
+            // sync_file_range can block while the device's queue is full.
+            tokio::task::spawn_blocking(move || kitsnap_core::store::start_writeback(&fd))
+                .await
+                .map_err(|e| Error::Aborted(format!("starting a write-back: {e}")))?;
+        }
         Ok(())
     }
     async fn finish(&mut self) -> Result<()> {
         use tokio::io::AsyncWriteExt;
-        self.0.flush().await?;
+        self.out.flush().await?;
         Ok(())
     }
 }
@@ -825,8 +844,13 @@ impl Registry {
         file: File,
         bar: &ProgressBar,
     ) -> Result<()> {
-        let file = tokio::fs::File::from_std(file);
-        let mut sink = FileSink(tokio::io::BufWriter::with_capacity(1 << 20, file));
+        let fd = Arc::new(file.try_clone()?);
+        let out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+        let mut sink = FileSink {
+            out,
+            fd,
+            unsynced: 0,
+        };
         self.fetch_blob_into(repo, desc, &mut sink, bar).await
     }
 
