@@ -791,21 +791,18 @@ impl Store {
                 .manifests
                 .iter()
                 .position(|m| m.annotations.get(ANNOTATION_INDEX_REF) == Some(&full));
-            let current = match pos {
-                Some(i) => {
-                    let mut d = idx.manifests[i].clone();
-                    d.annotations.clear();
-                    let bytes = self.read_blob(&d)?;
-                    Some((d, bytes))
+            // kitsnap's tag, else one `kit index` wrote: the edit becomes kitsnap's entry,
+            // over kit's.
+            let current = match self
+                .index_tags_in(idx)?
+                .into_iter()
+                .find(|t| t.name == reference.name() && t.tag == tag)
+            {
+                Some(t) => {
+                    let bytes = self.read_blob(&t.descriptor)?;
+                    Some((t.descriptor, bytes))
                 }
-                // An index `kit index` wrote: the edit becomes kitsnap's entry, over kit's.
-                None => match self.kit_index_tag(&reference.name(), &tag)? {
-                    Some(d) => {
-                        let bytes = self.read_blob(&d)?;
-                        Some((d, bytes))
-                    }
-                    None => None,
-                },
+                None => None,
             };
             let Some(bytes) = edit(current)? else {
                 return Ok(None);
@@ -822,15 +819,6 @@ impl Store {
             }
             Ok(Some(desc))
         })
-    }
-
-    /// The index kit's files (not kitsnap's index.json) tag `name:tag`.
-    fn kit_index_tag(&self, name: &str, tag: &str) -> Result<Option<Descriptor>> {
-        Ok(self
-            .index_tags()?
-            .into_iter()
-            .find(|t| t.kit && t.name == name && t.tag == tag)
-            .map(|t| t.descriptor))
     }
 
     /// Removes one tag of an index; the index itself goes with its last tag.
@@ -950,26 +938,47 @@ pub fn start_writeback(file: &File) {
 }
 
 /// How often a blob being written starts its write-back (see [`start_writeback`]).
-pub const WRITEBACK_EVERY: u64 = 16 << 20;
+const WRITEBACK_EVERY: u64 = 16 << 20;
+
+/// Counts the bytes written to a blob file and says when to call [`start_writeback`]: every
+/// [`WRITEBACK_EVERY`] bytes. The sync writer ([`WriteBehind`]) and the async download sink
+/// share it.
+#[derive(Default)]
+pub struct WritebackPacer {
+    unsynced: u64,
+}
+
+impl WritebackPacer {
+    /// Counts `n` more bytes; true when a write-back is due.
+    pub fn wrote(&mut self, n: usize) -> bool {
+        self.unsynced += n as u64;
+        let due = self.unsynced >= WRITEBACK_EVERY;
+        if due {
+            self.unsynced = 0;
+        }
+        due
+    }
+}
 
 /// A blob file being written that starts its write-back every [`WRITEBACK_EVERY`] bytes.
 pub struct WriteBehind {
     file: File,
-    unsynced: u64,
+    pacer: WritebackPacer,
 }
 
 impl WriteBehind {
     pub fn new(file: File) -> WriteBehind {
-        WriteBehind { file, unsynced: 0 }
+        WriteBehind {
+            file,
+            pacer: WritebackPacer::default(),
+        }
     }
 }
 
 impl Write for WriteBehind {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.unsynced += n as u64;
-        if self.unsynced >= WRITEBACK_EVERY {
-            self.unsynced = 0;
+        if self.pacer.wrote(n) {
             start_writeback(&self.file);
         }
         Ok(n)

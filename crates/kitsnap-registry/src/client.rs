@@ -23,6 +23,7 @@ use url::Url;
 
 use kitsnap_core::digest::{Digest, ThreadedHasher};
 use kitsnap_core::oci::{Descriptor, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
+use kitsnap_core::store::WritebackPacer;
 
 use crate::credentials::{Credentials, DockerConfig};
 use crate::error::{CoreError, Error, ErrorEnvelope, Result};
@@ -374,15 +375,14 @@ impl Gather {
     }
 }
 
-/// A file, written through tokio's blocking pool (never on the async workers).
-/// A blob file being downloaded. Every `WRITEBACK_EVERY` bytes it starts the disk writing
-/// back what has arrived (`store::start_writeback`), so the commit's fsync does not wait for
-/// the whole blob.
+/// A blob file being downloaded, written through tokio's blocking pool (never on the async
+/// workers). Now and then it starts the disk writing back what has arrived
+/// (`store::start_writeback`), so the commit's fsync does not wait for the whole blob.
 struct FileSink {
     out: tokio::io::BufWriter<tokio::fs::File>,
     /// The same file, for `start_writeback` on a blocking thread.
     fd: Arc<File>,
-    unsynced: u64,
+    pacer: WritebackPacer,
 }
 
 impl BlobSink for FileSink {
@@ -392,15 +392,13 @@ impl BlobSink for FileSink {
         let f = self.out.get_mut();
         f.set_len(0).await?;
         f.seek(SeekFrom::Start(0)).await?;
-        self.unsynced = 0;
+        self.pacer = WritebackPacer::default();
         Ok(())
     }
     async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
         use tokio::io::AsyncWriteExt;
         self.out.write_all(&data).await?;
-        self.unsynced += data.len() as u64;
-        if self.unsynced >= kitsnap_core::store::WRITEBACK_EVERY {
-            self.unsynced = 0;
+        if self.pacer.wrote(data.len()) {
             let fd = self.fd.clone();
             // sync_file_range can block while the device's queue is full.
             tokio::task::spawn_blocking(move || kitsnap_core::store::start_writeback(&fd))
@@ -849,7 +847,7 @@ impl Registry {
         let mut sink = FileSink {
             out,
             fd,
-            unsynced: 0,
+            pacer: WritebackPacer::default(),
         };
         self.fetch_blob_into(repo, desc, &mut sink, bar).await
     }

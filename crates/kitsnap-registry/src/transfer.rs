@@ -743,7 +743,7 @@ pub async fn pack_push(reg: &Registry, opts: &PackOptions) -> Result<PackPushRep
     let bar = progress::bytes(plan.total, "packing and pushing", opts.progress);
     let mut written: Vec<pack::Written> = Vec::new();
     let mut fell_back = false;
-    for i in 0..plan.layers.len() {
+    'layers: for i in 0..plan.layers.len() {
         let l = &plan.layers[i];
         bar.set_message(format!("{} {}", l.entry.kind.user_str(), l.path));
         let before = bar.position();
@@ -769,7 +769,7 @@ pub async fn pack_push(reg: &Registry, opts: &PackOptions) -> Result<PackPushRep
             {
                 Ok((out, _, _)) => {
                     written.push(out);
-                    break;
+                    continue 'layers;
                 }
                 Err(Error::ChunkedRefused { url, status }) => {
                     tracing::info!(%url, status, "chunked uploads refused: hashing each layer first, then one PUT");
@@ -787,9 +787,6 @@ pub async fn pack_push(reg: &Registry, opts: &PackOptions) -> Result<PackPushRep
                 }
                 Err(e) => return Err(e),
             }
-        }
-        if written.len() == i + 1 {
-            continue;
         }
         // First pass: the digest and size, written nowhere.
         let out = {
