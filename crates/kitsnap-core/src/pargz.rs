@@ -3,7 +3,8 @@
 //! deflate stream), and written in order with one gzip header and trailer. The output is
 //! an ordinary single-member gzip file that any gunzip reads, and it depends only on the
 //! input and the level, not on thread timing. Memory is bounded: at most
-//! `2 × workers` blocks are in flight.
+//! `2 × workers` blocks are in flight. Blocks that deflate cannot shrink are stored (see
+//! `Blocks`).
 //!
 //! (gzp does the same but panics in `Drop` when the sink fails, which a pack whose registry
 //! goes away mid-upload would hit.)
@@ -52,7 +53,7 @@ impl<W: Write> ParGzWriter<W> {
                 std::thread::Builder::new()
                     .name(format!("kitsnap-gzip-{i}"))
                     .spawn(move || {
-                        let mut c = Compress::new(level, false);
+                        let mut c = Blocks::new(level);
                         loop {
                             // The lock is held only while waiting for the next job.
                             let job = match rx.lock() {
@@ -60,7 +61,7 @@ impl<W: Write> ParGzWriter<W> {
                                 Err(_) => return,
                             };
                             let Ok((data, last, reply)) = job else { return };
-                            let _ = reply.send(deflate_block(&mut c, &data, last));
+                            let _ = reply.send(c.deflate(&data, last));
                         }
                     })
             })
@@ -149,6 +150,64 @@ impl<W: Write> Drop for ParGzWriter<W> {
     }
 }
 
+/// Bytes of each probe, taken at the start and the middle of a block.
+const PROBE: usize = 32 << 10;
+
+/// A worker's compressors. A block whose probes shrink by less than 1/128 is stored, not
+/// deflated: on incompressible bytes (quantized weights, archives, media) level 6 spends
+/// ~20 ns a byte finding nothing, and storing them costs at most that 1/128 of size. The
+/// choice depends only on the block's bytes, so the output stays deterministic.
+struct Blocks {
+    deflate: Compress,
+    store: Compress,
+    probe: Compress,
+    scratch: Vec<u8>,
+}
+
+impl Blocks {
+    fn new(level: Compression) -> Self {
+        Blocks {
+            deflate: Compress::new(level, false),
+            store: Compress::new(Compression::none(), false),
+            probe: Compress::new(level, false),
+            scratch: Vec::with_capacity(PROBE + PROBE / 8 + 64),
+        }
+    }
+
+    fn deflate(&mut self, data: &[u8], last: bool) -> io::Result<Vec<u8>> {
+        if self.incompressible(data)? {
+            deflate_block(&mut self.store, data, last)
+        } else {
+            deflate_block(&mut self.deflate, data, last)
+        }
+    }
+
+    /// Whether deflating both probes saves less than 1/128 of their bytes. Blocks too small
+    /// to probe twice are deflated.
+    fn incompressible(&mut self, data: &[u8]) -> io::Result<bool> {
+        if data.len() < 2 * PROBE {
+            return Ok(false);
+        }
+        let mid = data.len() / 2;
+        let (mut taken, mut made) = (0, 0);
+        for sample in [&data[..PROBE], &data[mid..mid + PROBE]] {
+            self.probe.reset();
+            self.scratch.clear();
+            let status = self
+                .probe
+                .compress_vec(sample, &mut self.scratch, FlushCompress::Finish)
+                .map_err(io::Error::other)?;
+            if status != Status::StreamEnd {
+                // Did not fit in 1/8 more than the input: nothing to gain.
+                return Ok(true);
+            }
+            taken += sample.len();
+            made += self.scratch.len();
+        }
+        Ok(made > taken - taken / 128)
+    }
+}
+
 /// Raw deflate of one block: a sync flush after it (byte-aligned, not final), or the
 /// final block of the stream.
 fn deflate_block(c: &mut Compress, data: &[u8], last: bool) -> io::Result<Vec<u8>> {
@@ -226,6 +285,68 @@ mod tests {
             assert_eq!(gz(&input, 1000, 1), out, "{len} bytes");
             assert_eq!(gz(&input, BLOCK * 2, 3), out, "{len} bytes");
         }
+    }
+
+    /// Bytes no deflate shrinks (xorshift: deterministic, no extra crate).
+    fn noise(len: usize, mut x: u64) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
+    fn gunzip(gz: &[u8]) -> Vec<u8> {
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(gz)
+            .read_to_end(&mut back)
+            .unwrap();
+        back
+    }
+
+    #[test]
+    fn incompressible_blocks_are_stored_and_the_rest_deflated() {
+        let random = noise(3 * BLOCK + 777, 0x9e37_79b9_7f4a_7c15);
+        let out = gz(&random, 64 << 10, 2);
+        assert_eq!(gunzip(&out), random);
+        // Deflate's own output for noise is stored blocks too, so size cannot tell the paths
+        // apart; the probe's decision can.
+        assert!(
+            out.len() <= random.len() + random.len() / 1000,
+            "{}",
+            out.len()
+        );
+        let mut blocks = Blocks::new(Compression::default());
+        assert!(blocks.incompressible(&random[..BLOCK]).unwrap());
+        assert!(!blocks.incompressible(&data(BLOCK)).unwrap());
+        assert!(
+            !blocks.incompressible(&random[..PROBE]).unwrap(),
+            "too small to probe"
+        );
+        assert_eq!(gz(&random, 1000, 1), out, "deterministic");
+
+        // A block of noise between compressible ones: only it is stored.
+        let mut mixed = data(BLOCK);
+        mixed.extend_from_slice(&random[..BLOCK]);
+        mixed.extend_from_slice(&data(BLOCK));
+        let out = gz(&mixed, 64 << 10, 2);
+        assert_eq!(gunzip(&out), mixed);
+        assert!(
+            out.len() > BLOCK && out.len() < BLOCK + BLOCK / 8,
+            "{}",
+            out.len()
+        );
+
+        // Noise only at the start of a block: the middle probe sees the rest compress.
+        let mut head = random[..PROBE].to_vec();
+        head.extend_from_slice(&data(BLOCK - PROBE));
+        let out = gz(&head, 64 << 10, 2);
+        assert_eq!(gunzip(&out), head);
+        assert!(out.len() < BLOCK / 4, "{}", out.len());
+        assert!(!blocks.incompressible(&head).unwrap());
     }
 
     #[test]
