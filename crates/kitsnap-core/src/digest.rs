@@ -80,7 +80,10 @@ impl<'de> serde::Deserialize<'de> for Digest {
 }
 
 const CHUNK: usize = 1 << 20;
-const IN_FLIGHT: usize = 4;
+/// Chunks queued for the hasher thread. Two absorb its jitter as well as four did (2 GiB
+/// pack, pull and unpack timed alike), and an unpack of four layers at once holds 8 MiB
+/// less.
+const IN_FLIGHT: usize = 2;
 
 /// SHA-256 computed on a background thread. `update` copies the bytes into a pooled
 /// 1 MiB buffer and hands it over, so memory stays at a few MiB whatever the input size.

