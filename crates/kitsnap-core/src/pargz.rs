@@ -155,7 +155,7 @@ const PROBE: usize = 32 << 10;
 
 /// A worker's compressors. A block whose probes shrink by less than 1/128 is stored, not
 /// deflated: on incompressible bytes (quantized weights, archives, media) level 6 spends
-/// ~20 ns a byte finding nothing, and storing them costs at most that 1/128 of size. The
+/// ~20 ns a byte finding nothing, and storing them costs about that 1/128 of size. The
 /// choice depends only on the block's bytes, so the output stays deterministic.
 struct Blocks {
     deflate: Compress,
