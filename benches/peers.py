@@ -47,6 +47,9 @@ print(r.ru_maxrss, r.ru_oublock)
 """
 
 
+KITFILE = "manifestVersion: 1.0.0\npackage:\n  name: bench\nmodel:\n  name: m\n  path: model.safetensors\n"
+
+
 def at_once(url, blob, out, fdatasync):
     """A shell command running the registry's GET of `url`, `openssl sha256` of `blob` and
     `dd` of it to `out` concurrently, failing if any fails."""
@@ -79,7 +82,7 @@ def bf16_weights(dst, mib):
             buf[1::2] = os.urandom(1 << 19).translate(table)
             f.write(buf)
     with open(os.path.join(dst, "Kitfile"), "w") as f:
-        f.write("manifestVersion: 1.0.0\npackage:\n  name: bench\nmodel:\n  name: m\n  path: model.safetensors\n")
+        f.write(KITFILE)
 
 
 def measure(cmd, env, shell=False, cwd=None):
@@ -120,7 +123,7 @@ def main():
         for _ in range(a.size_mib):
             f.write(os.urandom(1 << 20))
     with open(os.path.join(src, "Kitfile"), "w") as f:
-        f.write("manifestVersion: 1.0.0\npackage:\n  name: bench\nmodel:\n  name: m\n  path: model.safetensors\n")
+        f.write(KITFILE)
     with open(os.path.join(src, "Modelfile"), "w") as f:
         f.write("NAME bench\nARCH transformer\nFAMILY bench\nFORMAT safetensors\nMODEL model.safetensors\n")
     subprocess.run(["cat", os.path.join(src, "model.safetensors")], stdout=subprocess.DEVNULL, check=True)
@@ -312,21 +315,25 @@ def main():
     for repo in ["ks/bench", "oras/bench", "mc/bench"] + (["kit/bench"] if kit else []):
         warm(repo)
 
+    def registry_floors(op, fdatasync):
+        """The floors of taking the blob from the registry, each alone: the registry sending
+        it (to /dev/null), one core verifying it (openssl's sha256, SHA extensions), and the
+        disk taking it (`dd` of the same bytes from the page cache; fdatasync'd for a pull,
+        as kitsnap fsyncs a pulled blob). A pipeline of curl, tee and `openssl sha256` is no
+        floor: it was slower than kitsnap, which hashes on a second core while it writes."""
+        out = d("floor.blob")
+        bench(op, "floor: registry GET to /dev/null", f"curl -sf {blob_url} >/dev/null", shell=True)
+        bench(op, "floor: openssl sha256 of the blob", ["openssl", "sha256", blob])
+        bench(op, "floor: dd of the blob, fdatasync" if fdatasync else "floor: dd of the blob",
+              ["dd", f"if={blob}", f"of={out}", "bs=1M"] + (["conv=fdatasync"] if fdatasync else []),
+              setup=lambda: fresh_file(out), leaves=[out])
+        # The same three at once, uncoupled, on the same 2 cores. Not a floor: each reads the
+        # blob from the page cache, where a pull hands one read on.
+        bench(op, "baseline: the three above at once", at_once(blob_url, blob, out, fdatasync),
+              shell=True, setup=lambda: fresh_file(out), leaves=[out])
+
     # --- pull into each tool's store
-    # The floors of a pull, each alone: the registry sending the blob (to /dev/null), one
-    # core verifying it (openssl's sha256, SHA extensions), and the disk taking it (`dd` of
-    # the same bytes from the page cache, fdatasync'd as kitsnap fsyncs a pulled blob). A
-    # pipeline of curl, tee and `openssl sha256` is no floor: it was slower than kitsnap,
-    # which hashes on a second core while it writes.
-    bench("pull", "floor: registry GET to /dev/null", f"curl -sf {blob_url} >/dev/null", shell=True)
-    bench("pull", "floor: openssl sha256 of the blob", ["openssl", "sha256", blob])
-    bench("pull", "floor: dd of the blob, fdatasync",
-          ["dd", f"if={blob}", f"of={d('floor.blob')}", "bs=1M", "conv=fdatasync"],
-          setup=lambda: fresh_file(d("floor.blob")), leaves=[d("floor.blob")])
-    # The same three at once, uncoupled, on the same 2 cores. Not a floor: each reads the
-    # blob from the page cache, where a pull hands one read on.
-    bench("pull", "baseline: the three above at once", at_once(blob_url, blob, d("floor.blob"), True), shell=True,
-          setup=lambda: fresh_file(d("floor.blob")), leaves=[d("floor.blob")])
+    registry_floors("pull", fdatasync=True)
     bench("pull", "kitsnap pull", [ks, "--no-progress", "pull", f"{addr}/ks/bench:v1", "--plain-http"],
           setup=lambda: fresh(d("ks-store")), leaves=[d("ks-store")])
     if kit:
@@ -338,15 +345,7 @@ def main():
           ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{addr}/ks/bench:v1",
            f"oci:{d('sk-oci')}:bench"], setup=lambda: fresh(d("sk-oci")), leaves=[d("sk-oci")])
     # --- from the registry to files in a directory
-    bench("unpack from registry", "floor: registry GET to /dev/null", f"curl -sf {blob_url} >/dev/null",
-          shell=True)
-    bench("unpack from registry", "floor: openssl sha256 of the blob", ["openssl", "sha256", blob])
-    bench("unpack from registry", "floor: dd of the blob", ["dd", f"if={blob}", f"of={d('floor.blob')}",
-                                                             "bs=1M"], setup=lambda: fresh_file(d("floor.blob")),
-          leaves=[d("floor.blob")])
-    bench("unpack from registry", "baseline: the three above at once",
-          at_once(blob_url, blob, d("floor.blob"), False), shell=True,
-          setup=lambda: fresh_file(d("floor.blob")), leaves=[d("floor.blob")])
+    registry_floors("unpack from registry", fdatasync=False)
     bench("unpack from registry", "kitsnap unpack REF -d",
           [ks, "--no-progress", "unpack", f"{addr}/ks/bench:v1", "-d", d("out"), "--plain-http"],
           setup=lambda: fresh(d("out"), d("ks-store")), leaves=[d("out"), d("ks-store")])
