@@ -283,90 +283,93 @@ def main():
           mc + ["build", "-t", f"{addr}/mc/bench:v1", "-f", os.path.join(src, "Modelfile"),
                 "--no-creation-time", "--output-remote", "--plain-http", src], setup=reg.restart)
 
-    # One registry holding every tool's artifact for the pulls.
-    reg.restart()
-    # The rows below read from the registry only: each store goes once it is pushed.
-    subprocess.run([ks, "--no-progress", "push", f"{addr}/ks/bench:v1", "--plain-http"], env=env, check=True,
-                   capture_output=True)
-    fresh(d("ks-store"))
-    blob = os.path.join(reg.work, "regdata", "docker", "registry", "v2", "blobs", "sha256",
-                        layer.split(":")[1][:2], layer.split(":")[1], "data")
-    if kit:
-        subprocess.run([kit, "push", f"{addr}/kit/bench:v1", "--plain-http", "--progress", "none"], env=env,
-                       check=True, capture_output=True)
-        fresh(d("kit-home"))
-    subprocess.run([oras, "push", "--plain-http", "--no-tty", f"{addr}/oras/bench:v1", "model.safetensors"],
-                   env=env, check=True, capture_output=True, cwd=src)
-    fresh(src)
-    subprocess.run(mc + ["push", "--plain-http", f"{addr}/mc/bench:v1"], env=env, check=True, capture_output=True)
-    fresh(d("modctl"))
+    # The registry rows: their setup (every tool pushing its kit) is skipped with them.
+    if not (skipped("pull") and skipped("unpack from registry")):
+        # One registry holding every tool's artifact for the pulls.
+        reg.restart()
+        # The rows below read from the registry only: each store goes once it is pushed.
+        subprocess.run([ks, "--no-progress", "push", f"{addr}/ks/bench:v1", "--plain-http"], env=env, check=True,
+                       capture_output=True)
+        fresh(d("ks-store"))
+        blob = os.path.join(reg.work, "regdata", "docker", "registry", "v2", "blobs", "sha256",
+                            layer.split(":")[1][:2], layer.split(":")[1], "data")
+        if kit:
+            subprocess.run([kit, "push", f"{addr}/kit/bench:v1", "--plain-http", "--progress", "none"], env=env,
+                           check=True, capture_output=True)
+            fresh(d("kit-home"))
+        subprocess.run([oras, "push", "--plain-http", "--no-tty", f"{addr}/oras/bench:v1", "model.safetensors"],
+                       env=env, check=True, capture_output=True, cwd=src)
+        fresh(src)
+        subprocess.run(mc + ["push", "--plain-http", f"{addr}/mc/bench:v1"], env=env, check=True,
+                       capture_output=True)
+        fresh(d("modctl"))
 
-    # The registry's first serve of a blob after it starts costs it several times what later
-    # serves do: read every tool's blobs once, so that no row pays that for the others.
-    def warm(repo):
-        accept = "application/vnd.oci.image.manifest.v1+json"
-        req = urllib.request.Request(f"http://{addr}/v2/{repo}/manifests/v1", headers={"Accept": accept})
-        with urllib.request.urlopen(req) as r:
-            man = json.load(r)
-        for l in man["layers"] + [man["config"]]:
-            with urllib.request.urlopen(f"http://{addr}/v2/{repo}/blobs/{l['digest']}") as r:
-                while r.read(1 << 20):
-                    pass
-    for repo in ["ks/bench", "oras/bench", "mc/bench"] + (["kit/bench"] if kit else []):
-        warm(repo)
+        # The registry's first serve of a blob after it starts costs it several times what later
+        # serves do: read every tool's blobs once, so that no row pays that for the others.
+        def warm(repo):
+            accept = "application/vnd.oci.image.manifest.v1+json"
+            req = urllib.request.Request(f"http://{addr}/v2/{repo}/manifests/v1", headers={"Accept": accept})
+            with urllib.request.urlopen(req) as r:
+                man = json.load(r)
+            for l in man["layers"] + [man["config"]]:
+                with urllib.request.urlopen(f"http://{addr}/v2/{repo}/blobs/{l['digest']}") as r:
+                    while r.read(1 << 20):
+                        pass
+        for repo in ["ks/bench", "oras/bench", "mc/bench"] + (["kit/bench"] if kit else []):
+            warm(repo)
 
-    def registry_floors(op, fdatasync):
-        """The floors of taking the blob from the registry, each alone: the registry sending
-        it (to /dev/null), one core verifying it (openssl's sha256, SHA extensions), and the
-        disk taking it (`dd` of the same bytes from the page cache; fdatasync'd for a pull,
-        as kitsnap fsyncs a pulled blob). A pipeline of curl, tee and `openssl sha256` is no
-        floor: it was slower than kitsnap, which hashes on a second core while it writes."""
-        out = d("floor.blob")
-        bench(op, "floor: registry GET to /dev/null", f"curl -sf {blob_url} >/dev/null", shell=True)
-        bench(op, "floor: openssl sha256 of the blob", ["openssl", "sha256", blob])
-        bench(op, "floor: dd of the blob, fdatasync" if fdatasync else "floor: dd of the blob",
-              ["dd", f"if={blob}", f"of={out}", "bs=1M"] + (["conv=fdatasync"] if fdatasync else []),
-              setup=lambda: fresh_file(out), leaves=[out])
-        # The same three at once, uncoupled, on the same 2 cores. Not a floor: each reads the
-        # blob from the page cache, where a pull hands one read on.
-        bench(op, "baseline: the three above at once", at_once(blob_url, blob, out, fdatasync),
-              shell=True, setup=lambda: fresh_file(out), leaves=[out])
+        def registry_floors(op, fdatasync):
+            """The floors of taking the blob from the registry, each alone: the registry sending
+            it (to /dev/null), one core verifying it (openssl's sha256, SHA extensions), and the
+            disk taking it (`dd` of the same bytes from the page cache; fdatasync'd for a pull,
+            as kitsnap fsyncs a pulled blob). A pipeline of curl, tee and `openssl sha256` is no
+            floor: it was slower than kitsnap, which hashes on a second core while it writes."""
+            out = d("floor.blob")
+            bench(op, "floor: registry GET to /dev/null", f"curl -sf {blob_url} >/dev/null", shell=True)
+            bench(op, "floor: openssl sha256 of the blob", ["openssl", "sha256", blob])
+            bench(op, "floor: dd of the blob, fdatasync" if fdatasync else "floor: dd of the blob",
+                  ["dd", f"if={blob}", f"of={out}", "bs=1M"] + (["conv=fdatasync"] if fdatasync else []),
+                  setup=lambda: fresh_file(out), leaves=[out])
+            # The same three at once, uncoupled, on the same 2 cores. Not a floor: each reads the
+            # blob from the page cache, where a pull hands one read on.
+            bench(op, "baseline: the three above at once", at_once(blob_url, blob, out, fdatasync),
+                  shell=True, setup=lambda: fresh_file(out), leaves=[out])
 
-    # --- pull into each tool's store
-    registry_floors("pull", fdatasync=True)
-    bench("pull", "kitsnap pull", [ks, "--no-progress", "pull", f"{addr}/ks/bench:v1", "--plain-http"],
-          setup=lambda: fresh(d("ks-store")), leaves=[d("ks-store")])
-    if kit:
-        bench("pull", "kit pull", [kit, "pull", f"{addr}/kit/bench:v1", "--plain-http", "--progress", "none"],
-              setup=lambda: fresh(d("kit-home")), leaves=[d("kit-home")])
-    bench("pull", "modctl pull", mc + ["pull", "--plain-http", f"{addr}/mc/bench:v1"],
-          setup=lambda: fresh(d("modctl")), leaves=[d("modctl")])
-    bench("pull", "skopeo copy registry -> oci",
-          ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{addr}/ks/bench:v1",
-           f"oci:{d('sk-oci')}:bench"], setup=lambda: fresh(d("sk-oci")), leaves=[d("sk-oci")])
-    # --- from the registry to files in a directory
-    registry_floors("unpack from registry", fdatasync=False)
-    bench("unpack from registry", "kitsnap unpack REF -d",
-          [ks, "--no-progress", "unpack", f"{addr}/ks/bench:v1", "-d", d("out"), "--plain-http"],
-          setup=lambda: fresh(d("out"), d("ks-store")), leaves=[d("out"), d("ks-store")])
-    if kit:
-        # Straight from a registry, kit's unpack checks no digest (see
-        # kit_conformance::kit_unpack_from_a_registry_writes_tampered_bytes_kitsnap_refuses_them):
-        # timed, but kitsnap is compared with kit's verified path, pull then unpack.
-        bench("unpack from registry", "kit unpack REF -d (unverified)",
-              [kit, "unpack", f"{addr}/kit/bench:v1", "-d", d("out"), "--plain-http", "--progress", "none"],
-              setup=lambda: fresh(d("out"), d("kit-home")), leaves=[d("out"), d("kit-home")])
-        bench("unpack from registry", "kit pull + kit unpack -d",
-              f"{kit} pull {addr}/kit/bench:v1 --plain-http --progress none && "
-              f"{kit} unpack {addr}/kit/bench:v1 -d {d('out')} --progress none",
-              shell=True, setup=lambda: fresh(d("out"), d("kit-home")), leaves=[d("out"), d("kit-home")])
-    bench("unpack from registry", "oras pull -o", [oras, "pull", "--plain-http", "--no-tty", "-o", d("out"),
-                                                    f"{addr}/oras/bench:v1"], setup=lambda: fresh(d("out")),
-          leaves=[d("out")])
-    bench("unpack from registry", "modctl pull --extract-from-remote",
-          mc + ["pull", "--plain-http", "--extract-from-remote", "--extract-dir", d("out"),
-                f"{addr}/mc/bench:v1"], setup=lambda: fresh(d("out"), d("modctl")),
-          leaves=[d("out"), d("modctl")])
+        # --- pull into each tool's store
+        registry_floors("pull", fdatasync=True)
+        bench("pull", "kitsnap pull", [ks, "--no-progress", "pull", f"{addr}/ks/bench:v1", "--plain-http"],
+              setup=lambda: fresh(d("ks-store")), leaves=[d("ks-store")])
+        if kit:
+            bench("pull", "kit pull", [kit, "pull", f"{addr}/kit/bench:v1", "--plain-http", "--progress", "none"],
+                  setup=lambda: fresh(d("kit-home")), leaves=[d("kit-home")])
+        bench("pull", "modctl pull", mc + ["pull", "--plain-http", f"{addr}/mc/bench:v1"],
+              setup=lambda: fresh(d("modctl")), leaves=[d("modctl")])
+        bench("pull", "skopeo copy registry -> oci",
+              ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{addr}/ks/bench:v1",
+               f"oci:{d('sk-oci')}:bench"], setup=lambda: fresh(d("sk-oci")), leaves=[d("sk-oci")])
+        # --- from the registry to files in a directory
+        registry_floors("unpack from registry", fdatasync=False)
+        bench("unpack from registry", "kitsnap unpack REF -d",
+              [ks, "--no-progress", "unpack", f"{addr}/ks/bench:v1", "-d", d("out"), "--plain-http"],
+              setup=lambda: fresh(d("out"), d("ks-store")), leaves=[d("out"), d("ks-store")])
+        if kit:
+            # Straight from a registry, kit's unpack checks no digest (see
+            # kit_conformance::kit_unpack_from_a_registry_writes_tampered_bytes_kitsnap_refuses_them):
+            # timed, but kitsnap is compared with kit's verified path, pull then unpack.
+            bench("unpack from registry", "kit unpack REF -d (unverified)",
+                  [kit, "unpack", f"{addr}/kit/bench:v1", "-d", d("out"), "--plain-http", "--progress", "none"],
+                  setup=lambda: fresh(d("out"), d("kit-home")), leaves=[d("out"), d("kit-home")])
+            bench("unpack from registry", "kit pull + kit unpack -d",
+                  f"{kit} pull {addr}/kit/bench:v1 --plain-http --progress none && "
+                  f"{kit} unpack {addr}/kit/bench:v1 -d {d('out')} --progress none",
+                  shell=True, setup=lambda: fresh(d("out"), d("kit-home")), leaves=[d("out"), d("kit-home")])
+        bench("unpack from registry", "oras pull -o", [oras, "pull", "--plain-http", "--no-tty", "-o", d("out"),
+                                                        f"{addr}/oras/bench:v1"], setup=lambda: fresh(d("out")),
+              leaves=[d("out")])
+        bench("unpack from registry", "modctl pull --extract-from-remote",
+              mc + ["pull", "--plain-http", "--extract-from-remote", "--extract-dir", d("out"),
+                    f"{addr}/mc/bench:v1"], setup=lambda: fresh(d("out"), d("modctl")),
+              leaves=[d("out"), d("modctl")])
 
     print()
     print("| operation | tool | wall | kitsnap / best peer | kitsnap / floor | peak RSS | written |")
