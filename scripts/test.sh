@@ -3,7 +3,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
+# Seconds since the start after each step: the suite's budget is 25 minutes on 2 cores.
+took() { echo "test.sh: $1 done at ${SECONDS} s" >&2; }
 bash scripts/install-deps.sh
+took "apt packages"
 # containerd 1.7 and 2.x for the snapshotter tests. Without them those versions are skipped
 # loudly on a developer machine, and fail the run under CI (CI=true): the rest still runs.
 bash scripts/fetch-containerd.sh || echo "test.sh: WARNING: could not fetch containerd 1.7/2.x" >&2
@@ -12,8 +15,10 @@ bash scripts/fetch-docker.sh || echo "test.sh: WARNING: could not fetch Docker 2
 # The real nerdctl for the native-pull tests (built from the Go module proxy, cached under
 # .cache/). Without it that test is skipped loudly, or fails under CI.
 bash scripts/install-peers.sh nerdctl modctl || echo "test.sh: WARNING: could not build nerdctl or modctl" >&2
+took "containerd, Docker and Go peers"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+took "fmt and clippy"
 # /dev/null must still be the null device after the tests (a test that replaced it with a
 # file, as zsh's compdump once did, poisons every later command on the machine).
 check_dev_null() {
@@ -22,6 +27,7 @@ check_dev_null() {
 check_dev_null "before the tests"
 status=0
 cargo test --workspace --quiet 2>&1 || status=$?
+took "cargo test"
 # Tests of peers the Go module proxy cannot serve (kit: 403; nerdctl's main: no
 # pseudo-version) are #[ignore]d, so cargo reports them as ignored, never as passed. They
 # run here when the binary is at hand.
@@ -38,4 +44,5 @@ else
   echo "test.sh: IGNORED mirror::nerdctl_main_mounts_a_modelkit_with_type_image: no nerdctl built from main (KITSNAP_NERDCTL_MAIN)" >&2
 fi
 check_dev_null "after the tests"
+took "the whole suite"
 exit "$status"

@@ -146,14 +146,9 @@ impl ThreadedHasher {
         }
     }
 
+    /// Hands the filled buffer to the hasher thread and takes an empty one.
     fn flush(&mut self) {
-        if self.buf.is_empty() {
-            return;
-        }
-        let full = std::mem::take(&mut self.buf);
-        let Some(tx) = &self.tx else { return };
-        // The receiver only goes away if the hasher thread panicked; finish() reports it.
-        if tx.send(full).is_err() {
+        if !self.send() {
             return;
         }
         self.buf = match self.pool.try_recv() {
@@ -170,9 +165,19 @@ impl ThreadedHasher {
         };
     }
 
+    /// Sends what `buf` holds, if anything; false if nothing went.
+    fn send(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return false;
+        }
+        let full = std::mem::take(&mut self.buf);
+        // The receiver only goes away if the hasher thread panicked; finish() reports it.
+        self.tx.as_ref().is_some_and(|tx| tx.send(full).is_ok())
+    }
+
     /// Returns the digest and the number of bytes hashed.
     pub fn finish(mut self) -> Result<(Digest, u64)> {
-        self.flush();
+        self.send();
         self.tx.take();
         let handle = self
             .handle
