@@ -1752,7 +1752,6 @@ mod tests {
         assert_eq!(g.next().map(|p| p.len()), Some(GATHERED));
         assert!(g.next().is_none());
         assert!(g.rest().is_none());
-        assert!(g.next().is_none());
     }
 
     #[test]
