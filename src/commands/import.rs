@@ -20,7 +20,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
-use kitsnap_core::digest::ThreadedHasher;
 use kitsnap_core::ignore::IGNORE_FILE;
 use kitsnap_core::init::{self, InitOptions};
 use kitsnap_core::kitfile::{self, Kitfile};
@@ -28,7 +27,7 @@ use kitsnap_core::oci::{Compression, ModelFormat};
 use kitsnap_core::pack::{self, PackOptions};
 use kitsnap_core::reference::Reference;
 use kitsnap_core::{human_bytes, progress};
-use kitsnap_registry::client::{ClientOptions, http_client};
+use kitsnap_registry::client::{ClientOptions, PieceHasher, http_client};
 use kitsnap_registry::hosts::HostEndpoint;
 use serde::Deserialize;
 
@@ -720,7 +719,7 @@ impl Hf {
                     .open(&target)
                     .await
                     .with_context(|| format!("creating {}", target.display()))?;
-                let mut hasher = f.sha256.as_ref().map(|_| ThreadedHasher::new());
+                let mut hasher = f.sha256.as_ref().map(|_| PieceHasher::new()).transpose()?;
                 let mut n = 0u64;
                 while let Some(chunk) = resp
                     .chunk()
@@ -731,11 +730,11 @@ impl Hf {
                     out.write_all(&chunk)
                         .await
                         .with_context(|| format!("writing {}", target.display()))?;
-                    if let Some(h) = hasher.as_mut() {
-                        h.update(&chunk);
-                    }
                     n += chunk.len() as u64;
                     bar.inc(chunk.len() as u64);
+                    if let Some(h) = hasher.as_mut() {
+                        h.update(chunk).await;
+                    }
                 }
                 out.flush()
                     .await
@@ -749,7 +748,7 @@ impl Hf {
                     );
                 }
                 if let (Some(h), Some(want)) = (hasher, &f.sha256) {
-                    let (got, _) = h.finish()?;
+                    let got = h.finish().await?;
                     if !got.hex().eq_ignore_ascii_case(want) {
                         bail!(
                             "{}: its content has sha256 {} where the repository lists {want}: run the import again",

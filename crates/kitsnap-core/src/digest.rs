@@ -86,10 +86,12 @@ const CHUNK: usize = 1 << 20;
 const IN_FLIGHT: usize = 2;
 
 /// SHA-256 computed on a background thread. `update` copies the bytes into a pooled
-/// 1 MiB buffer and hands it over, so memory stays at a few MiB whatever the input size.
+/// 1 MiB buffer and hands it over, and `update_shared` hands over a piece the caller owns
+/// as it is, so memory stays at a few MiB whatever the input size. Both block while the
+/// queue is full: call them off the async workers.
 pub struct ThreadedHasher {
     buf: Vec<u8>,
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<SyncSender<Piece>>,
     pool: Receiver<Vec<u8>>,
     /// Buffers made so far; at most [`BUFFERS`].
     made: usize,
@@ -101,6 +103,17 @@ pub struct ThreadedHasher {
 /// per hasher, 4 MiB of a 4-layer unpack's peak, for no speed).
 const BUFFERS: usize = IN_FLIGHT + 2;
 
+/// What the hasher thread takes: a pooled buffer (given back once hashed) or a piece the
+/// caller already owns ([`ThreadedHasher::update_shared`]).
+enum Piece {
+    Pooled(Vec<u8>),
+    Shared(bytes::Bytes),
+}
+
+/// Below this, a shared piece is copied like any slice: queuing many small pieces one by
+/// one costs more than copying them.
+const SHARE_MIN: usize = 64 << 10;
+
 impl Default for ThreadedHasher {
     fn default() -> Self {
         Self::new()
@@ -109,18 +122,26 @@ impl Default for ThreadedHasher {
 
 impl ThreadedHasher {
     pub fn new() -> Self {
-        let (tx, rx) = sync_channel::<Vec<u8>>(IN_FLIGHT);
+        let (tx, rx) = sync_channel::<Piece>(IN_FLIGHT);
         let (pool_tx, pool) = sync_channel::<Vec<u8>>(BUFFERS);
         let handle = std::thread::Builder::new()
             .name("sha256".into())
             .spawn(move || {
                 let mut h = Sha256::new();
                 let mut n = 0u64;
-                for mut chunk in rx {
-                    h.update(&chunk);
-                    n += chunk.len() as u64;
-                    chunk.clear();
-                    let _ = pool_tx.try_send(chunk);
+                for piece in rx {
+                    match piece {
+                        Piece::Pooled(mut chunk) => {
+                            h.update(&chunk);
+                            n += chunk.len() as u64;
+                            chunk.clear();
+                            let _ = pool_tx.try_send(chunk);
+                        }
+                        Piece::Shared(b) => {
+                            h.update(&b);
+                            n += b.len() as u64;
+                        }
+                    }
                 }
                 (h, n)
             })
@@ -143,6 +164,21 @@ impl ThreadedHasher {
             if self.buf.len() == CHUNK {
                 self.flush();
             }
+        }
+    }
+
+    /// Hashes a piece the caller owns without copying it (it is queued as it is), after
+    /// what `update` took before it.
+    pub fn update_shared(&mut self, data: bytes::Bytes) {
+        if data.len() < SHARE_MIN {
+            return self.update(&data);
+        }
+        if !self.buf.is_empty() {
+            self.flush();
+        }
+        if let Some(tx) = &self.tx {
+            // A hasher thread that is gone is reported by finish().
+            let _ = tx.send(Piece::Shared(data));
         }
     }
 
@@ -172,7 +208,9 @@ impl ThreadedHasher {
         }
         let full = std::mem::take(&mut self.buf);
         // The receiver only goes away if the hasher thread panicked; finish() reports it.
-        self.tx.as_ref().is_some_and(|tx| tx.send(full).is_ok())
+        self.tx
+            .as_ref()
+            .is_some_and(|tx| tx.send(Piece::Pooled(full)).is_ok())
     }
 
     /// Returns the digest and the number of bytes hashed.
@@ -188,6 +226,18 @@ impl ThreadedHasher {
             .map_err(|_| Error::Internal("hasher thread panicked".into()))?;
         Ok((Digest::from_sha256_bytes(&h.finalize()), n))
     }
+}
+
+/// The SHA-256 and length of a blob given as its pieces in order: for a thread that
+/// receives a download's pieces themselves, so nothing is copied to hash them.
+pub fn digest_pieces<B: AsRef<[u8]>>(pieces: impl IntoIterator<Item = B>) -> (Digest, u64) {
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    for p in pieces {
+        h.update(p.as_ref());
+        n += p.as_ref().len() as u64;
+    }
+    (Digest::from_sha256_bytes(&h.finalize()), n)
 }
 
 /// A writer that hashes everything written through it (on the hasher thread) and
@@ -241,6 +291,22 @@ impl<R: std::io::Read> HashingReader<R> {
     pub fn finish(mut self) -> Result<(Digest, u64)> {
         std::io::copy(&mut self, &mut std::io::sink())?;
         self.hasher.finish()
+    }
+}
+
+/// A blob being read that is hashed as it is read: what the extractor verifies a layer
+/// with. [`HashingReader`] copies what passes to its hasher thread; a reader that receives
+/// the blob in owned pieces can hand the pieces themselves over
+/// ([`ThreadedHasher::update_shared`]).
+pub trait HashedRead: std::io::Read {
+    /// Reads what is left, so that the digest covers the whole blob, and returns the
+    /// digest and the number of bytes.
+    fn finish(self) -> Result<(Digest, u64)>;
+}
+
+impl<R: std::io::Read> HashedRead for HashingReader<R> {
+    fn finish(self) -> Result<(Digest, u64)> {
+        HashingReader::finish(self)
     }
 }
 
@@ -298,5 +364,36 @@ mod tests {
         let (d2, n2) = r.finish().unwrap();
         assert_eq!(d2, d);
         assert_eq!(n2, data.len() as u64);
+    }
+
+    /// Owned pieces are queued as they are, in order with copied slices around them: after a
+    /// partly filled buffer, small ones copied, any number in a row.
+    #[test]
+    fn shared_pieces_hash_in_order_with_copied_ones() {
+        let data: Vec<u8> = (0..5_000_000u32).map(|i| (i % 253) as u8).collect();
+        let mut h = ThreadedHasher::new();
+        let mut at = 0;
+        for (i, len) in [1000, 1 << 20, 300_000, 10, 70_000, 2 << 20, 900_000, 5]
+            .into_iter()
+            .cycle()
+            .enumerate()
+        {
+            let end = (at + len).min(data.len());
+            let piece = &data[at..end];
+            if i % 3 == 0 {
+                h.update(piece);
+            } else {
+                h.update_shared(bytes::Bytes::copy_from_slice(piece));
+            }
+            at = end;
+            if at == data.len() {
+                break;
+            }
+        }
+        assert_eq!(h.finish().unwrap(), (Digest::of(&data), data.len() as u64));
+        assert_eq!(
+            digest_pieces(data.chunks(123_457)),
+            (Digest::of(&data), data.len() as u64)
+        );
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use sha2::{Digest as _, Sha256};
 
 use crate::cleanup::TempPath;
-use crate::digest::{Digest, HashingReader};
+use crate::digest::{Digest, HashedRead, HashingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::imageview::RawWrapper;
 use crate::layers::LayerPlan;
@@ -54,13 +54,16 @@ pub struct ExtractOptions {
 /// written), and a tar layer's regular files the mtime of their tar headers (model-spec puts
 /// file attributes in the tar headers; mtime 0, the reproducible-build placeholder kit and
 /// kitsnap write, is left alone). A KitOps ModelKit's files are written as before.
-pub fn extract<R: Read>(
-    reader: R,
+///
+/// `blob` hashes what it reads: `HashingReader::new(file)`, or a reader that hands its
+/// pieces to the hasher uncopied.
+pub fn extract<B: HashedRead>(
+    blob: B,
     l: &LayerPlan,
     dest: &Path,
     opts: ExtractOptions,
 ) -> Result<u64> {
-    extract_planned(reader, l, dest, opts, false).map(|(n, _)| n)
+    extract_planned(blob, l, dest, opts, false).map(|(n, _)| n)
 }
 
 /// [`extract`], also returning the layer's diff ID as an image view names it: the digest
@@ -69,21 +72,21 @@ pub fn extract<R: Read>(
 /// [`RawWrapper`] makes it, with its file metadata), so that a snapshot made with this
 /// equals what unpacking the image view gives. (One difference is left: containerd sets
 /// the mtime 0 of a KitOps tar entry, 1970; this leaves the extraction time.)
-pub fn extract_with_diff_id<R: Read>(
-    reader: R,
+pub fn extract_with_diff_id<B: HashedRead>(
+    blob: B,
     l: &LayerPlan,
     dest: &Path,
     opts: ExtractOptions,
 ) -> Result<(u64, Digest)> {
-    let (n, diff_id) = extract_planned(reader, l, dest, opts, true)?;
+    let (n, diff_id) = extract_planned(blob, l, dest, opts, true)?;
     let diff_id = diff_id.ok_or_else(|| Error::Internal("no diff ID computed".into()))?;
     Ok((n, diff_id))
 }
 
 /// One layer; `for_view`: files as the image view's tar has them, and the diff ID computed
 /// (for a raw layer, a second hash of every byte: only the node needs it).
-fn extract_planned<R: Read>(
-    reader: R,
+fn extract_planned<B: HashedRead>(
+    blob: B,
     l: &LayerPlan,
     dest: &Path,
     opts: ExtractOptions,
@@ -97,7 +100,7 @@ fn extract_planned<R: Read>(
     );
     if l.raw && !for_view {
         let meta = raw_metadata(&l.desc, &what)?;
-        extract_raw_with(reader, &l.desc, dest, &l.path, opts, &what, meta.as_ref())?;
+        extract_raw_with(blob, &l.desc, dest, &l.path, opts, &what, meta.as_ref())?;
         Ok((l.desc.size, None))
     } else if l.raw {
         // The blob is the file: its size is known and checked.
@@ -106,7 +109,7 @@ fn extract_planned<R: Read>(
         let mut tar = Sha256::new();
         tar.update(wrapper.prefix());
         let hashed = Sha256Tee {
-            inner: reader,
+            inner: blob,
             hasher: &mut tar,
         };
         extract_raw_with(hashed, &l.desc, dest, &l.path, opts, &what, meta.as_ref())?;
@@ -119,7 +122,7 @@ fn extract_planned<R: Read>(
         let restore_mtimes = LayerType::parse(&l.desc.media_type)
             .is_some_and(|t| t.format == ModelFormat::ModelPack);
         extract_tar_layer(
-            reader,
+            blob,
             &l.desc,
             l.compression,
             dest,
@@ -166,6 +169,14 @@ impl<R: Read> Read for Sha256Tee<'_, R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         Ok(n)
+    }
+}
+
+impl<B: HashedRead> HashedRead for Sha256Tee<'_, B> {
+    fn finish(mut self) -> Result<(Digest, u64)> {
+        // What is left passes through the tee too.
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        self.inner.finish()
     }
 }
 
@@ -246,12 +257,20 @@ pub fn extract_layer<R: Read>(
     opts: ExtractOptions,
     what: &str,
 ) -> Result<(u64, Digest)> {
-    extract_tar_layer(reader, desc, compression, dest, opts, what, false)
+    extract_tar_layer(
+        HashingReader::new(reader),
+        desc,
+        compression,
+        dest,
+        opts,
+        what,
+        false,
+    )
 }
 
 /// [`extract_layer`]; with `mtimes`, regular files take their tar header's mtime (unless 0).
-fn extract_tar_layer<R: Read>(
-    reader: R,
+fn extract_tar_layer<B: HashedRead>(
+    mut hr: B,
     desc: &Descriptor,
     compression: Compression,
     dest: &Path,
@@ -259,7 +278,6 @@ fn extract_tar_layer<R: Read>(
     what: &str,
     mtimes: bool,
 ) -> Result<(u64, Digest)> {
-    let mut hr = HashingReader::new(reader);
     let mut rb = Rollback(Created::default());
     // The uncompressed stream is hashed to its end (tar padding included), like the blob.
     let untar = |r: &mut dyn Read, rb: &mut Created| -> Result<(u64, Digest)> {
@@ -285,7 +303,7 @@ fn extract_tar_layer<R: Read>(
     checked
 }
 
-pub(crate) fn verify<R: Read>(hr: HashingReader<R>, desc: &Descriptor) -> Result<()> {
+pub(crate) fn verify<B: HashedRead>(hr: B, desc: &Descriptor) -> Result<()> {
     let (actual, n) = hr.finish()?;
     if actual != desc.digest {
         return Err(Error::DigestMismatch {
@@ -624,13 +642,21 @@ pub fn extract_raw<R: Read>(
     opts: ExtractOptions,
     what: &str,
 ) -> Result<()> {
-    extract_raw_with(reader, desc, dest, path, opts, what, None)
+    extract_raw_with(
+        HashingReader::new(reader),
+        desc,
+        dest,
+        path,
+        opts,
+        what,
+        None,
+    )
 }
 
 /// [`extract_raw`]; with file metadata, the file gets its permission bits (exactly, as
 /// modctl's chmod: never setuid, setgid or sticky) and mtime.
-fn extract_raw_with<R: Read>(
-    reader: R,
+fn extract_raw_with<B: HashedRead>(
+    mut hr: B,
     desc: &Descriptor,
     dest: &Path,
     path: &str,
@@ -663,7 +689,6 @@ fn extract_raw_with<R: Read>(
         }
     };
     // The digest is checked before the rename: a raw file never becomes final unverified.
-    let mut hr = HashingReader::new(reader);
     let res = write_file_atomically(&target, 0o644, |f| {
         std::io::copy(&mut hr, f).at(&target)?;
         verify(hr, desc)?;
@@ -813,7 +838,7 @@ mod tests {
             skip_existing: false,
             max_bytes: Some(8 << 20),
         };
-        let e = extract(&blob[..], &plan, d.path(), opts).unwrap_err();
+        let e = extract(HashingReader::new(&blob[..]), &plan, d.path(), opts).unwrap_err();
         assert!(e.to_string().contains("decompression bomb"), "{e}");
         assert_eq!(
             std::fs::read_dir(d.path()).unwrap().count(),
@@ -825,7 +850,7 @@ mod tests {
             max_bytes: Some(64 << 20),
             ..opts
         };
-        extract(&blob[..], &plan, d.path(), opts).unwrap();
+        extract(HashingReader::new(&blob[..]), &plan, d.path(), opts).unwrap();
         assert_eq!(
             std::fs::metadata(d.path().join("zeros.bin")).unwrap().len(),
             64 << 20
@@ -868,7 +893,13 @@ mod tests {
         let meta = r#"{"name":"../../evil","mode":3565,"uid":0,"gid":0,"size":7,"mtime":"2021-03-04T06:06:07.123456789+01:00","typeflag":0}"#;
         let d = tempfile::tempdir().unwrap();
         let plan = raw_plan(data, Some(meta));
-        extract(data, &plan, d.path(), ExtractOptions::default()).unwrap();
+        extract(
+            HashingReader::new(data),
+            &plan,
+            d.path(),
+            ExtractOptions::default(),
+        )
+        .unwrap();
         let f = d.path().join("weights/w.bin");
         assert_eq!(fs::read(&f).unwrap(), data);
         assert_eq!(mode_and_mtime(&f), (0o755, 1_614_834_367, 123_456_789));
@@ -878,8 +909,13 @@ mod tests {
 
         // The image-view path too, and its diff ID is that of the tar that says so.
         let d = tempfile::tempdir().unwrap();
-        let (_, diff) =
-            extract_with_diff_id(data, &plan, d.path(), ExtractOptions::default()).unwrap();
+        let (_, diff) = extract_with_diff_id(
+            HashingReader::new(data),
+            &plan,
+            d.path(),
+            ExtractOptions::default(),
+        )
+        .unwrap();
         let f = d.path().join("weights/w.bin");
         assert_eq!(mode_and_mtime(&f), (0o755, 1_614_834_367, 123_456_789));
         let w = RawWrapper::for_layer(&plan).unwrap();
@@ -889,7 +925,13 @@ mod tests {
         // Without metadata: 0644 (less the umask), now.
         let d = tempfile::tempdir().unwrap();
         let plain = raw_plan(data, None);
-        extract_with_diff_id(data, &plain, d.path(), ExtractOptions::default()).unwrap();
+        extract_with_diff_id(
+            HashingReader::new(data),
+            &plain,
+            d.path(),
+            ExtractOptions::default(),
+        )
+        .unwrap();
         let (mode, mtime, _) = mode_and_mtime(&d.path().join("weights/w.bin"));
         assert_eq!(mode & 0o111, 0, "not executable: {mode:o}");
         assert!(mtime > 1_614_834_367);
@@ -920,7 +962,7 @@ mod tests {
         ] {
             let d = tempfile::tempdir().unwrap();
             let e = extract(
-                data,
+                HashingReader::new(data),
                 &raw_plan(data, Some(meta)),
                 d.path(),
                 ExtractOptions::default(),
@@ -970,7 +1012,13 @@ mod tests {
                 raw: false,
             };
             let d = tempfile::tempdir().unwrap();
-            extract(&blob[..], &plan, d.path(), ExtractOptions::default()).unwrap();
+            extract(
+                HashingReader::new(&blob[..]),
+                &plan,
+                d.path(),
+                ExtractOptions::default(),
+            )
+            .unwrap();
             let (mode, mtime, _) = mode_and_mtime(&d.path().join("a.bin"));
             assert_eq!(mode & 0o7000, 0, "{media_type}: {mode:o}");
             assert_eq!(mtime == 1_614_834_367, restored, "{media_type}");

@@ -5,6 +5,7 @@ use std::fs;
 use std::io::BufReader;
 use std::path::PathBuf;
 
+use crate::digest::HashingReader;
 use crate::error::{Error, IoContext, Result};
 use crate::extract::{self, IO_BUF};
 use crate::kitfile::Kitfile;
@@ -159,7 +160,7 @@ pub fn unpack(
         let file = store.open_blob(&l.desc.digest)?;
         let reader = ProgressReader::new(BufReader::with_capacity(IO_BUF, file), bar.clone());
         extract::extract(
-            reader,
+            HashingReader::new(reader),
             l,
             &dest,
             extract::ExtractOptions {

@@ -21,7 +21,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Mutex;
 use url::Url;
 
-use kitsnap_core::digest::{Digest, ThreadedHasher};
+use kitsnap_core::digest::Digest;
 use kitsnap_core::oci::{Descriptor, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST};
 use kitsnap_core::store::WritebackPacer;
 
@@ -347,15 +347,16 @@ impl OnceBody {
 /// Gathers the pieces a socket yields (tens of KiB each) into [`GATHERED`]-byte ones before
 /// a download hands them to its sink: sinks that pass bytes to another thread (unpack's
 /// extractor, the node's) woke it once per piece, and the copy costs less (a 1 GiB
-/// `unpack`: 1.78 -> 1.55 CPU-seconds). Each copied piece is one allocation of exactly
-/// [`GATHERED`] bytes: a `BytesMut` left to grow past it reallocated to 2 MiB, and every
-/// 1 MiB piece in flight then held 2 MiB (heaptrack: 33 of a 4-layer unpack's 61 MiB).
-/// A socket piece of [`GATHERED`] bytes or more goes through as it is, uncopied.
+/// `unpack`: 1.78 -> 1.55 CPU-seconds). Each copied piece is a buffer of exactly
+/// [`GATHERED`] bytes (heaptrack: a `BytesMut` left to grow reallocated to 2 MiB, 33 of a
+/// 4-layer unpack's 61 MiB) from the download's own [`PiecePool`]. A socket piece of
+/// [`GATHERED`] bytes or more goes through as it is, uncopied.
 #[derive(Default)]
 struct Gather {
-    pending: bytes::BytesMut,
+    pending: Vec<u8>,
     /// The part of the last socket piece not yet gathered.
     incoming: bytes::Bytes,
+    pool: Arc<PiecePool>,
 }
 
 /// What [`Gather`] hands over at once.
@@ -378,56 +379,188 @@ impl Gather {
             return None;
         }
         if self.pending.capacity() == 0 {
-            self.pending = bytes::BytesMut::with_capacity(GATHERED);
+            self.pending = self.pool.take();
         }
         let take = (GATHERED - self.pending.len()).min(self.incoming.len());
         self.pending
             .extend_from_slice(&self.incoming.split_to(take));
-        (self.pending.len() == GATHERED).then(|| std::mem::take(&mut self.pending).freeze())
+        (self.pending.len() == GATHERED).then(|| self.hand_over())
     }
 
     /// What is left after the last byte.
     fn rest(&mut self) -> Option<bytes::Bytes> {
-        (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending).freeze())
+        (!self.pending.is_empty()).then(|| self.hand_over())
+    }
+
+    fn hand_over(&mut self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(Pooled {
+            buf: std::mem::take(&mut self.pending),
+            pool: self.pool.clone(),
+        })
     }
 }
 
-/// A blob file being downloaded, written through tokio's blocking pool (never on the async
-/// workers). Now and then it starts the disk writing back what has arrived
-/// (`store::start_writeback`), so the commit's fsync does not wait for the whole blob.
+/// A download's [`GATHERED`]-byte buffers, back from the pieces its sink, hasher and
+/// extractor have dropped (on whichever thread). Fresh buffers, each freed on another
+/// thread than the one that made it, kept glibc trimming its heap and faulting it back in:
+/// about 100,000 page faults for a 2 GiB pull, where reusing them takes 3,000.
+#[derive(Default)]
+struct PiecePool(std::sync::Mutex<Vec<Vec<u8>>>);
+
+/// The most idle buffers a pool keeps: more than a download holds at once (the node's:
+/// its pipe of four, the reader's, the hasher's three, the content store's writes).
+const POOLED: usize = 16;
+
+impl PiecePool {
+    fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_else(|| Vec::with_capacity(GATHERED))
+    }
+}
+
+/// A gathered piece's buffer: back to its pool when the piece's last holder drops it.
+struct Pooled {
+    buf: Vec<u8>,
+    pool: Arc<PiecePool>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        if let Ok(mut p) = self.pool.0.lock()
+            && p.len() < POOLED
+        {
+            p.push(buf);
+        }
+    }
+}
+
+/// A blob file being downloaded. Each piece is written as it is (no copy into a buffer)
+/// on tokio's blocking pool, never on the async workers, one write in flight so that the
+/// next piece downloads meanwhile. Now and then it starts the disk writing back what has
+/// arrived (`store::start_writeback`), so the commit's fsync does not wait for the whole
+/// blob.
 struct FileSink {
-    out: tokio::io::BufWriter<tokio::fs::File>,
-    /// The same file, for `start_writeback` on a blocking thread.
-    fd: Arc<File>,
+    file: Arc<File>,
+    /// Where the next piece goes.
+    offset: u64,
     pacer: WritebackPacer,
+    writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl FileSink {
+    fn new(file: File) -> FileSink {
+        FileSink {
+            file: Arc::new(file),
+            offset: 0,
+            pacer: WritebackPacer::default(),
+            writing: None,
+        }
+    }
+
+    /// Waits for the write in flight.
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(w) = self.writing.take() {
+            w.await
+                .map_err(|e| Error::Aborted(format!("writing a blob: {e}")))??;
+        }
+        Ok(())
+    }
 }
 
 impl BlobSink for FileSink {
     async fn reset(&mut self) -> Result<()> {
-        use tokio::io::{AsyncSeekExt, AsyncWriteExt};
-        self.out.flush().await?;
-        let f = self.out.get_mut();
-        f.set_len(0).await?;
-        f.seek(SeekFrom::Start(0)).await?;
+        self.settle().await?;
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || file.set_len(0))
+            .await
+            .map_err(|e| Error::Aborted(format!("truncating a blob: {e}")))??;
+        self.offset = 0;
         self.pacer = WritebackPacer::default();
         Ok(())
     }
     async fn write(&mut self, data: bytes::Bytes) -> Result<()> {
-        use tokio::io::AsyncWriteExt;
-        self.out.write_all(&data).await?;
-        if self.pacer.wrote(data.len()) {
-            let fd = self.fd.clone();
-            // sync_file_range can block while the device's queue is full.
-            tokio::task::spawn_blocking(move || kitsnap_core::store::start_writeback(&fd))
-                .await
-                .map_err(|e| Error::Aborted(format!("starting a write-back: {e}")))?;
-        }
+        use std::os::unix::fs::FileExt;
+        self.settle().await?;
+        let (file, at) = (self.file.clone(), self.offset);
+        self.offset += data.len() as u64;
+        let writeback = self.pacer.wrote(data.len());
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            file.write_all_at(&data, at)?;
+            if writeback {
+                kitsnap_core::store::start_writeback(&file);
+            }
+            Ok(())
+        }));
         Ok(())
     }
     async fn finish(&mut self) -> Result<()> {
-        use tokio::io::AsyncWriteExt;
-        self.out.flush().await?;
-        Ok(())
+        self.settle().await
+    }
+}
+
+/// The digest of a download, computed on a thread of its own from the downloaded pieces
+/// themselves: 1 MiB ones go as they are, smaller ones are gathered first (one wake-up of
+/// the thread per MiB). The async side awaits room in the queue, where a
+/// [`kitsnap_core::digest::ThreadedHasher`] would block an async worker. Not on tokio's
+/// blocking pool: a thread held for a whole download there could starve the writes that
+/// downloads wait for.
+pub struct PieceHasher {
+    tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    done: tokio::sync::oneshot::Receiver<Digest>,
+    gather: Gather,
+}
+
+/// Pieces queued for a [`PieceHasher`], as many as a `ThreadedHasher` queues.
+const HASH_QUEUE: usize = 2;
+
+impl PieceHasher {
+    pub fn new() -> Result<PieceHasher> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(HASH_QUEUE);
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                let (d, _) =
+                    kitsnap_core::digest::digest_pieces(std::iter::from_fn(|| rx.blocking_recv()));
+                let _ = done_tx.send(d);
+            })
+            .map_err(|e| Error::Aborted(format!("starting a hashing thread: {e}")))?;
+        Ok(PieceHasher {
+            tx,
+            done,
+            gather: Gather::default(),
+        })
+    }
+
+    /// Takes the next piece, waiting while the thread is behind.
+    pub async fn update(&mut self, piece: bytes::Bytes) {
+        self.gather.add(piece);
+        while let Some(p) = self.gather.next() {
+            // The receiver only goes away if the hashing thread panicked; finish() says so.
+            let _ = self.tx.send(p).await;
+        }
+    }
+
+    /// The digest of every piece taken.
+    pub async fn finish(mut self) -> Result<Digest> {
+        if let Some(p) = self.gather.rest() {
+            let _ = self.tx.send(p).await;
+        }
+        drop(self.tx);
+        self.done
+            .await
+            .map_err(|_| Error::Aborted("the hashing thread stopped".into()))
     }
 }
 
@@ -859,14 +992,11 @@ impl Registry {
         file: File,
         bar: &ProgressBar,
     ) -> Result<()> {
-        let fd = Arc::new(file.try_clone()?);
-        let out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
-        let mut sink = FileSink {
-            out,
-            fd,
-            pacer: WritebackPacer::default(),
-        };
-        self.fetch_blob_into(repo, desc, &mut sink, bar).await
+        let mut sink = FileSink::new(file);
+        let fetched = self.fetch_blob_into(repo, desc, &mut sink, bar).await;
+        // Nothing writes into the file once this returns, even after an error.
+        let settled = sink.settle().await;
+        fetched.and(settled)
     }
 
     /// Downloads a blob into any [`BlobSink`], with the same resume and fallback rules.
@@ -926,7 +1056,7 @@ impl Registry {
     ) -> Result<()> {
         let scope = format!("repository:{repo}:pull");
         let url = self.url(ep, &format!("{repo}/blobs/{}", desc.digest));
-        let mut hasher = (!sink.verifies()).then(ThreadedHasher::new);
+        let mut hasher = (!sink.verifies()).then(PieceHasher::new).transpose()?;
         let mut got: u64 = 0;
         // Bytes received (counted in `got`) not yet handed to the sink.
         let mut gather = Gather::default();
@@ -959,7 +1089,7 @@ impl Registry {
             if got > 0 && !partial_ok {
                 // The server ignored the Range: start over.
                 sink.reset().await?;
-                hasher = (!sink.verifies()).then(ThreadedHasher::new);
+                hasher = (!sink.verifies()).then(PieceHasher::new).transpose()?;
                 gather = Gather::default();
                 got = 0;
                 bar.set_position(0);
@@ -1001,14 +1131,14 @@ impl Registry {
                             }
                             .into());
                         }
-                        if let Some(h) = hasher.as_mut() {
-                            h.update(&b);
-                        }
                         got += b.len() as u64;
                         window_bytes += b.len() as u64;
                         bar.inc(b.len() as u64);
                         gather.add(b);
                         while let Some(piece) = gather.next() {
+                            if let Some(h) = hasher.as_mut() {
+                                h.update(piece.clone()).await;
+                            }
                             sink.write(piece).await?;
                         }
                     }
@@ -1033,8 +1163,12 @@ impl Registry {
                 }));
             }
         }
-        if let Some(h) = hasher {
-            let (actual, _) = h.finish()?;
+        let rest = gather.rest();
+        if let Some(mut h) = hasher {
+            if let Some(piece) = &rest {
+                h.update(piece.clone()).await;
+            }
+            let actual = h.finish().await?;
             if actual != desc.digest {
                 return Err(CoreError::DigestMismatch {
                     digest: desc.digest.to_string(),
@@ -1043,7 +1177,7 @@ impl Registry {
                 .into());
             }
         }
-        if let Some(piece) = gather.rest() {
+        if let Some(piece) = rest {
             sink.write(piece).await?;
         }
         sink.finish().await
@@ -1695,7 +1829,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn gathered_pieces_are_whole_exact_allocations() {
+    fn gathered_pieces_are_whole_pooled_buffers() {
         // Socket-sized pieces that straddle every boundary.
         let input: Vec<u8> = (0..3 * GATHERED + 12_345)
             .map(|i| (i % 251) as u8)
@@ -1713,29 +1847,42 @@ mod tests {
             step = if step == 1000 { 70_001 } else { 1000 };
         }
         out.extend(g.rest());
-        assert!(out[..out.len() - 1].iter().all(|p| p.len() == GATHERED));
+        assert_eq!(out.len(), 4);
+        assert!(out[..3].iter().all(|p| p.len() == GATHERED));
         assert_eq!(out.concat(), input);
-        // Each piece's allocation is exactly its length (the BytesMut did not grow past it).
-        for p in out.into_iter().rev().skip(1) {
-            let capacity = p.try_into_mut().map(|m| m.capacity()).ok();
-            assert_eq!(capacity, Some(GATHERED));
-        }
-        // The next piece is allocated at its size before the first byte goes in.
+        // Each piece is one buffer of exactly its length (it never grew past it), taken
+        // back by the pool once the piece is dropped, and handed out again.
+        let pool = g.pool.clone();
+        assert!(pool.0.lock().unwrap().is_empty());
+        let ptrs: Vec<_> = out.iter().map(|p| p.as_ptr()).collect();
+        drop(out);
+        let kept: Vec<_> = pool
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|b| (b.as_ptr(), b.capacity(), b.len()))
+            .collect();
+        assert_eq!(kept.len(), 4);
+        assert!(
+            kept.iter()
+                .all(|&(p, cap, len)| ptrs.contains(&p) && cap == GATHERED && len == 0)
+        );
         g.add(bytes::Bytes::from(vec![7u8; 1000]));
         assert!(g.next().is_none());
         assert_eq!(g.pending.capacity(), GATHERED);
+        assert!(
+            ptrs.contains(&g.pending.as_ptr()),
+            "a buffer of the pool, reused"
+        );
         // A piece bigger than a whole one arrives while 1000 bytes wait: they are topped up
         // and handed over, and the rest of it goes through uncopied.
         let big = bytes::Bytes::from(vec![1u8; 2 * GATHERED]);
         g.add(big.clone());
-        let first = g.next().map(bytes::Bytes::try_into_mut);
-        match first {
-            Some(Ok(p)) => {
-                assert_eq!((p.len(), p.capacity()), (GATHERED, GATHERED));
-                assert_eq!(&p[..1000], &[7u8; 1000][..]);
-            }
-            _ => panic!("a topped-up piece, held only here"),
-        }
+        let first = g.next().expect("a topped-up piece");
+        assert_eq!(first.len(), GATHERED);
+        assert_eq!(&first[..1000], &[7u8; 1000][..]);
+        assert!(ptrs.contains(&first.as_ptr()));
         let rest = g.next();
         assert_eq!(rest.as_ref().map(|p| p.len()), Some(GATHERED + 1000));
         assert_eq!(
@@ -1752,6 +1899,18 @@ mod tests {
         assert_eq!(g.next().map(|p| p.len()), Some(GATHERED));
         assert!(g.next().is_none());
         assert!(g.rest().is_none());
+        // The pool keeps no more than POOLED buffers, however many pieces were out at once.
+        let many: Vec<_> = (0..POOLED + 3)
+            .filter_map(|_| {
+                g.add(bytes::Bytes::from(vec![4u8; GATHERED - 1]));
+                assert!(g.next().is_none());
+                g.add(bytes::Bytes::from(vec![5u8; 1]));
+                g.next()
+            })
+            .collect();
+        assert_eq!(many.len(), POOLED + 3);
+        drop(many);
+        assert_eq!(pool.0.lock().unwrap().len(), POOLED);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use kitsnap_core::digest::Digest;
+use kitsnap_core::digest::{Digest, HashedRead, ThreadedHasher};
 use kitsnap_core::imageview;
 use kitsnap_core::index::{IndexError, ModelKitIndex};
 use kitsnap_core::layers::{self, Filter, FilterType};
@@ -584,6 +584,8 @@ const LAYER_PIPE: usize = 2;
 pub struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     cur: bytes::Bytes,
+    /// Set by [`ChannelReader::hashed_pipe`]: takes each piece as it arrives, uncopied.
+    hasher: Option<ThreadedHasher>,
 }
 
 impl ChannelReader {
@@ -595,15 +597,35 @@ impl ChannelReader {
             ChannelReader {
                 rx,
                 cur: bytes::Bytes::new(),
+                hasher: None,
             },
         )
+    }
+
+    /// [`ChannelReader::pipe`], whose reader also hashes the blob, handing each piece to
+    /// the hasher thread as it is (a `HashingReader` would copy every byte once more):
+    /// what the extractor verifies a downloaded layer with.
+    pub fn hashed_pipe(
+        chunks: usize,
+    ) -> (tokio::sync::mpsc::Sender<bytes::Bytes>, HashedChannelReader) {
+        let (tx, mut r) = ChannelReader::pipe(chunks);
+        r.hasher = Some(ThreadedHasher::new());
+        (tx, HashedChannelReader(r))
+    }
+
+    fn recv(&mut self) -> Option<bytes::Bytes> {
+        let b = self.rx.blocking_recv()?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update_shared(b.clone());
+        }
+        Some(b)
     }
 }
 
 impl std::io::Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.cur.is_empty() {
-            match self.rx.blocking_recv() {
+            match self.recv() {
                 Some(b) => self.cur = b,
                 None => return Ok(0),
             }
@@ -611,6 +633,28 @@ impl std::io::Read for ChannelReader {
         let n = buf.len().min(self.cur.len());
         buf[..n].copy_from_slice(&self.cur.split_to(n));
         Ok(n)
+    }
+}
+
+/// The reader of [`ChannelReader::hashed_pipe`].
+pub struct HashedChannelReader(ChannelReader);
+
+impl std::io::Read for HashedChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl HashedRead for HashedChannelReader {
+    fn finish(mut self) -> kitsnap_core::Result<(Digest, u64)> {
+        // What the consumer left unread is hashed as it is received.
+        while self.0.recv().is_some() {}
+        match self.0.hasher.take() {
+            Some(h) => h.finish(),
+            None => Err(CoreError::Internal(
+                "a hashed pipe without its hasher".into(),
+            )),
+        }
     }
 }
 
@@ -693,6 +737,34 @@ pub async fn diff_ids(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hashed pipe's digest covers every byte sent, read or not, and its reader gives
+    /// them back in order.
+    #[test]
+    fn hashed_pipe_covers_what_was_sent() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 241) as u8).collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (tx, mut reader) = ChannelReader::hashed_pipe(2);
+        let pieces: Vec<bytes::Bytes> = data
+            .chunks(700_001)
+            .map(bytes::Bytes::copy_from_slice)
+            .collect();
+        let sender = std::thread::spawn(move || {
+            rt.block_on(async {
+                for p in pieces {
+                    tx.send(p).await.unwrap();
+                }
+            })
+        });
+        let mut first = vec![0u8; 1_000_000];
+        std::io::Read::read_exact(&mut reader, &mut first).unwrap();
+        assert_eq!(first, data[..1_000_000]);
+        let (d, n) = HashedRead::finish(reader).unwrap();
+        sender.join().unwrap();
+        assert_eq!((d, n), (Digest::of(&data), data.len() as u64));
+    }
 
     #[test]
     fn foreign_manifests_are_described() {
@@ -916,7 +988,7 @@ pub async fn unpack_streaming(
         .map(|(l, bar)| {
             let (stop, first_error) = (&stop, &first_error);
             async move {
-                let (tx, reader) = ChannelReader::pipe(LAYER_PIPE);
+                let (tx, reader) = ChannelReader::hashed_pipe(LAYER_PIPE);
                 let (plan, to) = (l.clone(), dest.to_path_buf());
                 let extractor = tokio::task::spawn_blocking(move || {
                     kitsnap_core::extract::extract(

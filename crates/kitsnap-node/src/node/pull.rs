@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use kitsnap_core::digest::Digest;
+use kitsnap_core::digest::{Digest, HashingReader};
 use kitsnap_core::extract;
 use kitsnap_core::imageview::{self, ImageView, Kit};
 use kitsnap_core::layers::{self, LayerPlan};
@@ -524,11 +524,11 @@ async fn fill_layer(
             let p2 = progress.clone();
             let cancel = cancel.clone();
             (written, diff) = tokio::task::spawn_blocking(move || {
-                let r = CountingReader {
+                let r = HashingReader::new(CountingReader {
                     inner: std::io::BufReader::with_capacity(1 << 20, file),
                     progress: p2,
                     cancel,
-                };
+                });
                 extract::extract_with_diff_id(r, &plan, &dir, opts)
             })
             .await
@@ -617,8 +617,9 @@ pub(crate) async fn stream_layer(
     progress: Progress,
     content: Option<ContentWriter>,
 ) -> Result<(u64, Digest)> {
-    // Bounded: at most four 1 MiB pieces in flight whatever the layer size.
-    let (tx, reader) = transfer::ChannelReader::pipe(4);
+    // Bounded whatever the layer size: four 1 MiB pieces queued for the extractor, and up
+    // to three more taken by its hasher.
+    let (tx, reader) = transfer::ChannelReader::hashed_pipe(4);
     let plan = l.clone();
     let worker = tokio::task::spawn_blocking(move || {
         extract::extract_with_diff_id(reader, &plan, &dir, opts)
