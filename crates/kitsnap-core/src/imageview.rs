@@ -40,7 +40,7 @@ use std::io::Read;
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
-use crate::digest::{Digest, HashingReader};
+use crate::digest::{Digest, HashedRead, HashingReader};
 use crate::error::{Error, Result};
 use crate::kitfile::Kitfile;
 use crate::layers::{self, Filter, FilterType, LayerPlan};
@@ -455,10 +455,10 @@ pub fn synthesize(
     })
 }
 
-/// Streams a layer's blob, verifying its digest and size, and returns its diff ID: the
-/// digest of the uncompressed tar (for a raw layer, of the tar [`RawWrapper`] makes).
-pub fn diff_id_of<R: Read>(reader: R, l: &LayerPlan) -> Result<Digest> {
-    let mut blob = HashingReader::new(reader);
+/// Streams a layer's blob (`blob` hashes what it reads, as the extractor's does),
+/// verifying its digest and size, and returns its diff ID: the digest of the uncompressed
+/// tar (for a raw layer, of the tar [`RawWrapper`] makes).
+pub fn diff_id_of<B: HashedRead>(mut blob: B, l: &LayerPlan) -> Result<Digest> {
     let hash_all = |r: &mut dyn Read| HashingReader::new(r).finish().map(|(d, _)| d);
     let diff = if l.raw {
         let w = RawWrapper::for_layer(l)?;
@@ -492,7 +492,10 @@ pub fn diff_ids_with<R: Read>(
         .map(|l| match kit.known_diff_id(l) {
             Some(d) => Ok(d),
             None => diff_id_of(
-                std::io::BufReader::with_capacity(1 << 20, open(&l.desc.digest)?),
+                HashingReader::new(std::io::BufReader::with_capacity(
+                    1 << 20,
+                    open(&l.desc.digest)?,
+                )),
                 l,
             ),
         })
@@ -751,11 +754,11 @@ mod tests {
             let l = &k.select(&[]).unwrap()[0];
             assert!(k.known_diff_id(l).is_none());
             let (plain, _) = kit(Compression::None);
-            let d = diff_id_of(&blob[..], l).unwrap();
+            let d = diff_id_of(HashingReader::new(&blob[..]), l).unwrap();
             assert_eq!(d, plain.manifest.layers[0].digest);
             let mut bad = blob.clone();
             bad.push(0);
-            assert!(diff_id_of(&bad[..], l).is_err());
+            assert!(diff_id_of(HashingReader::new(&bad[..]), l).is_err());
         }
     }
 

@@ -578,7 +578,7 @@ impl Mirror {
         client: &HeaderMap,
     ) -> Result<Digest, Reply> {
         let resp = self.whole_blob(ns, name, &l.desc.digest, client).await?;
-        let (tx, reader) = ChannelReader::pipe(16);
+        let (tx, reader) = ChannelReader::hashed_pipe(16);
         let plan = l.clone();
         let worker = tokio::task::spawn_blocking(move || imageview::diff_id_of(reader, &plan));
         let mut stream = resp.bytes_stream();

@@ -590,7 +590,7 @@ pub struct ChannelReader {
 
 impl ChannelReader {
     /// A bounded pipe: at most `chunks` chunks in flight whatever the blob's size.
-    pub fn pipe(chunks: usize) -> (tokio::sync::mpsc::Sender<bytes::Bytes>, ChannelReader) {
+    fn pipe(chunks: usize) -> (tokio::sync::mpsc::Sender<bytes::Bytes>, ChannelReader) {
         let (tx, rx) = tokio::sync::mpsc::channel(chunks);
         (
             tx,
@@ -713,7 +713,7 @@ pub async fn diff_ids(
             out.push(d);
             continue;
         }
-        let (tx, reader) = ChannelReader::pipe(LAYER_PIPE);
+        let (tx, reader) = ChannelReader::hashed_pipe(LAYER_PIPE);
         let plan = l.clone();
         let worker = tokio::task::spawn_blocking(move || imageview::diff_id_of(reader, &plan));
         let mut sink = PipeSink::new(tx);
