@@ -580,44 +580,32 @@ pub async fn push(
 const LAYER_PIPE: usize = 2;
 
 /// Bytes from an async download to a blocking consumer (extraction, hashing) on another
-/// thread; `None` from the channel is the end of the blob.
+/// thread; `None` from the channel is the end of the blob. It hashes the blob as it
+/// receives it, handing each piece to the hasher thread as it is (a `HashingReader` would
+/// copy every byte once more): what the extractor verifies a downloaded layer with.
 pub struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     cur: bytes::Bytes,
-    /// Set by [`ChannelReader::hashed_pipe`]: takes each piece as it arrives, uncopied.
-    hasher: Option<ThreadedHasher>,
+    hasher: ThreadedHasher,
 }
 
 impl ChannelReader {
     /// A bounded pipe: at most `chunks` chunks in flight whatever the blob's size.
-    fn pipe(chunks: usize) -> (tokio::sync::mpsc::Sender<bytes::Bytes>, ChannelReader) {
+    pub fn hashed_pipe(chunks: usize) -> (tokio::sync::mpsc::Sender<bytes::Bytes>, ChannelReader) {
         let (tx, rx) = tokio::sync::mpsc::channel(chunks);
         (
             tx,
             ChannelReader {
                 rx,
                 cur: bytes::Bytes::new(),
-                hasher: None,
+                hasher: ThreadedHasher::new(),
             },
         )
     }
 
-    /// [`ChannelReader::pipe`], whose reader also hashes the blob, handing each piece to
-    /// the hasher thread as it is (a `HashingReader` would copy every byte once more):
-    /// what the extractor verifies a downloaded layer with.
-    pub fn hashed_pipe(
-        chunks: usize,
-    ) -> (tokio::sync::mpsc::Sender<bytes::Bytes>, HashedChannelReader) {
-        let (tx, mut r) = ChannelReader::pipe(chunks);
-        r.hasher = Some(ThreadedHasher::new());
-        (tx, HashedChannelReader(r))
-    }
-
     fn recv(&mut self) -> Option<bytes::Bytes> {
         let b = self.rx.blocking_recv()?;
-        if let Some(h) = self.hasher.as_mut() {
-            h.update_shared(b.clone());
-        }
+        self.hasher.update_shared(b.clone());
         Some(b)
     }
 }
@@ -636,25 +624,11 @@ impl std::io::Read for ChannelReader {
     }
 }
 
-/// The reader of [`ChannelReader::hashed_pipe`].
-pub struct HashedChannelReader(ChannelReader);
-
-impl std::io::Read for HashedChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
-    }
-}
-
-impl HashedRead for HashedChannelReader {
+impl HashedRead for ChannelReader {
     fn finish(mut self) -> kitsnap_core::Result<(Digest, u64)> {
         // What the consumer left unread is hashed as it is received.
-        while self.0.recv().is_some() {}
-        match self.0.hasher.take() {
-            Some(h) => h.finish(),
-            None => Err(CoreError::Internal(
-                "a hashed pipe without its hasher".into(),
-            )),
-        }
+        while self.recv().is_some() {}
+        self.hasher.finish()
     }
 }
 
