@@ -37,6 +37,7 @@ pub struct PullArgs {
     pub store: Option<PathBuf>,
     pub registry: pb::RegistryOptions,
     pub keep_blobs: bool,
+    pub lazy: bool,
     pub progress: bool,
 }
 
@@ -53,6 +54,7 @@ pub async fn pull(address: &Path, a: PullArgs) -> Result<pb::PullResult> {
                 .unwrap_or_default(),
             registry: Some(a.registry),
             keep_blobs: a.keep_blobs,
+            lazy: a.lazy,
         })
         .await
         .map_err(status)?

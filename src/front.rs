@@ -88,6 +88,8 @@ fn run(args: Vec<OsString>) -> Result<std::convert::Infallible> {
                     store: None,
                     registry: Default::default(),
                     keep_blobs: snapshotter != "kitsnap",
+                    // On kitsnap the container need not wait for the whole model.
+                    lazy: snapshotter == "kitsnap",
                     progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 },
             ));

@@ -227,6 +227,7 @@ impl ServeArgs {
                     .map(|m| m.0)
                     .unwrap_or_else(|| kitsnap_node::mirror::DEFAULT_ADDR.parse().ok()),
                 metrics_addr: self.metrics_addr.or(cfg.metrics_addr),
+                lazy: !self.no_lazy && cfg.lazy.unwrap_or(true),
             },
         }
     }

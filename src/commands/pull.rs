@@ -26,6 +26,12 @@ pub struct PullArgs {
     /// image view. Costs one more copy of each uncompressed layer.
     #[arg(long, requires = "containerd")]
     pub keep_blobs: bool,
+    /// With --containerd: commit layers that have a lazy index (`kitsnap push` publishes
+    /// one) at once and let the daemon fill them as they are read, each 4 MiB chunk
+    /// verified before it is served; the pull returns before the model has arrived.
+    /// Without it the pull returns when every byte is on the node and verified.
+    #[arg(long, requires = "containerd")]
+    pub lazy: bool,
     /// REF is a ModelKit index: pull the one ModelKit carrying this label (KEY=VALUE;
     /// repeatable, every label must match); it takes REF's tag in the store.
     #[arg(
@@ -155,17 +161,26 @@ fn into_containerd(a: PullArgs, ctx: &Ctx) -> Result<()> {
                 store: ctx.existing_store(),
                 registry: a.registry.node_options()?,
                 keep_blobs: a.keep_blobs,
+                lazy: a.lazy,
                 progress: ctx.progress,
             },
         ))
         .with_context(|| format!("pulling {r} into containerd"))?;
     eprintln!(
-        "Pulled {} into containerd (namespace {}, from the {}): {} layer(s) unpacked ({}), {} already on this node; image view {}, top snapshot {}",
+        "Pulled {} into containerd (namespace {}, from the {}): {} layer(s) unpacked ({}{}), {} already on this node; image view {}, top snapshot {}",
         res.image,
         a.daemon.namespace,
         res.source,
         res.layers_unpacked,
         human_bytes(res.bytes_fetched),
+        if res.layers_lazy > 0 {
+            format!(
+                "; {} served lazily, filling in the background",
+                res.layers_lazy
+            )
+        } else {
+            String::new()
+        },
         res.layers_reused,
         res.view_digest,
         res.top_snapshot

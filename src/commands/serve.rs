@@ -44,6 +44,12 @@ pub struct ServeArgs {
     /// [default: not served]
     #[arg(long, value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Pull every layer whole before containerd may use it, even when the ModelKit has a
+    /// lazy index (config: `lazy = false`). By default a layer with one (`kitsnap push`
+    /// publishes it) is mounted at once through FUSE and filled as containers read it,
+    /// each 4 MiB chunk verified before it is served; its reads need this daemon running.
+    #[arg(long)]
+    pub no_lazy: bool,
     /// Log lines as `text` or `json` (one object per line) [default: text]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<daemon::LogFormat>,
@@ -62,6 +68,7 @@ pub fn run(a: ServeArgs, _ctx: &Ctx) -> Result<()> {
         return check_config(&path, &s);
     }
     daemon::log_filter(&s.log_level).map_err(anyhow::Error::msg)?;
+    daemon::tune_allocator();
     daemon::init_logging(&s.log_level, s.log_format);
     let d = &s.daemon;
     tracing::info!(
@@ -76,6 +83,7 @@ pub fn run(a: ServeArgs, _ctx: &Ctx) -> Result<()> {
         docker_plugin = %d.docker_plugin.as_ref().map_or("off".to_string(), |p| p.display().to_string()),
         hosts_dir = %d.registry.hosts_dir.as_ref().map_or("none".to_string(), |p| p.display().to_string()),
         plain_http = ?d.plain_http,
+        lazy = d.lazy,
         "kitsnap serve starting"
     );
     tokio::runtime::Builder::new_multi_thread()
@@ -176,6 +184,11 @@ fn check_config(path: &std::path::Path, s: &crate::settings::Serve) -> Result<()
         } else {
             d.plain_http.join(", ")
         }
+    )?;
+    writeln!(
+        out,
+        "lazy layers:        {}",
+        if d.lazy { "on (FUSE)" } else { "off" }
     )?;
     writeln!(
         out,

@@ -212,10 +212,7 @@ fn modelkit_through_the_mirror(v: &Version, snapshotter: Snapshotter) {
     );
     // On the kitsnap snapshotter the CRI's unpack asks for each layer with the
     // remote-snapshot label: kitsnap fills it from the registry itself (one write).
-    let filled = node
-        .ks
-        .log()
-        .contains("fill: layer unpacked for containerd");
+    let filled = node.ks.log().contains("fill: layer ");
     assert_eq!(
         filled,
         snapshotter == Snapshotter::Kitsnap,

@@ -167,6 +167,7 @@ fn pull_events(sock: &Path, reference: &str) -> (usize, pb::PullResult) {
                         ..Default::default()
                     }),
                     keep_blobs: false,
+                    lazy: false,
                 })
                 .await
                 .unwrap()

@@ -203,11 +203,25 @@ impl Kit {
 }
 
 fn pack_push(store: &Path, tree: Tree, reference: String, pack_args: &[&str]) -> Kit {
+    pack_push_with(store, tree, reference, pack_args, &[])
+}
+
+/// `pack_push` with more `push` arguments (`--no-lazy-index`: a kit whose layers every
+/// pull downloads whole before it returns).
+fn pack_push_with(
+    store: &Path,
+    tree: Tree,
+    reference: String,
+    pack_args: &[&str],
+    push_args: &[&str],
+) -> Kit {
     let dir = tree.dir.to_str().unwrap().to_string();
     let mut args = vec!["pack", dir.as_str(), "-t", reference.as_str()];
     args.extend_from_slice(pack_args);
     support::ok(store, &args);
-    support::ok(store, &["push", &reference, "--plain-http"]);
+    let mut push = vec!["push", reference.as_str(), "--plain-http"];
+    push.extend_from_slice(push_args);
+    support::ok(store, &push);
     Kit { reference, tree }
 }
 
@@ -603,8 +617,9 @@ fn mount_pulls_an_unpulled_kit_and_other_mounts_go_on_meanwhile() {
         format!("{}/node/one:v1", reg.addr()),
         &[],
     );
-    // Reached through the proxy, which slows its download down.
-    let k2 = pack_push(
+    // Reached through the proxy, which slows its download down; without a lazy index,
+    // so that its mount waits for the whole download.
+    let k2 = pack_push_with(
         &store,
         tree(
             &t.path().join("t2"),
@@ -614,6 +629,7 @@ fn mount_pulls_an_unpulled_kit_and_other_mounts_go_on_meanwhile() {
         ),
         format!("{}/node/two:v1", proxy.addr()),
         &[],
+        &["--no-lazy-index"],
     );
     each_version(test_name!(), |v| {
         let n = Node::start(v, &[]);

@@ -18,6 +18,7 @@ pub mod index;
 pub mod init;
 pub mod kitfile;
 pub mod layers;
+pub mod lazy;
 pub mod modelpack;
 pub mod oci;
 pub mod pack;

@@ -44,6 +44,8 @@ pub const TARGET_REF: &str = "containerd.io/snapshot.ref";
 /// On each layer snapshot kitsnap commits: the layer blob it holds.
 /// Also on every image-view layer, so that containerd's Prepare names the blob it wants.
 pub const LAYER_DIGEST: &str = kitsnap_core::imageview::label::SNAPSHOT_LAYER;
+/// On a layer snapshot served lazily (FUSE, filled as read; see `crate::lazy`).
+pub const LAZY: &str = "containerd.io/snapshot/kitsnap.lazy";
 /// On an active snapshot: compose ModelKit `REF:/DIR` into the rootfs.
 pub const MODELKIT: &str = "containerd.io/snapshot/kitsnap.modelkit";
 /// With [`MODELKIT`]: which of its layers (the `--filter` syntax).

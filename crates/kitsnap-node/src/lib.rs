@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod dockerplugin;
 pub mod error;
 pub mod labels;
+pub mod lazy;
 pub mod metrics;
 pub mod mirror;
 pub mod mount;

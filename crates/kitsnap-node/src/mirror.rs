@@ -541,7 +541,7 @@ impl Mirror {
         }
         let view = imageview::synthesize(&kit, &layers, &diffs, "").map_err(bad_kit)?;
         if let Some(f) = &self.filler {
-            f.record(ns, name, &layers);
+            f.record(ns, name, Some(&kit_desc.digest), &layers);
         }
         let mut docs: Vec<_> = view
             .docs()

@@ -1003,18 +1003,8 @@ impl Registry {
     /// Unless the sink verifies the digest itself, it is checked here.
     /// A small blob (a config) in memory, refusing more than the store's metadata limit.
     pub async fn get_small_blob(&self, repo: &str, desc: &Descriptor) -> Result<Vec<u8>> {
-        let max = kitsnap_core::store::MAX_METADATA_BLOB;
-        if desc.size > max {
-            return Err(CoreError::Invalid(format!(
-                "blob {} is {} bytes; refusing more than {max} for a config",
-                desc.digest, desc.size
-            ))
-            .into());
-        }
-        let mut sink = VecSink(Vec::new());
-        self.fetch_blob_into(repo, desc, &mut sink, &ProgressBar::hidden())
-            .await?;
-        Ok(sink.0)
+        self.get_blob_limited(repo, desc, kitsnap_core::store::MAX_METADATA_BLOB)
+            .await
     }
 
     pub async fn fetch_blob_into<S: BlobSink>(
@@ -1735,6 +1725,145 @@ impl Registry {
         let resp = self
             .send(ep, scope, true, &|c| {
                 Ok(c.put(&url).header(CONTENT_LENGTH, 0))
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(error_of("PUT", resp).await);
+        }
+        Ok(())
+    }
+
+    /// Bytes `start..end` of a blob (`Range`), from the first endpoint that serves them;
+    /// the caller verifies them. A server that ignores `Range` is read up to `end` only.
+    pub async fn fetch_range(
+        &self,
+        repo: &str,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+    ) -> Result<bytes::Bytes> {
+        let scope = format!("repository:{repo}:pull");
+        let want = (end - start) as usize;
+        let mut last = None;
+        for ep in self.endpoints_for(|e| e.pull) {
+            let url = self.url(ep, &format!("{repo}/blobs/{digest}"));
+            let res = async {
+                let resp = self
+                    .send(ep, &scope, true, &|c| {
+                        Ok(c.get(&url)
+                            .header(RANGE, format!("bytes={start}-{}", end.saturating_sub(1))))
+                    })
+                    .await?;
+                let skip = match resp.status() {
+                    StatusCode::PARTIAL_CONTENT => 0,
+                    StatusCode::OK => start,
+                    _ => return Err(error_of("GET", resp).await),
+                };
+                let mut out = bytes::BytesMut::with_capacity(want);
+                let mut seen = 0u64;
+                let mut s = resp.bytes_stream();
+                while out.len() < want {
+                    let Some(b) = s.next().await else { break };
+                    let b = b.map_err(|e| http_err(&url, e))?;
+                    let from = skip.saturating_sub(seen).min(b.len() as u64) as usize;
+                    seen += b.len() as u64;
+                    let take = (b.len() - from).min(want - out.len());
+                    out.extend_from_slice(&b[from..from + take]);
+                }
+                if out.len() != want {
+                    return Err(protocol(
+                        &url,
+                        format!("range {start}-{end}: got {} of {want} bytes", out.len()),
+                    ));
+                }
+                Ok(out.freeze())
+            }
+            .await;
+            match res {
+                Ok(b) => return Ok(b),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| self.no_endpoint("pull blobs")))
+    }
+
+    /// A blob in memory, verified, refusing more than `max` bytes.
+    pub async fn get_blob_limited(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        max: u64,
+    ) -> Result<Vec<u8>> {
+        if desc.size > max {
+            return Err(CoreError::Invalid(format!(
+                "blob {} is {} bytes; refusing more than {max}",
+                desc.digest, desc.size
+            ))
+            .into());
+        }
+        let mut sink = VecSink(Vec::new());
+        self.fetch_blob_into(repo, desc, &mut sink, &ProgressBar::hidden())
+            .await?;
+        Ok(sink.0)
+    }
+
+    /// The referrers of `subject` from the registry's referrers API (OCI distribution 1.1),
+    /// or None when the registry has no such API (the caller then reads the tag schema).
+    pub async fn referrers_api(
+        &self,
+        repo: &str,
+        subject: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>> {
+        let scope = format!("repository:{repo}:pull");
+        let ep = *self.endpoints_for(|e| !e.mirror).first().unwrap_or(&0);
+        let url = self.url(ep, &format!("{repo}/referrers/{subject}"));
+        let resp = self
+            .send(ep, &scope, true, &|c| {
+                Ok(c.get(&url).header(ACCEPT, MEDIA_TYPE_INDEX))
+            })
+            .await?;
+        let status = resp.status();
+        let is_index = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(MEDIA_TYPE_INDEX));
+        if !status.is_success() || !is_index {
+            // 404 with an error body, or a registry that routes the path elsewhere.
+            return if status.is_success()
+                || matches!(
+                    status,
+                    StatusCode::NOT_FOUND
+                        | StatusCode::BAD_REQUEST
+                        | StatusCode::METHOD_NOT_ALLOWED
+                ) {
+                Ok(None)
+            } else {
+                Err(error_of("GET", resp).await)
+            };
+        }
+        let body = resp.bytes().await.map_err(|e| http_err(&url, e))?;
+        let index: kitsnap_core::oci::Index =
+            serde_json::from_slice(&body).map_err(|e| protocol(&url, format!("referrers: {e}")))?;
+        Ok(Some(index.manifests))
+    }
+
+    /// Uploads a small blob held in memory, unless the registry has it.
+    pub async fn push_bytes(&self, repo: &str, digest: &Digest, body: &[u8]) -> Result<()> {
+        if self.blob_exists(repo, digest).await? {
+            return Ok(());
+        }
+        let ep = self.push_endpoint()?;
+        let scope = format!("repository:{repo}:pull,push");
+        let loc = self.start_upload(ep, repo, &scope).await?;
+        let url = Self::with_query(&loc, "digest", digest.as_str())?;
+        let body = bytes::Bytes::copy_from_slice(body);
+        let resp = self
+            .send(ep, &scope, false, &|c| {
+                Ok(c.put(&url)
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, body.len())
+                    .body(body.clone()))
             })
             .await?;
         if resp.status() != StatusCode::CREATED {

@@ -12,6 +12,7 @@ use kitsnap_core::digest::{Digest, HashedRead, ThreadedHasher};
 use kitsnap_core::imageview;
 use kitsnap_core::index::{IndexError, ModelKitIndex};
 use kitsnap_core::layers::{self, Filter, FilterType};
+use kitsnap_core::lazy::{self, LazyIndex};
 use kitsnap_core::oci::{Descriptor, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST, Manifest};
 use kitsnap_core::pack::{self, PackOptions};
 use kitsnap_core::progress;
@@ -1018,4 +1019,151 @@ pub async fn unpack_streaming(
     }
     out.elapsed = started.elapsed();
     Ok(Some(out))
+}
+
+/// The OCI empty descriptor's media type (a referrer's config).
+const MEDIA_TYPE_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// The tag under which a registry without the referrers API lists the referrers of
+/// `subject` (the distribution spec's fallback: `sha256-<hex>`).
+fn referrers_tag(subject: &Digest) -> String {
+    subject.as_str().replace(':', "-")
+}
+
+/// The referrers of `subject`: from the referrers API, or from the fallback tag.
+pub async fn referrers(reg: &Registry, repo: &str, subject: &Digest) -> Result<Vec<Descriptor>> {
+    if let Some(list) = reg.referrers_api(repo, subject).await? {
+        return Ok(list);
+    }
+    match reg.get_manifest(repo, &referrers_tag(subject)).await {
+        Ok((body, _, _)) => Ok(serde_json::from_slice::<kitsnap_core::oci::Index>(&body)
+            .map(|i| i.manifests)
+            .unwrap_or_default()),
+        Err(Error::Status { status: 404, .. }) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Publishes `index` as a referrer of the ModelKit manifest `subject` in `repo` (the
+/// empty config, the index blob, the referrer manifest, and the fallback tag where the
+/// registry has no referrers API). Returns the referrer's digest.
+pub async fn publish_lazy_index(
+    reg: &Registry,
+    repo: &str,
+    subject: &Descriptor,
+    index: &LazyIndex,
+) -> Result<Digest> {
+    let blob = serde_json::to_vec(index).map_err(|e| CoreError::Invalid(e.to_string()))?;
+    let blob_desc = descriptor(lazy::ARTIFACT_TYPE, Digest::of(&blob), blob.len() as u64);
+    reg.push_bytes(repo, &blob_desc.digest, &blob).await?;
+    let empty = b"{}";
+    let config = descriptor(MEDIA_TYPE_EMPTY, Digest::of(empty), empty.len() as u64);
+    reg.push_bytes(repo, &config.digest, empty).await?;
+    let mut subj = descriptor(MEDIA_TYPE_MANIFEST, subject.digest.clone(), subject.size);
+    subj.media_type = subject.media_type.clone();
+    let m = Manifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_TYPE_MANIFEST.to_string()),
+        artifact_type: Some(lazy::ARTIFACT_TYPE.to_string()),
+        config,
+        layers: vec![blob_desc],
+        subject: Some(subj),
+        annotations: Default::default(),
+    };
+    let body = serde_json::to_vec(&m).map_err(|e| CoreError::Invalid(e.to_string()))?;
+    let digest = Digest::of(&body);
+    reg.put_manifest(repo, digest.as_str(), &body, MEDIA_TYPE_MANIFEST)
+        .await?;
+    if reg.referrers_api(repo, &subject.digest).await?.is_none() {
+        // The fallback tag: an index of the subject's referrers, ours replacing older ones.
+        let tag = referrers_tag(&subject.digest);
+        let mut list = match reg.get_manifest(repo, &tag).await {
+            Ok((b, _, _)) => {
+                serde_json::from_slice::<kitsnap_core::oci::Index>(&b).unwrap_or_default()
+            }
+            Err(Error::Status { status: 404, .. }) => Default::default(),
+            Err(e) => return Err(e),
+        };
+        list.manifests
+            .retain(|d| d.artifact_type.as_deref() != Some(lazy::ARTIFACT_TYPE));
+        let mut d = descriptor(MEDIA_TYPE_MANIFEST, digest.clone(), body.len() as u64);
+        d.artifact_type = Some(lazy::ARTIFACT_TYPE.to_string());
+        list.manifests.push(d);
+        let b = serde_json::to_vec(&list).map_err(|e| CoreError::Invalid(e.to_string()))?;
+        reg.put_manifest(repo, &tag, &b, MEDIA_TYPE_INDEX).await?;
+    }
+    Ok(digest)
+}
+
+/// The lazy index published for the ModelKit manifest `subject`, if any (the newest when
+/// several are listed). An index that fails its own checks is an error, not None.
+pub async fn find_lazy_index(
+    reg: &Registry,
+    repo: &str,
+    subject: &Digest,
+) -> Result<Option<LazyIndex>> {
+    let Some(r) = referrers(reg, repo, subject)
+        .await?
+        .into_iter()
+        .rfind(|d| d.artifact_type.as_deref() == Some(lazy::ARTIFACT_TYPE))
+    else {
+        return Ok(None);
+    };
+    let (body, _, _) = reg.get_manifest(repo, r.digest.as_str()).await?;
+    let m: Manifest = serde_json::from_slice(&body).map_err(|e| CoreError::Json {
+        what: format!("referrer {}", r.digest),
+        source: e,
+    })?;
+    if m.subject.as_ref().map(|s| &s.digest) != Some(subject) {
+        return Err(CoreError::Invalid(format!(
+            "referrer {} does not name {subject} as its subject",
+            r.digest
+        ))
+        .into());
+    }
+    let Some(blob) = m
+        .layers
+        .iter()
+        .find(|l| l.media_type == lazy::ARTIFACT_TYPE)
+    else {
+        return Ok(None);
+    };
+    let bytes = reg.get_blob_limited(repo, blob, lazy::MAX_INDEX).await?;
+    Ok(Some(LazyIndex::parse(&bytes)?))
+}
+
+/// The lazy index of the ModelKit `m`'s uncompressed tar layers, read from the store's
+/// blobs; None when no layer qualifies. Blocking: reads every such layer once.
+pub fn build_lazy_index(store: &Store, m: &Manifest) -> Result<Option<LazyIndex>> {
+    let kf = store.kitfile(m).ok().flatten();
+    let mut layers = Vec::new();
+    for p in layers::plan_layers(m, kf.as_ref())? {
+        if !lazy_eligible(&p) {
+            continue;
+        }
+        let f = std::fs::File::open(store.blob_path(&p.desc.digest)).map_err(CoreError::Io)?;
+        let r = std::io::BufReader::with_capacity(1 << 20, f);
+        if let Some(l) = lazy::index_layer(r, &p.desc)? {
+            layers.push(l);
+        }
+    }
+    Ok((!layers.is_empty()).then_some(LazyIndex {
+        schema_version: 1,
+        layers,
+    }))
+}
+
+/// Layers a node can serve lazily: uncompressed tar (kit's default), whose blob bytes are
+/// the files' bytes.
+pub fn lazy_eligible(p: &layers::LayerPlan) -> bool {
+    !p.raw && p.compression == kitsnap_core::oci::Compression::None
+}
+
+fn descriptor(media_type: &str, digest: Digest, size: u64) -> Descriptor {
+    Descriptor {
+        media_type: media_type.to_string(),
+        digest,
+        size,
+        ..Descriptor::default()
+    }
 }

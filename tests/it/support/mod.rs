@@ -240,11 +240,30 @@ pub fn ok_with_peak_rss(store: &Path, args: &[&str]) -> (String, i64) {
 
 /// How many regular files named `name` with this sha256 lie under `root` (on its own
 /// filesystem: mounted views are not counted).
+/// Whether the tar at `path` has a file named `name` with this sha256.
+fn tar_holds(path: &Path, name: &str, sha256: &str) -> bool {
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut ar = tar::Archive::new(f);
+    let Ok(entries) = ar.entries() else {
+        return false;
+    };
+    entries.flatten().any(|mut e| {
+        let named = e
+            .path()
+            .is_ok_and(|p| p.file_name().is_some_and(|f| f == name));
+        let mut b = Vec::new();
+        named && std::io::Read::read_to_end(&mut e, &mut b).is_ok() && sha256_hex(&b) == sha256
+    })
+}
+
 pub fn copies_under(root: &Path, name: &str, sha256: &str) -> usize {
     files_under(root, name, sha256).len()
 }
 
-/// The regular files named `name` with this sha256 under `root`, on its own filesystem.
+/// The regular files named `name` with this sha256 under `root`, on its own filesystem,
+/// and the lazy layers' blobs (`lazy.blob`, a tar) that hold such a file.
 pub fn files_under(root: &Path, name: &str, sha256: &str) -> Vec<PathBuf> {
     let Ok(dev) = std::fs::symlink_metadata(root).map(|m| m.dev()) else {
         return Vec::new();
@@ -263,8 +282,9 @@ pub fn files_under(root: &Path, name: &str, sha256: &str) -> Vec<PathBuf> {
             if m.is_dir() {
                 stack.push(e.path());
             } else if m.is_file()
-                && e.file_name() == name
-                && std::fs::read(e.path()).is_ok_and(|b| sha256_hex(&b) == sha256)
+                && ((e.file_name() == name
+                    && std::fs::read(e.path()).is_ok_and(|b| sha256_hex(&b) == sha256))
+                    || (e.file_name() == "lazy.blob" && tar_holds(&e.path(), name, sha256)))
             {
                 n.push(e.path());
             }

@@ -226,6 +226,11 @@ pub struct Faults {
     /// Blob GET bodies being sent now, and the most at once so far.
     pub blob_gets_in_flight: AtomicUsize,
     pub blob_gets_peak: AtomicUsize,
+    /// Hold whole-blob GETs (no `Range`) of this blob (a digest) until it is cleared;
+    /// ranged GETs pass.
+    pub hold_whole_blob: std::sync::Mutex<Option<String>>,
+    /// Whole-blob GETs that were held.
+    pub whole_blob_gets_held: AtomicUsize,
 }
 
 /// Counts one blob GET body in flight for as long as it lives.
@@ -445,6 +450,20 @@ async fn handle(
     }
     if req.headers().contains_key("range") {
         f.range_requests.fetch_add(1, Ordering::SeqCst);
+    } else if is_blob_get {
+        let held = || {
+            f.hold_whole_blob
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|d| path.ends_with(d.as_str()))
+        };
+        if held() {
+            f.whole_blob_gets_held.fetch_add(1, Ordering::SeqCst);
+            while held() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 
     let mut up = client.request(method.clone(), format!("http://{upstream}{path}{query}"));

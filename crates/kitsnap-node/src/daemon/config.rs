@@ -42,6 +42,8 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// `text` (default) or `json` (one object per line).
     pub log_format: Option<super::LogFormat>,
+    /// Serve layers that have a lazy index through FUSE while they arrive (default true).
+    pub lazy: Option<bool>,
 }
 
 impl Config {

@@ -40,6 +40,8 @@ pub struct Settings {
     pub mirror_addr: Option<std::net::SocketAddr>,
     /// Where `/metrics` is served (None: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve layers with a lazy index through FUSE while they arrive.
+    pub lazy: bool,
 }
 
 /// Log lines as text (the default; coloured on a terminal) or one JSON object per line.
@@ -59,6 +61,21 @@ impl std::str::FromStr for LogFormat {
             "json" => Ok(LogFormat::Json),
             o => Err(format!("unknown log format {o:?}: use text or json")),
         }
+    }
+}
+
+/// Fixes glibc's allocator thresholds for the daemon's lifetime. Each lazy layer's FUSE
+/// session allocates a 16 MiB request buffer of which it touches a few KiB: above the mmap
+/// threshold it stays fresh zero pages; glibc's dynamic threshold (raised by every large
+/// buffer freed) would put it on the heap, where calloc writes all of it. The trim
+/// threshold is kept as high as the dynamic scheme set it, so that the 1 MiB download
+/// pieces freed on other threads are not given back and faulted in again.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
@@ -120,6 +137,7 @@ pub async fn serve(settings: Settings) -> Result<()> {
         settings.mount_root.clone(),
         settings.registry.clone(),
         settings.limits,
+        settings.lazy,
     )?);
     // Every 30 s: views kept for containers after their last holder left go with their
     // last user, and pull leases nobody holds (containerd was down when their pull
@@ -172,7 +190,19 @@ pub async fn serve(settings: Settings) -> Result<()> {
         settings.registry.clone(),
         settings.plain_http.clone(),
         settings.limits,
+        settings.lazy,
     ));
+    {
+        // Before containerd is served: the lazy layers of the last run are mounted again.
+        let (f, rt) = (filler.clone(), tokio::runtime::Handle::current());
+        let n = tokio::task::spawn_blocking(move || f.resume_lazy(&rt))
+            .await
+            .unwrap_or(0);
+        if n > 0 {
+            tracing::info!(layers = n, "lazy layers mounted again");
+        }
+    }
+    let lazy_snap = snap.clone();
     let provider: Option<Arc<dyn crate::snapshotter::service::Provider>> =
         settings.mirror_addr.map(|_| filler.clone() as _);
     // The registry mirror: bound before readiness, so containerd's first pull finds it.
@@ -266,6 +296,8 @@ pub async fn serve(settings: Settings) -> Result<()> {
         .map_err(Error::Serve)?;
     reaper.abort();
     sweeper.abort();
+    // The FUSE mounts end with this process anyway; unmounted, they leave no dead mounts.
+    let _ = tokio::task::spawn_blocking(move || lazy_snap.lazy().release_all()).await;
     stop_mirror.cancel();
     stop_metrics.cancel();
     if let Some(m) = mirror {

@@ -23,7 +23,9 @@ use kitsnap_core::digest::Digest;
 use kitsnap_core::extract;
 use kitsnap_core::imageview;
 use kitsnap_core::layers::LayerPlan;
+use kitsnap_core::lazy::LazyIndex;
 use kitsnap_registry::client::{ClientOptions, Registry};
+use kitsnap_registry::transfer;
 
 use crate::error::{Error, Result};
 use crate::labels as label;
@@ -41,6 +43,8 @@ const MAX_SOURCES: usize = 4096;
 struct LayerSource {
     registry: String,
     repository: String,
+    /// The ModelKit manifest the view was made of: where a lazy index hangs.
+    kit: Option<Digest>,
     plan: LayerPlan,
     /// When it was recorded (order of forgetting).
     seq: u64,
@@ -55,6 +59,10 @@ pub struct Filler {
     sources: Mutex<(u64, HashMap<Digest, LayerSource>)>,
     /// One fill per chain ID at a time: a second Prepare of it waits, then finds it held.
     locks: KeyedLocks,
+    /// Serve layers with a lazy index before they have arrived (FUSE).
+    lazy: bool,
+    /// Lazy indexes looked up, by ModelKit manifest (None: it has none).
+    indexes: tokio::sync::Mutex<HashMap<Digest, Option<Arc<LazyIndex>>>>,
 }
 
 impl Filler {
@@ -63,6 +71,7 @@ impl Filler {
         registry: ClientOptions,
         plain_http: Vec<String>,
         limits: PullLimits,
+        lazy: bool,
     ) -> Filler {
         Filler {
             snap,
@@ -71,11 +80,20 @@ impl Filler {
             limits,
             sources: Mutex::new((0, HashMap::new())),
             locks: KeyedLocks::default(),
+            lazy,
+            indexes: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    /// The mirror served an image view of `registry/repository` over these layers.
-    pub fn record(&self, registry: &str, repository: &str, layers: &[LayerPlan]) {
+    /// The mirror served an image view of `registry/repository` (of ModelKit manifest
+    /// `kit`) over these layers.
+    pub fn record(
+        &self,
+        registry: &str,
+        repository: &str,
+        kit: Option<&Digest>,
+        layers: &[LayerPlan],
+    ) {
         let Ok(mut g) = self.sources.lock() else {
             return;
         };
@@ -93,6 +111,7 @@ impl Filler {
                 LayerSource {
                     registry: registry.to_string(),
                     repository: repository.to_string(),
+                    kit: kit.cloned(),
                     plan: l.clone(),
                     seq: *seq,
                 },
@@ -168,6 +187,18 @@ impl Filler {
             )
         };
 
+        if self.lazy && transfer::lazy_eligible(&src.plan) && src.kit.is_some() {
+            match self
+                .fill_lazy(parent, target, blob, &src, parent_chain.as_ref())
+                .await
+            {
+                Ok(true) => return Ok(true),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%target, %blob, error = %crate::error::chain(&e), "lazy fill failed; unpacking the layer whole");
+                }
+            }
+        }
         let started = std::time::Instant::now();
         let key = format!("kitsnap-fill/{}/{}", pull::nonce(), blob);
         let mut labels = BTreeMap::from([(label::LAYER_DIGEST.to_string(), blob.to_string())]);
@@ -181,11 +212,7 @@ impl Filler {
         let filled = async {
             let dir = crate::mount::writable_dir(&crate::snapshotter::service::to_api_mounts(mounts))
                 .ok_or_else(|| Error::Internal("fill: the new snapshot has no directory".into()))?;
-            let mut opts = self.registry.clone();
-            opts.plain_http |= self.plain_http.contains(&src.registry);
-            let host = src.registry.clone();
-            // Credentials may come from a helper process: off the async workers.
-            let reg = blocking(move || Ok(Registry::new(&host, opts)?)).await?;
+            let reg = self.registry_for(&src.registry).await?;
             let max_bytes = pull::layer_budget(&src.plan, self.limits.max_kit_bytes, self.limits.max_expansion);
             let eopts = extract::ExtractOptions {
                 overwrite: false,
@@ -215,6 +242,144 @@ impl Filler {
             let _ = blocking(move || Ok(snap.remove(&k)?)).await;
         }
         filled
+    }
+}
+
+impl Filler {
+    /// A client for `host` with the node's settings. Credentials may come from a helper
+    /// process: built off the async workers.
+    async fn registry_for(&self, host: &str) -> Result<Registry> {
+        let mut opts = self.registry.clone();
+        opts.plain_http |= self.plain_http.iter().any(|h| h == host);
+        let host = host.to_string();
+        blocking(move || Ok(Registry::new(&host, opts)?)).await
+    }
+
+    /// The lazy index published for ModelKit `kit`, looked up once per ModelKit.
+    async fn lazy_index(
+        &self,
+        reg: &Registry,
+        repo: &str,
+        kit: &Digest,
+    ) -> Result<Option<Arc<LazyIndex>>> {
+        let mut cache = self.indexes.lock().await;
+        if let Some(i) = cache.get(kit) {
+            return Ok(i.clone());
+        }
+        let found = transfer::find_lazy_index(reg, repo, kit)
+            .await?
+            .map(Arc::new);
+        if cache.len() >= MAX_SOURCES {
+            cache.clear();
+        }
+        cache.insert(kit.clone(), found.clone());
+        Ok(found)
+    }
+
+    /// Commits the layer's snapshot at once and serves it through FUSE while it fills.
+    /// Ok(false) when the ModelKit has no lazy index for this layer.
+    async fn fill_lazy(
+        &self,
+        parent: &str,
+        target: &str,
+        blob: &Digest,
+        src: &LayerSource,
+        parent_chain: Option<&Digest>,
+    ) -> Result<bool> {
+        let Some(kit) = &src.kit else {
+            return Ok(false);
+        };
+        let reg = Arc::new(self.registry_for(&src.registry).await?);
+        let Some(index) = self.lazy_index(&reg, &src.repository, kit).await? else {
+            return Ok(false);
+        };
+        let Some(layer) = index.layer(blob).cloned() else {
+            return Ok(false);
+        };
+        if layer.size != src.plan.desc.size {
+            return Err(Error::invalid(format!(
+                "the lazy index gives layer {blob} {} bytes, the manifest {}",
+                layer.size, src.plan.desc.size
+            )));
+        }
+        // An uncompressed layer's diff ID is its digest: the chain is known before any byte.
+        if imageview::chain_id(parent_chain, blob).as_str() != target {
+            return Ok(false);
+        }
+        let key = format!("kitsnap-fill/{}/{}", pull::nonce(), blob);
+        let name = format!("kitsnap-fill/{}/{target}", pull::nonce());
+        let labels = BTreeMap::from([
+            (label::LAYER_DIGEST.to_string(), blob.to_string()),
+            (label::LAZY.to_string(), "true".to_string()),
+        ]);
+        let meta = crate::lazy::Meta {
+            registry: src.registry.clone(),
+            repository: src.repository.clone(),
+            media_type: src.plan.desc.media_type.clone(),
+            layer,
+            plain_http: self.plain_http.contains(&src.registry),
+        };
+        let (snap, k, n, p, t) = (
+            self.snap.clone(),
+            key.clone(),
+            name.clone(),
+            parent.to_string(),
+            target.to_string(),
+        );
+        let rt = tokio::runtime::Handle::current();
+        let made = blocking(move || {
+            snap.create(Kind::Active, &k, &p, labels.clone())?;
+            let id = snap.get(&k)?.id;
+            let dir = snap.snapshot_dir(id);
+            let mounted = (|| {
+                crate::lazy::Mounts::prepare(&dir, &meta)?;
+                let mut labels = labels;
+                labels.insert(label::TARGET_REF.to_string(), t);
+                snap.commit(&n, &k, labels)?;
+                snap.lazy().mount(id, &dir, reg, &rt)
+            })();
+            if mounted.is_err() {
+                let _ = snap.remove(&n);
+                let _ = snap.remove(&k);
+            }
+            mounted
+        })
+        .await;
+        made?;
+        tracing::info!(%target, %blob, registry = %src.registry, repository = %src.repository,
+            "fill: layer served lazily while it arrives");
+        Ok(true)
+    }
+
+    /// Mounts again the lazy layers a previous run of the daemon served (their FUSE
+    /// mounts died with it) and fetches what they still lack. Blocking; at startup,
+    /// before containerd is served.
+    pub fn resume_lazy(&self, rt: &tokio::runtime::Handle) -> usize {
+        let Ok(all) = self.snap.list(&[]) else {
+            return 0;
+        };
+        let mut n = 0;
+        for (name, r) in all
+            .into_iter()
+            .filter(|(_, r)| r.labels.contains_key(label::LAZY))
+        {
+            let dir = self.snap.snapshot_dir(r.id);
+            let res = (|| -> Result<()> {
+                let meta: crate::lazy::Meta =
+                    serde_json::from_slice(&std::fs::read(dir.join(crate::lazy::META))?)
+                        .map_err(|e| Error::invalid(e.to_string()))?;
+                let mut opts = self.registry.clone();
+                opts.plain_http |= meta.plain_http || self.plain_http.contains(&meta.registry);
+                let reg = Arc::new(Registry::new(&meta.registry, opts)?);
+                self.snap.lazy().mount(r.id, &dir, reg, rt)
+            })();
+            match res {
+                Ok(()) => n += 1,
+                Err(e) => tracing::error!(snapshot = %name, error = %crate::error::chain(&e),
+                    "lazy layer not mounted again; containers using it will fail to read it"),
+            }
+        }
+        n
     }
 }
 

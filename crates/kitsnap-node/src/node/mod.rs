@@ -209,6 +209,7 @@ impl Node {
         mount_root: PathBuf,
         registry: ClientOptions,
         limits: pull::PullLimits,
+        lazy: bool,
     ) -> Result<Node> {
         let path = snap.root().join("node.redb");
         let db = Database::create(&path).map_err(|e| Error::Record(RecordError::Db(e.into())))?;
@@ -224,6 +225,7 @@ impl Node {
             instance: pull::nonce(),
             active: Default::default(),
             diff_ids: Default::default(),
+            lazy,
         });
         Ok(Node {
             snap,
@@ -420,6 +422,9 @@ impl Node {
                     store: req.store.clone(),
                     registry: req.registry.clone(),
                     keep_blobs: false,
+                    // A mount is what a container is about to read: it need not wait for
+                    // the whole model when the kit has a lazy index.
+                    lazy: true,
                 };
                 self.pull(&spec, events).await?;
                 pulled = true;

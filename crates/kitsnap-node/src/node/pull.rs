@@ -28,6 +28,7 @@ use kitsnap_core::digest::{Digest, HashingReader};
 use kitsnap_core::extract;
 use kitsnap_core::imageview::{self, ImageView, Kit};
 use kitsnap_core::layers::{self, LayerPlan};
+use kitsnap_core::lazy::LazyLayer;
 use kitsnap_core::oci::{Compression, Descriptor, MEDIA_TYPE_INDEX, Manifest};
 use kitsnap_core::reference::Reference;
 use kitsnap_core::store::Store;
@@ -121,6 +122,8 @@ pub struct Puller {
     /// Diff IDs this daemon computed while unpacking, by blob digest: a pull that waited on
     /// a layer's lock finds it held by chain ID, in any namespace.
     pub diff_ids: std::sync::Mutex<HashMap<Digest, Digest>>,
+    /// The daemon's `lazy` setting: pulls that ask for lazy layers get them.
+    pub lazy: bool,
 }
 
 /// Keeps a lease id in [`Puller::active`] while its pull runs.
@@ -162,6 +165,8 @@ pub struct PullSpec {
     pub registry: ClientOptions,
     /// Every layer blob also into the content store (see `PullRequest.keep_blobs`).
     pub keep_blobs: bool,
+    /// Layers with a lazy index are served as they arrive (see `PullRequest.lazy`).
+    pub lazy: bool,
 }
 
 /// Where blobs come from.
@@ -222,6 +227,41 @@ async fn resolve(spec: &PullSpec) -> Result<(Source, Vec<u8>, Manifest, Descript
         m,
         desc,
     ))
+}
+
+/// Per layer, its lazy index entry when the pull asked for lazy layers, the daemon allows
+/// them, the kit comes from a registry that has its index, and the layer qualifies. A
+/// lookup that fails only costs the laziness (logged).
+async fn lazy_layers(
+    p: &Puller,
+    spec: &PullSpec,
+    src: &Source,
+    kit: &Kit,
+    plans: &[LayerPlan],
+) -> Vec<Option<LazyLayer>> {
+    let none = vec![None; plans.len()];
+    let Source::Registry(reg, repo) = src else {
+        return none;
+    };
+    // Blobs kept for another snapshotter are downloaded anyway: nothing to gain.
+    if !(p.lazy && spec.lazy) || spec.keep_blobs || !plans.iter().any(transfer::lazy_eligible) {
+        return none;
+    }
+    let index = match transfer::find_lazy_index(reg, repo, &kit.desc.digest).await {
+        Ok(Some(i)) => i,
+        Ok(None) => return none,
+        Err(e) => {
+            tracing::warn!(reference = %spec.reference, error = %crate::error::chain(&e), "no lazy index (layers are pulled whole)");
+            return none;
+        }
+    };
+    plans
+        .iter()
+        .map(|l| {
+            let e = index.layer(&l.desc.digest)?;
+            (transfer::lazy_eligible(l) && e.size == l.desc.size).then(|| e.clone())
+        })
+        .collect()
 }
 
 pub(crate) fn nonce() -> String {
@@ -735,6 +775,7 @@ pub async fn pull(
         }
         known.push(d);
     }
+    let lazy = lazy_layers(p, spec, &src, &kit, &plans).await;
 
     let id = format!("{LEASE_PREFIX}{}-{}", p.instance, nonce());
     // Tracked before it exists, so the reaper never takes a lease being made.
@@ -751,6 +792,7 @@ pub async fn pull(
         puller: p,
         events,
         cancel,
+        lazy: &lazy,
     };
     // Cancelled (the client went away, the daemon stops): the lease is deleted below,
     // synchronously, so nothing of this pull stays.
@@ -809,6 +851,8 @@ struct Leased<'a> {
     puller: &'a Puller,
     events: &'a Events,
     cancel: &'a CancellationToken,
+    /// Per layer: its entry in the ModelKit's lazy index, when it is served lazily.
+    lazy: &'a [Option<LazyLayer>],
 }
 
 impl Leased<'_> {
@@ -859,7 +903,10 @@ impl Leased<'_> {
                 blob_to_content(ctr, self.src, &l.desc, &diff).await?;
             }
             kept.push(ctr.content_info(l.desc.digest.as_str()).await?.is_some());
-            if unpacked {
+            if unpacked && self.lazy[i].is_some() {
+                result.layers_unpacked += 1;
+                result.layers_lazy += 1;
+            } else if unpacked {
                 result.layers_unpacked += 1;
                 result.bytes_fetched += l.desc.size;
             } else {
@@ -940,7 +987,8 @@ impl Leased<'_> {
         let mut rxs = Vec::with_capacity(plans.len());
         let mut jobs = Vec::new();
         for (i, l) in plans.iter().enumerate() {
-            if held[i] {
+            // A lazy layer is not downloaded before it is committed.
+            if held[i] || self.lazy[i].is_some() {
                 rxs.push(None);
                 continue;
             }
@@ -1032,6 +1080,11 @@ impl Leased<'_> {
                     "unexpected mounts from the kitsnap snapshotter: {mounts:?}"
                 ))
             })?;
+            if let (Some(ll), Source::Registry(reg, repo)) = (&self.lazy[i], src) {
+                return self
+                    .lazy_layer(i, parent, &key, labels.clone(), &dir, ll, reg, repo)
+                    .await;
+            }
             let diff = match staged {
                 // Unpacked ahead: its tree becomes the snapshot's (a rename, no copy).
                 Some(st) => {
@@ -1083,6 +1136,71 @@ impl Leased<'_> {
             let _ = ctr.remove(&key).await;
         }
         filled
+    }
+
+    /// Commits layer `i`'s prepared snapshot (`key`, its directory `dir`) at once, served
+    /// through FUSE while it fills from the registry (see `crate::lazy`). An uncompressed
+    /// layer's diff ID is its digest, so its chain ID is known before any byte arrives.
+    #[allow(clippy::too_many_arguments)]
+    async fn lazy_layer(
+        &self,
+        i: usize,
+        parent: Option<&Digest>,
+        key: &str,
+        mut labels: HashMap<String, String>,
+        dir: &Path,
+        layer: &LazyLayer,
+        reg: &Arc<Registry>,
+        repo: &str,
+    ) -> Result<(Digest, Digest, bool)> {
+        let (ctr, l) = (self.ctr, &self.plans[i]);
+        let snapdir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let id: u64 = snapdir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| {
+                Error::Internal(format!(
+                    "lazy layer: unexpected snapshot directory {}",
+                    dir.display()
+                ))
+            })?;
+        let meta = crate::lazy::Meta {
+            registry: self.spec.reference.registry.clone(),
+            repository: repo.to_string(),
+            media_type: l.desc.media_type.clone(),
+            layer: layer.clone(),
+            plain_http: self.spec.registry.plain_http,
+        };
+        let (sd, m) = (snapdir.clone(), meta);
+        blocking(move || crate::lazy::Mounts::prepare(&sd, &m)).await?;
+        let diff = l.desc.digest.clone();
+        let name = imageview::chain_id(parent, &diff);
+        labels.insert(label::TARGET_REF.to_string(), name.to_string());
+        labels.insert(label::LAZY.to_string(), "true".to_string());
+        match ctr.commit(name.as_str(), key, labels).await {
+            Ok(()) => {}
+            Err(e) if e.is_already_exists() => {
+                let _ = ctr.remove(key).await;
+                return Ok((diff, name, false));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let (snap, reg, rt) = (
+            self.puller.snap.clone(),
+            reg.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        let mounted = blocking(move || snap.lazy().mount(id, &snapdir, reg, &rt)).await;
+        if let Err(e) = mounted {
+            let _ = ctr.remove(name.as_str()).await;
+            return Err(e);
+        }
+        if let Ok(mut m) = self.puller.diff_ids.lock() {
+            m.insert(l.desc.digest.clone(), diff.clone());
+        }
+        Progress::new(self.events, i, l).state("lazy").await;
+        Ok((diff, name, true))
     }
 
     /// Writes the kit (config, manifest) and its image view (config, manifest, index) into

@@ -130,6 +130,7 @@ impl node_server::Node for Service {
             store: opt_path(r.store),
             registry: registry_options(&self.node.registry, r.registry),
             keep_blobs: r.keep_blobs,
+            lazy: r.lazy,
         };
         let (etx, mut erx) = tokio::sync::mpsc::channel::<pb::PullEvent>(64);
         let (otx, orx) = tokio::sync::mpsc::channel::<Result<pb::PullEvent, Status>>(64);

@@ -194,12 +194,24 @@ fn link_tree(src: &Path, dst: &Path) -> Result<()> {
                     Ok(_) => fs::remove_file(&to)?,
                     Err(_) => {}
                 }
-                fs::hard_link(&from, &to).map_err(|err| {
-                    SnapError::Internal(format!(
-                        "hardlinking {} into a ModelKit tree: {err}",
-                        from.display()
-                    ))
-                })?;
+                match fs::hard_link(&from, &to) {
+                    Ok(()) => {}
+                    // A lazy layer (FUSE) cannot be linked from: its files are copied,
+                    // each byte verified as it is read.
+                    Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+                        if ft.is_symlink() {
+                            std::os::unix::fs::symlink(fs::read_link(&from)?, &to)?;
+                        } else {
+                            fs::copy(&from, &to)?;
+                        }
+                    }
+                    Err(err) => {
+                        return Err(SnapError::Internal(format!(
+                            "hardlinking {} into a ModelKit tree: {err}",
+                            from.display()
+                        )));
+                    }
+                }
             }
         }
     }

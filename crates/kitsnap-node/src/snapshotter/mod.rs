@@ -169,6 +169,8 @@ pub struct Snapshotter {
     root: PathBuf,
     db: Database,
     trees: TreeClaims,
+    /// Lazy layers this daemon serves (FUSE), unmounted before their snapshot goes.
+    lazy: crate::lazy::Mounts,
 }
 
 fn now() -> (i64, u32) {
@@ -205,6 +207,11 @@ fn unique() -> String {
 /// Deletes a directory tree; one that is already gone (a concurrent Cleanup) is fine,
 /// other failures are logged: the record is gone, so the next Cleanup retries.
 fn remove_tree(p: &Path) -> bool {
+    if p.join(crate::lazy::META).exists() {
+        // A lazy layer's FUSE mount (one this daemon held, or left by a crash) goes first:
+        // deleting through it would fail, and the mount point could not be removed.
+        let _ = rustix::mount::unmount(p.join("fs"), rustix::mount::UnmountFlags::DETACH);
+    }
     match fs::remove_dir_all(p) {
         Ok(()) => true,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -275,6 +282,7 @@ impl Snapshotter {
             root,
             db,
             trees: TreeClaims::default(),
+            lazy: crate::lazy::Mounts::default(),
         };
         // Finish what a crash interrupted.
         s.cleanup()?;
@@ -301,6 +309,15 @@ impl Snapshotter {
 
     pub fn fs_dir(&self, id: u64) -> PathBuf {
         self.dir(id).join("fs")
+    }
+
+    /// The directory of snapshot `id` (its `fs`, and a lazy layer's blob beside it).
+    pub fn snapshot_dir(&self, id: u64) -> PathBuf {
+        self.dir(id)
+    }
+
+    pub fn lazy(&self) -> &crate::lazy::Mounts {
+        &self.lazy
     }
 
     fn read(&self) -> Result<ReadTables> {
@@ -648,6 +665,7 @@ impl Snapshotter {
         // Files after the record, outside any lock: renamed first so that a crash leaves
         // an `rm-` directory that Cleanup finishes.
         let dir = self.dir(rec.id);
+        self.lazy.release(rec.id, &dir.join("fs"));
         let tomb = self.snapshots_dir().join(format!("rm-{}", rec.id));
         match fs::rename(&dir, &tomb) {
             Ok(()) => {

@@ -1,0 +1,757 @@
+//! Lazy layers: a ModelKit layer served to containers before all of it has arrived.
+//!
+//! When a pushed ModelKit carries a lazy index (`kitsnap_core::lazy`: a table of contents
+//! and a BLAKE3 digest per 4 MiB chunk, published as an OCI referrer), the fill commits the
+//! layer's snapshot at once and mounts a read-only FUSE file system on it. A read waits for
+//! the chunks it needs: one streamed GET of the whole blob fills them in order while a
+//! read of a chunk that stream has not reached asks for it with a `Range` GET of its own.
+//! Every chunk is checked against the index before a container sees a byte of it, and the
+//! whole blob against the layer's SHA-256 once complete: a layer that fails that check
+//! fails every later read (EIO) and is logged, never served as it is.
+//!
+//! The snapshot directory keeps the blob (`lazy.blob`, sparse until filled), the index of
+//! the layer and where it came from (`lazy.json`), and `lazy.done` once the blob is whole
+//! and verified, so a restarted daemon mounts it again and fetches only what it lacks.
+//! The file system lives in the daemon: while it is down, containers reading a lazy
+//! layer get errors (ENOTCONN), as with any FUSE snapshotter (stargz, SOCI).
+
+mod fs;
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use kitsnap_core::digest::{Digest, HashingReader};
+use kitsnap_core::lazy::{LazyLayer, chunk_hash};
+use kitsnap_core::oci::Descriptor;
+use kitsnap_registry::client::{BlobSink, Registry};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+pub const BLOB: &str = "lazy.blob";
+pub const META: &str = "lazy.json";
+pub const DONE: &str = "lazy.done";
+/// Range requests in flight for reads ahead of the stream.
+const RANGE_CONCURRENCY: usize = 4;
+/// How long a read waits for its bytes before it fails (the registry retries meanwhile).
+const READ_WAIT: Duration = Duration::from_secs(600);
+
+/// What `lazy.json` records: enough to mount and fetch again after a restart.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    pub registry: String,
+    pub repository: String,
+    pub media_type: String,
+    pub layer: LazyLayer,
+    /// The registry speaks plain HTTP (as the pull that made it was told).
+    #[serde(default)]
+    pub plain_http: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    Missing,
+    Wanted,
+    Ready,
+    /// Its last fetch failed; the next read asks again.
+    Error,
+}
+
+struct State {
+    chunks: Vec<Chunk>,
+    ready: usize,
+    /// Set when the blob can never be served (it failed its digest): every read fails.
+    failed: Option<String>,
+    /// The snapshot is gone: waiting reads give up, the fetch stops.
+    closed: bool,
+}
+
+/// One layer's blob as it fills: what readers wait on and fetchers complete.
+pub struct LazyBlob {
+    meta: Meta,
+    file: std::fs::File,
+    dir: PathBuf,
+    state: Mutex<State>,
+    cv: Condvar,
+    wants: tokio::sync::mpsc::UnboundedSender<usize>,
+}
+
+fn errno(e: &std::io::Error) -> i32 {
+    e.raw_os_error().unwrap_or(libc::EIO)
+}
+
+impl LazyBlob {
+    /// The blob recorded in snapshot directory `dir` (nothing verified yet: see `rescan`),
+    /// and the queue of chunks readers want.
+    fn open(dir: &Path) -> Result<(Arc<LazyBlob>, tokio::sync::mpsc::UnboundedReceiver<usize>)> {
+        let meta: Meta = serde_json::from_slice(&std::fs::read(dir.join(META))?)
+            .map_err(|e| Error::invalid(format!("{}: {e}", dir.join(META).display())))?;
+        meta.layer
+            .check()
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join(BLOB))?;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let n = meta.layer.chunks.len();
+        let blob = Arc::new(LazyBlob {
+            meta,
+            file,
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State {
+                chunks: vec![Chunk::Missing; n],
+                ready: 0,
+                failed: None,
+                closed: false,
+            }),
+            cv: Condvar::new(),
+            wants: tx,
+        });
+        Ok((blob, rx))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn layer(&self) -> &LazyLayer {
+        &self.meta.layer
+    }
+
+    pub fn is_complete(&self) -> bool {
+        let s = self.lock();
+        s.ready == s.chunks.len() && s.failed.is_none()
+    }
+
+    /// Blocks until blob bytes `start..end` are present and verified (FUSE threads only).
+    /// Errors are errnos for the reader.
+    pub fn ensure(&self, start: u64, end: u64) -> std::result::Result<(), i32> {
+        if start >= end {
+            return Ok(());
+        }
+        let cs = self.meta.layer.chunk_size;
+        let (first, last) = ((start / cs) as usize, ((end - 1) / cs) as usize);
+        let deadline = std::time::Instant::now() + READ_WAIT;
+        let mut s = self.lock();
+        let mut asked = false;
+        loop {
+            if let Some(why) = &s.failed {
+                tracing::warn!(blob = %self.meta.layer.digest, %why, "lazy read refused");
+                return Err(libc::EIO);
+            }
+            if s.closed {
+                return Err(libc::EIO);
+            }
+            let mut all = true;
+            for k in first..=last {
+                match s.chunks[k] {
+                    Chunk::Ready => {}
+                    Chunk::Wanted => all = false,
+                    // One failed attempt per read: the reader gets EIO, the next read retries.
+                    Chunk::Error if asked => return Err(libc::EIO),
+                    Chunk::Missing | Chunk::Error => {
+                        all = false;
+                        s.chunks[k] = Chunk::Wanted;
+                        let _ = self.wants.send(k);
+                    }
+                }
+            }
+            if all {
+                return Ok(());
+            }
+            asked = true;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(libc::ETIMEDOUT);
+            }
+            s = self
+                .cv
+                .wait_timeout(s, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// Whether blob bytes `start..end` are all here (a read that will not wait).
+    pub fn has(&self, start: u64, end: u64) -> bool {
+        if start >= end {
+            return true;
+        }
+        let cs = self.meta.layer.chunk_size;
+        let s = self.lock();
+        s.failed.is_none()
+            && s.chunks[(start / cs) as usize..=((end - 1) / cs) as usize]
+                .iter()
+                .all(|c| *c == Chunk::Ready)
+    }
+
+    pub fn read_at(&self, offset: u64, len: usize) -> std::result::Result<Vec<u8>, i32> {
+        let mut buf = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match self.file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(errno(&e)),
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
+    fn is_ready(&self, k: usize) -> bool {
+        self.lock().chunks[k] == Chunk::Ready
+    }
+
+    fn closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Verifies chunk `k` and writes it; false when it does not match the index.
+    /// Blocking (hash and pwrite).
+    fn put(&self, k: usize, bytes: &[u8]) -> std::io::Result<bool> {
+        if self.is_ready(k) {
+            return Ok(true);
+        }
+        let (start, end) = self.meta.layer.chunk_range(k);
+        if bytes.len() as u64 != end - start
+            || Some(chunk_hash(bytes)) != self.meta.layer.chunk_digest(k)
+        {
+            return Ok(false);
+        }
+        self.file.write_all_at(bytes, start)?;
+        let mut s = self.lock();
+        if s.chunks[k] != Chunk::Ready {
+            s.chunks[k] = Chunk::Ready;
+            s.ready += 1;
+        }
+        drop(s);
+        self.cv.notify_all();
+        Ok(true)
+    }
+
+    fn set_chunk_error(&self, k: usize) {
+        let mut s = self.lock();
+        if s.chunks[k] != Chunk::Ready {
+            s.chunks[k] = Chunk::Error;
+        }
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!(blob = %self.meta.layer.digest, %why, "lazy layer failed; its reads fail from now on");
+        self.lock().failed = Some(why);
+        self.cv.notify_all();
+    }
+
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.cv.notify_all();
+    }
+
+    fn missing(&self) -> Vec<usize> {
+        let s = self.lock();
+        (0..s.chunks.len())
+            .filter(|&k| s.chunks[k] != Chunk::Ready)
+            .collect()
+    }
+
+    fn descriptor(&self) -> Descriptor {
+        Descriptor {
+            media_type: self.meta.media_type.clone(),
+            digest: self.meta.layer.digest.clone(),
+            size: self.meta.layer.size,
+            ..Descriptor::default()
+        }
+    }
+
+    /// Marks every chunk the file already holds (after a restart) as ready. Blocking.
+    fn rescan(&self) -> std::io::Result<()> {
+        if self.dir.join(DONE).exists() {
+            let mut s = self.lock();
+            s.chunks.iter_mut().for_each(|c| *c = Chunk::Ready);
+            s.ready = s.chunks.len();
+            return Ok(());
+        }
+        for k in 0..self.meta.layer.chunks.len() {
+            let (start, end) = self.meta.layer.chunk_range(k);
+            let mut buf = vec![0u8; (end - start) as usize];
+            self.file.read_exact_at(&mut buf, start)?;
+            let _ = self.put(k, &buf)?;
+        }
+        Ok(())
+    }
+
+    /// The whole blob hashed from the file. Blocking.
+    fn file_digest(&self) -> std::io::Result<Digest> {
+        let f = self.file.try_clone()?;
+        let r = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f));
+        r.finish().map(|(d, _)| d).map_err(std::io::Error::other)
+    }
+
+    fn mark_done(&self) -> std::io::Result<()> {
+        self.file.sync_all()?;
+        std::fs::write(self.dir.join(DONE), b"")?;
+        Ok(())
+    }
+}
+
+/// The stream of the whole blob, cut into chunks as it arrives.
+struct ChunkSink {
+    blob: Arc<LazyBlob>,
+    buf: bytes::BytesMut,
+    k: usize,
+}
+
+impl ChunkSink {
+    async fn flush_chunk(&mut self, len: usize) -> kitsnap_registry::Result<()> {
+        let chunk = self.buf.split_to(len).freeze();
+        let (b, k) = (self.blob.clone(), self.k);
+        self.k += 1;
+        if b.is_ready(k) {
+            return Ok(());
+        }
+        let ok = tokio::task::spawn_blocking(move || b.put(k, &chunk))
+            .await
+            .map_err(|e| kitsnap_registry::Error::Aborted(format!("lazy chunk: {e}")))?
+            .map_err(|e| kitsnap_registry::Error::Sink(Box::new(e)))?;
+        if !ok {
+            // The blob's own digest decides below; this chunk is not served meanwhile.
+            tracing::warn!(blob = %self.blob.meta.layer.digest, chunk = k, "streamed chunk does not match the lazy index");
+        }
+        Ok(())
+    }
+}
+
+impl BlobSink for ChunkSink {
+    async fn reset(&mut self) -> kitsnap_registry::Result<()> {
+        self.buf.clear();
+        self.k = 0;
+        Ok(())
+    }
+
+    async fn write(&mut self, data: bytes::Bytes) -> kitsnap_registry::Result<()> {
+        if self.blob.closed() {
+            return Err(kitsnap_registry::Error::Aborted(
+                "the lazy snapshot was removed".into(),
+            ));
+        }
+        self.buf.extend_from_slice(&data);
+        loop {
+            let (s, e) = self.blob.meta.layer.chunk_range(self.k);
+            let len = (e - s) as usize;
+            if len == 0 || self.buf.len() < len {
+                return Ok(());
+            }
+            self.flush_chunk(len).await?;
+        }
+    }
+
+    async fn finish(&mut self) -> kitsnap_registry::Result<()> {
+        if !self.buf.is_empty() {
+            let len = self.buf.len();
+            self.flush_chunk(len).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Fills `blob` from the registry: the whole stream in order, and ranges that readers ask
+/// for ahead of it. Ends when the blob is whole and verified, failed, or closed.
+async fn fetch(
+    blob: Arc<LazyBlob>,
+    reg: Arc<Registry>,
+    mut wants: tokio::sync::mpsc::UnboundedReceiver<usize>,
+) {
+    let started = std::time::Instant::now();
+    let repo = blob.meta.repository.clone();
+    let desc = blob.descriptor();
+    let stream = {
+        let (blob, reg, repo, desc) = (blob.clone(), reg.clone(), repo.clone(), desc.clone());
+        async move {
+            let mut sink = ChunkSink {
+                blob: blob.clone(),
+                buf: bytes::BytesMut::with_capacity(blob.meta.layer.chunk_size as usize),
+                k: 0,
+            };
+            reg.fetch_blob_into(&repo, &desc, &mut sink, &indicatif::ProgressBar::hidden())
+                .await
+        }
+    };
+    let limit = Arc::new(tokio::sync::Semaphore::new(RANGE_CONCURRENCY));
+    let ranges = async {
+        while let Some(k) = wants.recv().await {
+            if blob.is_ready(k) || blob.closed() {
+                continue;
+            }
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let (blob, reg, repo, digest) =
+                (blob.clone(), reg.clone(), repo.clone(), desc.digest.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                if blob.is_ready(k) {
+                    return;
+                }
+                let (s, e) = blob.meta.layer.chunk_range(k);
+                let got = match reg.fetch_range(&repo, &digest, s, e).await {
+                    Ok(b) => {
+                        let b2 = blob.clone();
+                        tokio::task::spawn_blocking(move || b2.put(k, &b))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.map_err(|e| e.to_string()))
+                    }
+                    Err(e) => Err(kitsnap_registry::client::error_chain(&e)),
+                };
+                match got {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(blob = %digest, chunk = k, "range does not match the lazy index");
+                        blob.set_chunk_error(k);
+                    }
+                    Err(why) => {
+                        tracing::warn!(blob = %digest, chunk = k, %why, "lazy range fetch failed");
+                        blob.set_chunk_error(k);
+                    }
+                }
+            });
+        }
+    };
+    tokio::pin!(ranges);
+    // A blob some of which is on disk already (a restart) is completed by range: only what
+    // it lacks is fetched.
+    let fresh = blob.lock().ready == 0;
+    let streamed = if fresh {
+        tokio::select! {
+            r = stream => Some(r),
+            // Never ends first: the sender lives in `blob`.
+            _ = &mut ranges => return,
+        }
+    } else {
+        None
+    };
+    let verified = match streamed {
+        Some(Ok(())) if blob.missing().is_empty() => true,
+        Some(Err(kitsnap_registry::Error::Core(
+            e @ kitsnap_core::Error::DigestMismatch { .. },
+        ))) => {
+            blob.fail(format!("the layer does not match its digest: {e}"));
+            return;
+        }
+        Some(Err(e)) if blob.closed() => {
+            tracing::debug!(error = %e, "lazy fetch stopped: snapshot removed");
+            return;
+        }
+        other => {
+            if let Some(Err(e)) = &other {
+                tracing::warn!(blob = %desc.digest, error = %kitsnap_registry::client::error_chain(e), "lazy stream broke; fetching the rest by range");
+            }
+            // Whatever is missing (the stream broke, a chunk did not match, a restart), by
+            // range, a few at a time, while reads keep asking for theirs.
+            let missing = blob.missing();
+            let fill = futures_util::stream::iter(missing)
+                .map(|k| {
+                    let (blob, reg, repo, digest) =
+                        (blob.clone(), reg.clone(), repo.clone(), desc.digest.clone());
+                    async move {
+                        if blob.is_ready(k) {
+                            return Ok(());
+                        }
+                        let (s, e) = blob.meta.layer.chunk_range(k);
+                        let bytes = reg.fetch_range(&repo, &digest, s, e).await.ok();
+                        let put = match bytes {
+                            Some(b) => {
+                                let b2 = blob.clone();
+                                tokio::task::spawn_blocking(move || b2.put(k, &b))
+                                    .await
+                                    .ok()
+                                    .and_then(|r| r.ok())
+                            }
+                            None => None,
+                        };
+                        if put == Some(true) || blob.is_ready(k) {
+                            Ok(())
+                        } else {
+                            Err(k)
+                        }
+                    }
+                })
+                .buffer_unordered(RANGE_CONCURRENCY)
+                .try_collect::<Vec<()>>();
+            let filled = tokio::select! {
+                r = fill => r,
+                _ = &mut ranges => return,
+            };
+            if blob.closed() {
+                return;
+            }
+            if let Err(k) = filled {
+                blob.fail(format!("chunk {k} could not be fetched and verified"));
+                return;
+            }
+            false
+        }
+    };
+    let b = blob.clone();
+    let done = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Digest>> {
+        // The stream hashed the blob on the way unless it had to fall back to ranges.
+        let actual = if verified {
+            None
+        } else {
+            Some(b.file_digest()?)
+        };
+        if actual.as_ref().is_none_or(|d| d == &b.meta.layer.digest) {
+            b.mark_done()?;
+        }
+        Ok(actual)
+    })
+    .await;
+    match done {
+        Ok(Ok(Some(d))) if d != desc.digest => {
+            blob.fail(format!("the blob hashes to {d}, not {}", desc.digest));
+        }
+        Ok(Ok(_)) => {
+            tracing::info!(blob = %desc.digest, bytes = desc.size, secs = started.elapsed().as_secs_f64(), "lazy layer complete and verified");
+        }
+        Ok(Err(e)) => blob.fail(format!("finishing the blob: {e}")),
+        Err(e) => blob.fail(format!("finishing the blob: {e}")),
+    }
+}
+
+/// The lazy layers mounted by this daemon, by snapshot id.
+#[derive(Default)]
+pub struct Mounts {
+    held: Mutex<HashMap<u64, (Arc<LazyBlob>, fuser::BackgroundSession)>>,
+}
+
+impl Mounts {
+    /// Writes `meta` and a sparse blob into the snapshot directory `dir` (its `fs` still
+    /// empty and unmounted). Blocking.
+    pub fn prepare(dir: &Path, meta: &Meta) -> Result<()> {
+        let f = std::fs::File::create(dir.join(BLOB))?;
+        f.set_len(meta.layer.size)?;
+        let j = serde_json::to_vec(meta).map_err(|e| Error::Internal(e.to_string()))?;
+        std::fs::write(dir.join(META), j)?;
+        Ok(())
+    }
+
+    /// Mounts the lazy layer recorded in `dir` on `dir/fs` and starts filling it, with
+    /// `reg` (which must reach the layer's registry). Blocking; call it off the async
+    /// workers with a runtime handle.
+    pub fn mount(
+        &self,
+        id: u64,
+        dir: &Path,
+        reg: Arc<Registry>,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<()> {
+        let (blob, rx) = LazyBlob::open(dir)?;
+        blob.rescan()?;
+        let fs = fs::LazyFs::new(blob.clone(), rt.clone());
+        // A mount left by a daemon that died is dead (ENOTCONN): this one replaces it.
+        let _ = rustix::mount::unmount(dir.join("fs"), rustix::mount::UnmountFlags::DETACH);
+        let session = fs::mount(fs, &dir.join("fs"))?;
+        if !blob.is_complete() {
+            rt.spawn(fetch(blob.clone(), reg, rx));
+        }
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (blob, session));
+        Ok(())
+    }
+
+    /// Unmounts snapshot `id`'s lazy layer (if this daemon holds one) before its directory
+    /// goes: waiting readers fail, the fetch stops. Blocking.
+    pub fn release(&self, id: u64, fs_dir: &Path) {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        if let Some((blob, session)) = held {
+            blob.close();
+            // Detached: a container that still has it open keeps its view until it lets go.
+            let _ = rustix::mount::unmount(fs_dir, rustix::mount::UnmountFlags::DETACH);
+            drop(session);
+        }
+    }
+
+    pub fn is_complete(&self, id: u64) -> Option<bool> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .map(|(b, _)| b.is_complete())
+    }
+
+    /// Unmounts every lazy layer (daemon shutdown).
+    pub fn release_all(&self) {
+        let all: Vec<_> = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (_, (blob, session)) in all {
+            blob.close();
+            let fs_dir = blob.dir.join("fs");
+            let _ = rustix::mount::unmount(&fs_dir, rustix::mount::UnmountFlags::DETACH);
+            drop(session);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kitsnap_core::lazy::index_layer;
+
+    /// A lazy blob over a two-chunk-plus tar, prepared in a temporary snapshot directory.
+    fn blob_of(
+        chunk_size: u64,
+    ) -> (
+        tempfile::TempDir,
+        Vec<u8>,
+        Arc<LazyBlob>,
+        tokio::sync::mpsc::UnboundedReceiver<usize>,
+    ) {
+        let mut b = tar::Builder::new(Vec::new());
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "model.bin", &data[..]).unwrap();
+        let tarball = b.into_inner().unwrap();
+        let desc = Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: Digest::of(&tarball),
+            size: tarball.len() as u64,
+            ..Descriptor::default()
+        };
+        let mut layer = index_layer(&tarball[..], &desc).unwrap().unwrap();
+        // Smaller chunks than the format's, so that a small blob has several.
+        layer.chunk_size = chunk_size;
+        layer.chunks = tarball
+            .chunks(chunk_size as usize)
+            .map(|c| blake3::hash(c).to_hex().to_string())
+            .collect();
+        let t = tempfile::tempdir().unwrap();
+        let meta = Meta {
+            registry: "r".into(),
+            repository: "x".into(),
+            media_type: desc.media_type.clone(),
+            layer,
+            plain_http: true,
+        };
+        Mounts::prepare(t.path(), &meta).unwrap();
+        let (blob, rx) = LazyBlob::open(t.path()).unwrap();
+        (t, tarball, blob, rx)
+    }
+
+    #[test]
+    fn only_chunks_matching_the_index_are_served() {
+        let (_t, tarball, blob, mut rx) = blob_of(100_000);
+        let (s, e) = blob.meta.layer.chunk_range(1);
+        let mut bad = tarball[s as usize..e as usize].to_vec();
+        bad[7] ^= 1;
+        assert!(
+            !blob.put(1, &bad).unwrap(),
+            "a chunk that differs is refused"
+        );
+        assert!(!blob.has(s, e));
+        assert!(blob.put(1, &tarball[s as usize..e as usize]).unwrap());
+        assert!(blob.has(s, e));
+        assert_eq!(blob.ensure(s + 10, e - 10), Ok(()));
+        assert_eq!(
+            blob.read_at(s, 100).unwrap(),
+            &tarball[s as usize..s as usize + 100]
+        );
+        assert!(
+            rx.try_recv().is_err(),
+            "a read of ready bytes asks for nothing"
+        );
+
+        // A read across chunks 0..=1 asks for chunk 0 and waits for it.
+        let (b2, t2) = (blob.clone(), tarball.clone());
+        let reader = std::thread::spawn(move || {
+            b2.ensure(10, s + 10)
+                .map(|()| b2.read_at(10, s as usize).unwrap())
+        });
+        let k = rx.blocking_recv().unwrap();
+        assert_eq!(k, 0);
+        let (s0, e0) = blob.meta.layer.chunk_range(0);
+        assert!(blob.put(0, &t2[s0 as usize..e0 as usize]).unwrap());
+        assert_eq!(
+            reader.join().unwrap().unwrap(),
+            &tarball[10..10 + s as usize]
+        );
+    }
+
+    #[test]
+    fn failed_fetches_and_failed_blobs_are_errors_never_bytes() {
+        let (_t, _tarball, blob, mut rx) = blob_of(100_000);
+        let b2 = blob.clone();
+        let reader = std::thread::spawn(move || b2.ensure(0, 10));
+        assert_eq!(rx.blocking_recv(), Some(0));
+        blob.set_chunk_error(0);
+        assert_eq!(
+            reader.join().unwrap(),
+            Err(libc::EIO),
+            "the read that asked fails"
+        );
+        // The next read asks again.
+        let b2 = blob.clone();
+        let reader = std::thread::spawn(move || b2.ensure(0, 10));
+        assert_eq!(rx.blocking_recv(), Some(0));
+        blob.fail("the blob hashes to something else".into());
+        assert_eq!(reader.join().unwrap(), Err(libc::EIO));
+        assert_eq!(
+            blob.ensure(0, 10),
+            Err(libc::EIO),
+            "a failed blob fails every read"
+        );
+        assert!(!blob.is_complete());
+    }
+
+    #[test]
+    fn a_restart_keeps_what_was_verified_and_a_removal_wakes_readers() {
+        let (t, tarball, blob, _rx) = blob_of(100_000);
+        let (s, e) = blob.meta.layer.chunk_range(2);
+        assert!(blob.put(2, &tarball[s as usize..e as usize]).unwrap());
+        drop(blob);
+        let (again, mut rx) = LazyBlob::open(t.path()).unwrap();
+        again.rescan().unwrap();
+        assert!(again.has(s, e), "a verified chunk survives the restart");
+        assert_eq!(
+            again.missing(),
+            (0..again.meta.layer.chunks.len())
+                .filter(|&k| k != 2)
+                .collect::<Vec<_>>()
+        );
+        let b2 = again.clone();
+        let reader = std::thread::spawn(move || b2.ensure(0, 10));
+        assert_eq!(rx.blocking_recv(), Some(0));
+        again.close();
+        assert_eq!(reader.join().unwrap(), Err(libc::EIO));
+        // Once whole and marked done, a restart trusts the file without reading it.
+        for k in again.missing() {
+            let (s, e) = again.meta.layer.chunk_range(k);
+            assert!(again.put(k, &tarball[s as usize..e as usize]).unwrap());
+        }
+        assert_eq!(again.file_digest().unwrap(), again.meta.layer.digest);
+        again.mark_done().unwrap();
+        let (done, _rx) = LazyBlob::open(t.path()).unwrap();
+        done.rescan().unwrap();
+        assert!(done.is_complete());
+    }
+}
