@@ -1461,3 +1461,96 @@ fn parent_modelkits_are_pulled_and_unpacked_as_kit_does() {
         "{e}"
     );
 }
+
+/// `kitsnap push` publishes the kit's lazy index as a referrer (the distribution spec's
+/// `sha256-<hex>` fallback tag on a registry without the referrers API), leaves the kit's
+/// own manifest as it was, lists only the kit under its repository, and treats a registry
+/// that refuses the referrer as a warning: the push itself succeeded. `--no-lazy-index`
+/// publishes nothing.
+#[test]
+fn push_publishes_a_lazy_index_and_a_refused_one_is_a_warning() {
+    require_registry!();
+    let c = Ctx::new();
+    let reg = RegistryProc::start(&c.p("reg"), None, None);
+    let proxy = start_proxy(&reg.addr(), Faults::default());
+    let referrers = |repo: &str, digest: &str| {
+        reqwest::blocking::Client::new()
+            .get(format!(
+                "http://{}/v2/{repo}/manifests/{}",
+                reg.addr(),
+                digest.replace(':', "-")
+            ))
+            .header("accept", "application/vnd.oci.image.index.v1+json")
+            .send()
+            .unwrap()
+    };
+
+    let r = format!("{}/lazy/m:v1", reg.addr());
+    let d = c.pack(&r, &[]);
+    let o = c.run_in("s1", &["push", &r, "--plain-http"], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        d,
+        "the kit's digest is unchanged"
+    );
+    assert!(err.contains("lazy index sha256:"), "{err}");
+    let list: serde_json::Value = referrers("lazy/m", &d).json().unwrap();
+    let entry = &list["manifests"][0];
+    assert_eq!(
+        entry["artifactType"], "application/vnd.kitsnap.lazy.index.v1+json",
+        "{list}"
+    );
+    let m: serde_json::Value = reqwest::blocking::Client::new()
+        .get(format!(
+            "http://{}/v2/lazy/m/manifests/{}",
+            reg.addr(),
+            entry["digest"].as_str().unwrap()
+        ))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(m["subject"]["digest"], d.as_str(), "{m}");
+    let listed = c.ok(
+        "s2",
+        &["list", &format!("{}/lazy/m", reg.addr()), "--plain-http"],
+    );
+    assert_eq!(
+        listed.lines().count(),
+        2,
+        "the header and the kit, not the referrer tag: {listed}"
+    );
+
+    // A registry that refuses the fallback tag: the kit is pushed, the index is not.
+    proxy
+        .faults
+        .refuse_referrer_tags
+        .store(true, Ordering::SeqCst);
+    let r2 = format!("{}/lazy/refused:v1", proxy.addr());
+    let d2 = c.pack(&r2, &[]);
+    let o = c.run_in("s1", &["push", &r2, "--plain-http"], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d2);
+    assert!(
+        err.contains("warning:") && err.contains("lazy index not published"),
+        "{err}"
+    );
+
+    let r3 = format!("{}/lazy/none:v1", reg.addr());
+    let d3 = c.pack(&r3, &[]);
+    let err = String::from_utf8_lossy(
+        &c.run_in(
+            "s1",
+            &["push", &r3, "--plain-http", "--no-lazy-index"],
+            None,
+        )
+        .stderr,
+    )
+    .into_owned();
+    assert!(!err.contains("lazy index"), "{err}");
+    assert_eq!(referrers("lazy/none", &d3).status(), 404);
+}

@@ -231,6 +231,8 @@ pub struct Faults {
     pub hold_whole_blob: std::sync::Mutex<Option<String>>,
     /// Whole-blob GETs that were held.
     pub whole_blob_gets_held: AtomicUsize,
+    /// Answer PUTs of manifests under `sha256-*` tags (the referrers fallback) with 500.
+    pub refuse_referrer_tags: AtomicBool,
 }
 
 /// Counts one blob GET body in flight for as long as it lives.
@@ -434,6 +436,15 @@ async fn handle(
     let is_blob_get = method == hyper::Method::GET && path.contains("/blobs/sha256:");
     if is_blob_get && f.blob_get_500s.load(Ordering::SeqCst) > 0 {
         f.blob_get_500s.fetch_sub(1, Ordering::SeqCst);
+        return Response::builder()
+            .status(500)
+            .body(full("injected"))
+            .unwrap();
+    }
+    if method == hyper::Method::PUT
+        && path.contains("/manifests/sha256-")
+        && f.refuse_referrer_tags.load(Ordering::SeqCst)
+    {
         return Response::builder()
             .status(500)
             .body(full("injected"))
