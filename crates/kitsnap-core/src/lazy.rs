@@ -133,8 +133,15 @@ impl LazyLayer {
             {
                 return bad(format!("{} lies outside the blob", e.path));
             }
-            if clean_path(&e.path).is_none() {
-                return bad(format!("unsafe path {:?}", e.path));
+            match clean_path(&e.path) {
+                None => return bad(format!("unsafe path {:?}", e.path)),
+                Some(p) if p.is_empty() && e.kind != EntryKind::Dir => {
+                    return bad("the layer's root is not a directory".into());
+                }
+                Some(p) if p.split('/').any(|n| n.len() > 255) => {
+                    return bad(format!("a name in {:?} is over 255 bytes", e.path));
+                }
+                Some(_) => {}
             }
         }
         Ok(())

@@ -1842,7 +1842,18 @@ impl Registry {
                 Err(error_of("GET", resp).await)
             };
         }
-        let body = resp.bytes().await.map_err(|e| http_err(&url, e))?;
+        // Within the manifest limit, as any index from the registry.
+        let mut body = Vec::new();
+        let mut s = resp.bytes_stream();
+        while let Some(chunk) = s.next().await {
+            body.extend_from_slice(&chunk.map_err(|e| http_err(&url, e))?);
+            if body.len() > MAX_MANIFEST {
+                return Err(protocol(
+                    &url,
+                    format!("referrers list is over the {MAX_MANIFEST} byte limit"),
+                ));
+            }
+        }
         let index: kitsnap_core::oci::Index =
             serde_json::from_slice(&body).map_err(|e| protocol(&url, format!("referrers: {e}")))?;
         Ok(Some(index.manifests))

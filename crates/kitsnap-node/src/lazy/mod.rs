@@ -35,6 +35,9 @@ use crate::error::{Error, Result};
 pub const BLOB: &str = "lazy.blob";
 pub const META: &str = "lazy.json";
 pub const DONE: &str = "lazy.done";
+/// Written when the blob failed its digest or its index: it is never served again, across
+/// restarts too.
+pub const FAILED: &str = "lazy.failed";
 /// Range requests in flight for reads ahead of the stream.
 const RANGE_CONCURRENCY: usize = 4;
 /// How long a read waits for its bytes before it fails (the registry retries meanwhile).
@@ -247,6 +250,7 @@ impl LazyBlob {
 
     fn fail(&self, why: String) {
         tracing::error!(blob = %self.meta.layer.digest, %why, "lazy layer failed; its reads fail from now on");
+        let _ = std::fs::write(self.dir.join(FAILED), why.as_bytes());
         self.lock().failed = Some(why);
         self.cv.notify_all();
     }
@@ -274,6 +278,10 @@ impl LazyBlob {
 
     /// Marks every chunk the file already holds (after a restart) as ready. Blocking.
     fn rescan(&self) -> std::io::Result<()> {
+        if let Ok(why) = std::fs::read_to_string(self.dir.join(FAILED)) {
+            self.lock().failed = Some(why);
+            return Ok(());
+        }
         if self.dir.join(DONE).exists() {
             let mut s = self.lock();
             s.chunks.iter_mut().for_each(|c| *c = Chunk::Ready);
@@ -291,9 +299,40 @@ impl LazyBlob {
 
     /// The whole blob hashed from the file. Blocking.
     fn file_digest(&self) -> std::io::Result<Digest> {
-        let f = self.file.try_clone()?;
+        // Its own descriptor: a clone would share (and move) the file offset.
+        let f = std::fs::File::open(self.dir.join(BLOB))?;
         let r = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f));
         r.finish().map(|(d, _)| d).map_err(std::io::Error::other)
+    }
+
+    /// The index read again from the verified blob must be the one served from: chunk
+    /// digests and table of contents alike (a lying table of contents would otherwise stay
+    /// wrong for good). Blocking.
+    fn index_matches_blob(&self) -> std::io::Result<bool> {
+        // Its own descriptor: a clone would share (and move) the file offset.
+        let f = std::fs::File::open(self.dir.join(BLOB))?;
+        let r = std::io::BufReader::with_capacity(1 << 20, f);
+        let mut got = kitsnap_core::lazy::index_layer(r, &self.descriptor())
+            .map_err(std::io::Error::other)?;
+        let want = &self.meta.layer;
+        if let Some(g) = got.as_mut() {
+            // The chunk size is the index's to choose: compare at its size.
+            if g.chunk_size != want.chunk_size {
+                g.chunk_size = want.chunk_size;
+                g.chunks = want
+                    .chunks
+                    .iter()
+                    .enumerate()
+                    .map(|(k, _)| {
+                        let (s, e) = want.chunk_range(k);
+                        let mut buf = vec![0u8; (e - s) as usize];
+                        self.file.read_exact_at(&mut buf, s)?;
+                        Ok(hex::encode(chunk_hash(&buf)))
+                    })
+                    .collect::<std::io::Result<_>>()?;
+            }
+        }
+        Ok(got.as_ref() == Some(want))
     }
 
     fn mark_done(&self) -> std::io::Result<()> {
@@ -308,6 +347,9 @@ struct ChunkSink {
     blob: Arc<LazyBlob>,
     buf: bytes::BytesMut,
     k: usize,
+    /// A streamed chunk differed from the index (whether or not a range had filled it):
+    /// if the stream's SHA-256 then passes, the index lies.
+    mismatch: bool,
 }
 
 impl ChunkSink {
@@ -315,14 +357,20 @@ impl ChunkSink {
         let chunk = self.buf.split_to(len).freeze();
         let (b, k) = (self.blob.clone(), self.k);
         self.k += 1;
-        if b.is_ready(k) {
-            return Ok(());
-        }
-        let ok = tokio::task::spawn_blocking(move || b.put(k, &chunk))
-            .await
-            .map_err(|e| kitsnap_registry::Error::Aborted(format!("lazy chunk: {e}")))?
-            .map_err(|e| kitsnap_registry::Error::Sink(Box::new(e)))?;
+        // Chunks a range filled already are checked against the stream's bytes too: the
+        // stream is what the layer's SHA-256 covers.
+        let ok = tokio::task::spawn_blocking(move || {
+            if b.is_ready(k) {
+                Ok(Some(chunk_hash(&chunk)) == b.meta.layer.chunk_digest(k))
+            } else {
+                b.put(k, &chunk)
+            }
+        })
+        .await
+        .map_err(|e| kitsnap_registry::Error::Aborted(format!("lazy chunk: {e}")))?
+        .map_err(|e| kitsnap_registry::Error::Sink(Box::new(e)))?;
         if !ok {
+            self.mismatch = true;
             // The blob's own digest decides below; this chunk is not served meanwhile.
             tracing::warn!(blob = %self.blob.meta.layer.digest, chunk = k, "streamed chunk does not match the lazy index");
         }
@@ -334,6 +382,7 @@ impl BlobSink for ChunkSink {
     async fn reset(&mut self) -> kitsnap_registry::Result<()> {
         self.buf.clear();
         self.k = 0;
+        self.mismatch = false;
         Ok(())
     }
 
@@ -380,9 +429,12 @@ async fn fetch(
                 blob: blob.clone(),
                 buf: bytes::BytesMut::with_capacity(blob.meta.layer.chunk_size as usize),
                 k: 0,
+                mismatch: false,
             };
-            reg.fetch_blob_into(&repo, &desc, &mut sink, &indicatif::ProgressBar::hidden())
-                .await
+            let r = reg
+                .fetch_blob_into(&repo, &desc, &mut sink, &indicatif::ProgressBar::hidden())
+                .await;
+            (r, sink.mismatch)
         }
     };
     let limit = Arc::new(tokio::sync::Semaphore::new(RANGE_CONCURRENCY));
@@ -439,6 +491,15 @@ async fn fetch(
     } else {
         None
     };
+    let (streamed, lied) = match streamed {
+        Some((r, m)) => (Some(r), m),
+        None => (None, false),
+    };
+    if lied && matches!(streamed, Some(Ok(()))) {
+        // Bytes the layer's SHA-256 vouches for differ from what the index promised.
+        blob.fail("the lazy index does not describe this layer".into());
+        return;
+    }
     let verified = match streamed {
         Some(Ok(())) if blob.missing().is_empty() => true,
         Some(Err(kitsnap_registry::Error::Core(
@@ -463,7 +524,7 @@ async fn fetch(
                     let (blob, reg, repo, digest) =
                         (blob.clone(), reg.clone(), repo.clone(), desc.digest.clone());
                     async move {
-                        if blob.is_ready(k) {
+                        if blob.is_ready(k) || blob.closed() {
                             return Ok(());
                         }
                         let (s, e) = blob.meta.layer.chunk_range(k);
@@ -502,22 +563,32 @@ async fn fetch(
         }
     };
     let b = blob.clone();
-    let done = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Digest>> {
+    let done = tokio::task::spawn_blocking(move || -> std::io::Result<(Option<Digest>, bool)> {
         // The stream hashed the blob on the way unless it had to fall back to ranges.
         let actual = if verified {
             None
         } else {
             Some(b.file_digest()?)
         };
-        if actual.as_ref().is_none_or(|d| d == &b.meta.layer.digest) {
+        if actual.as_ref().is_some_and(|d| d != &b.meta.layer.digest) {
+            return Ok((actual, false));
+        }
+        let index_ok = b.index_matches_blob()?;
+        if index_ok {
             b.mark_done()?;
         }
-        Ok(actual)
+        Ok((actual, index_ok))
     })
     .await;
     match done {
-        Ok(Ok(Some(d))) if d != desc.digest => {
+        Ok(Ok((Some(d), _))) if d != desc.digest => {
             blob.fail(format!("the blob hashes to {d}, not {}", desc.digest));
+        }
+        Ok(Ok((_, false))) => {
+            blob.fail(
+                "the lazy index does not describe this layer (read again from the verified blob)"
+                    .into(),
+            );
         }
         Ok(Ok(_)) => {
             tracing::info!(blob = %desc.digest, bytes = desc.size, secs = started.elapsed().as_secs_f64(), "lazy layer complete and verified");
@@ -554,13 +625,23 @@ impl Mounts {
         reg: Arc<Registry>,
         rt: &tokio::runtime::Handle,
     ) -> Result<()> {
+        if self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
+        {
+            return Ok(());
+        }
         let (blob, rx) = LazyBlob::open(dir)?;
         blob.rescan()?;
         let fs = fs::LazyFs::new(blob.clone(), rt.clone());
         // A mount left by a daemon that died is dead (ENOTCONN): this one replaces it.
         let _ = rustix::mount::unmount(dir.join("fs"), rustix::mount::UnmountFlags::DETACH);
         let session = fs::mount(fs, &dir.join("fs"))?;
-        if !blob.is_complete() {
+        // Whole but never checked (a restart before the end): the fetch fetches nothing
+        // and checks it.
+        if !dir.join(DONE).exists() && blob.lock().failed.is_none() {
             rt.spawn(fetch(blob.clone(), reg, rx));
         }
         self.held
@@ -724,6 +805,30 @@ mod tests {
     }
 
     #[test]
+    fn a_table_of_contents_that_lies_fails_once_the_blob_is_whole() {
+        let (t, tarball, blob, _rx) = blob_of(100_000);
+        for k in 0..blob.meta.layer.chunks.len() {
+            let (s, e) = blob.meta.layer.chunk_range(k);
+            assert!(blob.put(k, &tarball[s as usize..e as usize]).unwrap());
+        }
+        drop(blob);
+        // Same chunks, a setuid bit the tar does not have.
+        let mut meta: Meta =
+            serde_json::from_slice(&std::fs::read(t.path().join(META)).unwrap()).unwrap();
+        meta.layer.entries[0].mode |= 0o4000;
+        std::fs::write(t.path().join(META), serde_json::to_vec(&meta).unwrap()).unwrap();
+        let (lying, _rx) = LazyBlob::open(t.path()).unwrap();
+        lying.rescan().unwrap();
+        assert!(lying.is_complete(), "every chunk matches");
+        assert!(!lying.index_matches_blob().unwrap());
+        // A failed blob stays failed after a restart.
+        lying.fail("the lazy index does not describe this layer".into());
+        let (again, _rx) = LazyBlob::open(t.path()).unwrap();
+        again.rescan().unwrap();
+        assert_eq!(again.ensure(0, 10), Err(libc::EIO));
+    }
+
+    #[test]
     fn a_restart_keeps_what_was_verified_and_a_removal_wakes_readers() {
         let (t, tarball, blob, _rx) = blob_of(100_000);
         let (s, e) = blob.meta.layer.chunk_range(2);
@@ -749,6 +854,7 @@ mod tests {
             assert!(again.put(k, &tarball[s as usize..e as usize]).unwrap());
         }
         assert_eq!(again.file_digest().unwrap(), again.meta.layer.digest);
+        assert!(again.index_matches_blob().unwrap());
         again.mark_done().unwrap();
         let (done, _rx) = LazyBlob::open(t.path()).unwrap();
         done.rescan().unwrap();

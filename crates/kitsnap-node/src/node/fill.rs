@@ -50,6 +50,9 @@ struct LayerSource {
     seq: u64,
 }
 
+/// A lazy index lookup's answer and when it was made.
+type Looked = (Option<Arc<LazyIndex>>, std::time::Instant);
+
 pub struct Filler {
     snap: Arc<Snapshotter>,
     registry: ClientOptions,
@@ -61,8 +64,8 @@ pub struct Filler {
     locks: KeyedLocks,
     /// Serve layers with a lazy index before they have arrived (FUSE).
     lazy: bool,
-    /// Lazy indexes looked up, by ModelKit manifest (None: it has none).
-    indexes: tokio::sync::Mutex<HashMap<Digest, Option<Arc<LazyIndex>>>>,
+    /// Lazy indexes looked up, by ModelKit manifest, and when (None: it had none then).
+    indexes: Mutex<HashMap<Digest, Looked>>,
 }
 
 impl Filler {
@@ -81,7 +84,7 @@ impl Filler {
             sources: Mutex::new((0, HashMap::new())),
             locks: KeyedLocks::default(),
             lazy,
-            indexes: tokio::sync::Mutex::new(HashMap::new()),
+            indexes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -255,24 +258,31 @@ impl Filler {
         blocking(move || Ok(Registry::new(&host, opts)?)).await
     }
 
-    /// The lazy index published for ModelKit `kit`, looked up once per ModelKit.
+    /// The lazy index published for ModelKit `kit`: looked up once per ModelKit, and again
+    /// after a minute when it had none (`kitsnap push` publishes it after the manifest).
     async fn lazy_index(
         &self,
         reg: &Registry,
         repo: &str,
         kit: &Digest,
     ) -> Result<Option<Arc<LazyIndex>>> {
-        let mut cache = self.indexes.lock().await;
-        if let Some(i) = cache.get(kit) {
+        const RETRY_NONE: std::time::Duration = std::time::Duration::from_secs(60);
+        if let Ok(cache) = self.indexes.lock()
+            && let Some((i, at)) = cache.get(kit)
+            && (i.is_some() || at.elapsed() < RETRY_NONE)
+        {
             return Ok(i.clone());
         }
+        // No lock held over the network: fills of other kits go on meanwhile.
         let found = transfer::find_lazy_index(reg, repo, kit)
             .await?
             .map(Arc::new);
-        if cache.len() >= MAX_SOURCES {
-            cache.clear();
+        if let Ok(mut cache) = self.indexes.lock() {
+            if cache.len() >= MAX_SOURCES {
+                cache.clear();
+            }
+            cache.insert(kit.clone(), (found.clone(), std::time::Instant::now()));
         }
-        cache.insert(kit.clone(), found.clone());
         Ok(found)
     }
 

@@ -168,7 +168,7 @@ pub fn ensure_tree(trees_dir: &Path, layers: &[PathBuf], dest: &str) -> Result<S
 /// Mirrors `src` into `dst`: directories are made (with their modes), everything else is
 /// hardlinked; an upper layer's entry replaces a lower one's.
 fn link_tree(src: &Path, dst: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mut stack = vec![(src.to_path_buf(), dst.to_path_buf())];
     while let Some((s, d)) = stack.pop() {
         for e in fs::read_dir(&s)? {
@@ -204,6 +204,9 @@ fn link_tree(src: &Path, dst: &Path) -> Result<()> {
                         } else {
                             fs::copy(&from, &to)?;
                         }
+                        // As a hard link would: the same owner (the mode came with the copy).
+                        let m = fs::symlink_metadata(&from)?;
+                        std::os::unix::fs::lchown(&to, Some(m.uid()), Some(m.gid()))?;
                     }
                     Err(err) => {
                         return Err(SnapError::Internal(format!(
