@@ -1553,4 +1553,15 @@ fn push_publishes_a_lazy_index_and_a_refused_one_is_a_warning() {
     .into_owned();
     assert!(!err.contains("lazy index"), "{err}");
     assert_eq!(referrers("lazy/none", &d3).status(), 404);
+    // A kit pushed without one (by another tool, or `pack --push`) gets its index from a
+    // pull and a push again: the blobs are there already, only the index goes up.
+    c.ok("s3", &["pull", &r3, "--plain-http"]);
+    let o = c.run_in("s3", &["push", &r3, "--plain-http"], None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains(": pushed 0 blobs"),
+        "{err}"
+    );
+    assert!(err.contains("lazy index sha256:"), "{err}");
+    assert_eq!(referrers("lazy/none", &d3).status(), 200);
 }
