@@ -378,9 +378,15 @@ pub struct RegistryArgs {
     /// Blobs transferred at once (kit's default, 5).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..), value_name = "N")]
     pub concurrency: u16,
-    /// Upload blobs larger than this in chunks of this many MiB.
-    #[arg(long, default_value_t = 64, value_name = "MIB")]
+    /// Upload blobs in chunks of this many MiB, one request each (for proxies that cap
+    /// request bodies). 0, the default: each blob goes up as one stream, resumed from
+    /// where the registry has it if it breaks.
+    #[arg(long, default_value_t = 0, value_name = "MIB")]
     pub chunk_size_mib: u64,
+    /// Break off and resume a transfer that moves nothing for this many seconds (an
+    /// upload the registry takes no bytes of; a download under 64 KiB in that time).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..), value_name = "SECS", env = "KITSNAP_STALL_TIMEOUT")]
+    pub stall_timeout: u64,
     /// Retries on server errors and broken connections.
     #[arg(long, default_value_t = 5)]
     pub retries: u32,

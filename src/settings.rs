@@ -102,7 +102,8 @@ impl RegistryArgs {
             hosts_dir: self.hosts_dir.clone(),
             docker_config: None,
             retries: self.retries,
-            chunk_size: self.chunk_size_mib.max(1) << 20,
+            chunk_size: self.chunk_size_mib.saturating_mul(1 << 20),
+            stall_window: std::time::Duration::from_secs(self.stall_timeout),
             proxy: self.proxy.clone(),
             client_cert: match (&self.cert, &self.key) {
                 (Some(cert), Some(key)) => Some(ClientCert {
@@ -311,7 +312,9 @@ mod tests {
             "--ca-file",
             "/b.pem",
             "--chunk-size-mib",
-            "0",
+            "16",
+            "--stall-timeout",
+            "5",
             "--retries",
             "2",
         ]);
@@ -321,7 +324,8 @@ mod tests {
         let o = p.registry.client_options();
         assert!(o.plain_http && !o.tls_verify);
         assert_eq!(o.ca_files.len(), 2);
-        assert_eq!(o.chunk_size, 1 << 20, "chunk size is at least 1 MiB");
+        assert_eq!(o.chunk_size, 16 << 20);
+        assert_eq!(o.stall_window, std::time::Duration::from_secs(5));
         assert_eq!(o.retries, 2);
         let n = p.registry.node_options().expect("no proxy or certificate");
         assert!(n.plain_http && n.insecure_skip_verify);

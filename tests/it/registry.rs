@@ -840,6 +840,55 @@ fn pack_push_sends_a_broken_layer_again() {
     assert_eq!(c.ok("s3", &["pull", &r, "--plain-http"]), d);
 }
 
+/// An upload has no time limit, only a stall watch: a registry that stops taking a blob's
+/// bytes is given up on after `--stall-timeout` and the upload resumed from what the
+/// registry holds (`push`) or produced again (`pack --push`), with the ModelKit `pack`
+/// makes either way.
+#[test]
+fn stalled_uploads_are_resumed() {
+    require_registry!();
+    let c = Ctx::new();
+    let src = c.p("src");
+    demo_tree(&src);
+    // Over 64 MiB, so that `push` streams it rather than PUT it whole.
+    fs::write(src.join("models/weights.safetensors"), bytes(80 << 20, 5)).unwrap();
+    let reg = RegistryProc::start(&c.p("reg"), None, None);
+    let proxy = start_proxy(&reg.addr(), Faults::default());
+    let f = &proxy.faults;
+    let r = format!("{}/stall/pushed:v1", proxy.addr());
+    let d = c.pack(&r, &[]);
+    f.stall_uploads.store(1, Ordering::SeqCst);
+    let o = c.run_env(
+        "s1",
+        &["push", &r, "--plain-http"],
+        &[("KITSNAP_STALL_TIMEOUT", "2")],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d);
+    assert_eq!(
+        f.uploads_stalled.load(Ordering::SeqCst),
+        1,
+        "the fault was hit"
+    );
+    assert!(
+        err.contains("the registry took no bytes of the upload"),
+        "{err}"
+    );
+    assert_eq!(c.ok("s2", &["pull", &r, "--plain-http"]), d);
+
+    let r = format!("{}/stall/streamed:v1", proxy.addr());
+    f.stall_uploads.store(1, Ordering::SeqCst);
+    // The flag this time (the variable above).
+    let o = pack_push(&c, &src, &r, &["--stall-timeout", "2"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), d);
+    assert_eq!(f.uploads_stalled.load(Ordering::SeqCst), 2);
+    assert!(err.contains("the streamed upload broke at byte"), "{err}");
+    assert_eq!(c.ok("s3", &["pull", &r, "--plain-http"]), d);
+}
+
 /// A minimal HTTP forward proxy (absolute-form requests; no CONNECT), counting the
 /// requests it forwards. Bodies are buffered: the test kits are small.
 struct ForwardProxy {

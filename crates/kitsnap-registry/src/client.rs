@@ -49,13 +49,16 @@ pub struct ClientOptions {
     pub docker_config: Option<PathBuf>,
     /// Attempts after the first for 5xx answers and broken connections.
     pub retries: u32,
-    /// Uploads above this size go in chunks of this size.
+    /// 0: each blob goes up as one stream, resumed from the registry's offset if it breaks.
+    /// Otherwise blobs above this size go in chunks of this size (for front ends that cap
+    /// request bodies).
     pub chunk_size: u64,
     /// First backoff delay; doubles per attempt, capped at 5 s.
     pub backoff: Duration,
     /// A download that receives fewer than `stall_bytes` in `stall_window` of waiting on
     /// the network is broken off and resumed (a registry that trickles a byte now and
-    /// then would otherwise hold a pull forever).
+    /// then would otherwise hold a pull forever); so is an upload the registry takes no
+    /// bytes of for `stall_window`.
     pub stall_window: Duration,
     pub stall_bytes: u64,
     /// Send every request through this proxy (`--proxy`); it replaces the proxies the
@@ -81,7 +84,7 @@ impl Default for ClientOptions {
             hosts_dir: None,
             docker_config: None,
             retries: 5,
-            chunk_size: 64 << 20,
+            chunk_size: 0,
             backoff: Duration::from_millis(200),
             stall_window: Duration::from_secs(30),
             stall_bytes: 64 << 10,
@@ -94,6 +97,10 @@ impl Default for ClientOptions {
 struct Endpoint {
     cfg: HostEndpoint,
     client: Client,
+    /// For upload bodies: no read timeout, which in reqwest runs from the request's start
+    /// to its answer and so would bound how long a healthy upload may take. Uploads are
+    /// watched for stalls instead ([`Registry::send_upload`]).
+    upload: Client,
     /// A loopback `https://` endpoint found to speak plain HTTP: used as `http://`.
     plain_fallback: std::sync::atomic::AtomicBool,
 }
@@ -168,9 +175,94 @@ fn is_loopback(api: &str) -> bool {
     }
 }
 
-/// The most one streamed PATCH of [`Registry::push_stream`] carries: at the client's 120 s
-/// read timeout (which runs until the answer), a link of 0.6 MB/s still sends it in time.
-pub const STREAM_SEGMENT: u64 = 64 << 20;
+/// Blobs up to this size go up in one PUT (POST, PUT), unless `chunk_size` is smaller:
+/// starting one again is cheap, so it needs no resume.
+pub const WHOLE_PUT_MAX: u64 = 64 << 20;
+
+/// How long a registry may take to answer an upload once it has all of its bytes.
+const UPLOAD_ANSWER: Duration = Duration::from_secs(120);
+
+/// What an upload's body reports as it is sent: a registry that stops taking bytes is
+/// noticed without any limit on how long a healthy upload may take.
+struct Watch {
+    start: std::time::Instant,
+    /// Milliseconds after `start` when the body last handed the connection a piece.
+    last: std::sync::atomic::AtomicU64,
+    /// The body's length when the request declares one: hyper stops polling such a body
+    /// after its last byte, so its end is seen by counting.
+    len: Option<u64>,
+    taken: std::sync::atomic::AtomicU64,
+    /// The body has been sent whole.
+    sent: std::sync::atomic::AtomicBool,
+}
+
+impl Watch {
+    /// A watch for a body of `len` bytes, or of unknown length.
+    fn new(len: Option<u64>) -> Arc<Watch> {
+        Arc::new(Watch {
+            start: std::time::Instant::now(),
+            last: 0.into(),
+            len,
+            taken: 0.into(),
+            sent: false.into(),
+        })
+    }
+
+    fn tick(&self, n: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last.store(now, Relaxed);
+        let taken = self.taken.fetch_add(n as u64, Relaxed) + n as u64;
+        if self.len.is_some_and(|l| taken >= l) {
+            self.sent.store(true, Relaxed);
+        }
+    }
+
+    fn silence(&self) -> Duration {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        self.start
+            .elapsed()
+            .saturating_sub(Duration::from_millis(last))
+    }
+
+    /// Why the upload counts as stalled, if it does.
+    fn stalled(&self, window: Duration) -> Option<String> {
+        let silent = self.silence();
+        if self.sent.load(std::sync::atomic::Ordering::Relaxed) {
+            (silent > UPLOAD_ANSWER).then(|| {
+                format!(
+                    "no answer {:.0} s after the last byte of the upload",
+                    silent.as_secs_f64()
+                )
+            })
+        } else {
+            (silent > window).then(|| {
+                format!(
+                    "stalled: the registry took no bytes of the upload for {:.0} s",
+                    silent.as_secs_f64()
+                )
+            })
+        }
+    }
+
+    /// `body`, reporting each piece the connection takes and its end to this watch.
+    fn body<S, E>(
+        self: &Arc<Self>,
+        body: S,
+    ) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send + 'static
+    where
+        S: futures_util::Stream<Item = std::result::Result<bytes::Bytes, E>> + Send + 'static,
+        E: Send + 'static,
+    {
+        let (w, end) = (self.clone(), self.clone());
+        body.inspect(move |r| w.tick(r.as_ref().map_or(0, |b| b.len())))
+            .chain(futures_util::stream::poll_fn(move |_| {
+                end.tick(0);
+                end.sent.store(true, std::sync::atomic::Ordering::Relaxed);
+                std::task::Poll::Ready(None)
+            }))
+    }
+}
 
 /// Chunk size of streamed uploads: small enough that memory stays flat (`pack --push`
 /// holds about five at once: 8 MiB chunks took its peak RSS to 77 MiB, 4 MiB keep it under
@@ -289,8 +381,15 @@ async fn error_of(method: &str, resp: Response) -> Error {
     }
 }
 
-/// A streaming request body of `len` bytes of `path` from `offset`, advancing `bar`.
-fn file_body(path: &Path, offset: u64, len: u64, bar: &ProgressBar) -> Result<reqwest::Body> {
+/// A streaming request body of `len` bytes of `path` from `offset`, advancing `bar` and
+/// reporting to `watch`.
+fn file_body(
+    path: &Path,
+    offset: u64,
+    len: u64,
+    bar: &ProgressBar,
+    watch: &Arc<Watch>,
+) -> Result<reqwest::Body> {
     let mut f = File::open(path).map_err(|source| CoreError::IoAt {
         path: path.into(),
         source,
@@ -300,7 +399,7 @@ fn file_body(path: &Path, offset: u64, len: u64, bar: &ProgressBar) -> Result<re
     let bar = bar.clone();
     let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 << 10)
         .inspect_ok(move |b| bar.inc(b.len() as u64));
-    Ok(reqwest::Body::wrap_stream(stream))
+    Ok(reqwest::Body::wrap_stream(watch.body(stream)))
 }
 
 /// Where a downloaded blob goes, in order. `reset` restarts at byte 0 (a server that
@@ -581,11 +680,21 @@ impl BlobSink for VecSink {
 /// The HTTP client for one endpoint: its TLS settings (hosts.toml `skip_verify`, `ca`)
 /// over `opts`' own. Reads CA files: call it off the async workers.
 pub fn http_client(opts: &ClientOptions, cfg: &hosts::HostEndpoint) -> Result<Client> {
+    build_client(opts, cfg, Some(Duration::from_secs(120)))
+}
+
+fn build_client(
+    opts: &ClientOptions,
+    cfg: &hosts::HostEndpoint,
+    read_timeout: Option<Duration>,
+) -> Result<Client> {
     let mut b = Client::builder()
         .user_agent(concat!("kitsnap/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(15))
-        .read_timeout(Duration::from_secs(120))
         .danger_accept_invalid_certs(!opts.tls_verify || cfg.skip_verify);
+    if let Some(t) = read_timeout {
+        b = b.read_timeout(t);
+    }
     for ca in opts.ca_files.iter().chain(cfg.ca.iter()) {
         let pem = std::fs::read(ca).map_err(|source| CoreError::IoAt {
             path: ca.clone(),
@@ -637,9 +746,11 @@ impl Registry {
         let mut endpoints = Vec::new();
         for cfg in eps {
             let client = http_client(&opts, &cfg)?;
+            let upload = build_client(&opts, &cfg, None)?;
             endpoints.push(Endpoint {
                 cfg,
                 client,
+                upload,
                 plain_fallback: false.into(),
             });
         }
@@ -800,7 +911,51 @@ impl Registry {
         retry: bool,
         make: &(dyn Fn(&Client) -> Result<RequestBuilder> + Sync),
     ) -> Result<Response> {
-        let client = &self.endpoints[ep].client;
+        self.send_via(ep, scope, retry, false, make).await
+    }
+
+    /// Sends an upload whose body reports to `watch`, on the client without a read
+    /// timeout: it fails as [`Error::Stalled`] when the registry takes no bytes for the
+    /// stall window, or does not answer within [`UPLOAD_ANSWER`] of the last byte. Not
+    /// retried here: the callers resume or start again.
+    async fn send_upload(
+        &self,
+        ep: usize,
+        scope: &str,
+        watch: &Watch,
+        url: &str,
+        make: &(dyn Fn(&Client) -> Result<RequestBuilder> + Sync),
+    ) -> Result<Response> {
+        let send = self.send_via(ep, scope, false, true, make);
+        tokio::pin!(send);
+        let mut every = tokio::time::interval(Duration::from_millis(250));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = &mut send => return r,
+                _ = every.tick() => {
+                    if let Some(why) = watch.stalled(self.opts.stall_window) {
+                        return Err(Error::Stalled { url: url.to_string(), why });
+                    }
+                }
+            }
+        }
+    }
+
+    async fn send_via(
+        &self,
+        ep: usize,
+        scope: &str,
+        retry: bool,
+        upload: bool,
+        make: &(dyn Fn(&Client) -> Result<RequestBuilder> + Sync),
+    ) -> Result<Response> {
+        let endpoint = &self.endpoints[ep];
+        let client = if upload {
+            &endpoint.upload
+        } else {
+            &endpoint.client
+        };
         let mut backoff = self.backoff();
         let mut auth_tries = 0;
         // Retry notices name the request once; the following ones only say what failed.
@@ -838,7 +993,6 @@ impl Registry {
                 }
                 Ok(resp) => return Ok(resp),
                 Err(e) if speaks_plain_http(&e) => {
-                    let endpoint = &self.endpoints[ep];
                     // Concurrent requests may all meet it; the next try goes over HTTP.
                     // After the switch every request goes over HTTP, so this cannot loop.
                     if is_loopback(&endpoint.cfg.api) && endpoint.cfg.api.starts_with("https://") {
@@ -1320,7 +1474,7 @@ impl Registry {
                 Some(l) => l,
                 None => self.start_upload(ep, repo, &scope).await?,
             };
-            let res = if desc.size <= self.opts.chunk_size || whole {
+            let res = if whole || desc.size <= self.whole_put_max() {
                 self.put_whole(ep, &scope, &loc, desc, path, bar).await
             } else {
                 self.put_chunked(ep, &scope, loc, desc, path, bar).await
@@ -1356,8 +1510,8 @@ impl Registry {
     /// 201 Created) says so before anything streams: this then returns
     /// [`Error::ChunkedRefused`] and the caller can hash the blob first and use
     /// [`Registry::push_stream_whole`]. That chunk is sent again if it fails. The rest goes
-    /// as streamed PATCHes of up to [`STREAM_SEGMENT`] bytes, as `docker push` streams a
-    /// layer. A PUT with the digest `produce` returns closes the upload. Nothing touches the
+    /// as one streamed PATCH (as `docker push` streams a layer), or PATCHes of
+    /// `chunk_size` when that is set. A PUT with the digest `produce` returns closes the upload. Nothing touches the
     /// disk, and memory holds at most four chunks. A streamed PATCH cannot be replayed: if
     /// one breaks, the upload is cancelled and this returns [`Error::UploadBroken`], and the
     /// caller produces the blob again into a new upload.
@@ -1399,17 +1553,23 @@ impl Registry {
                 Err(e) => return stop(rx, producer, e).await,
             }
         }
-        // The rest: streamed PATCHes of up to STREAM_SEGMENT bytes. One PATCH per 8 MiB
-        // chunk made the registry take 2 GiB about 30% slower; one PATCH for a whole layer
-        // would have to be sent within the client's 120 s read timeout (which runs until
-        // the answer), so a 16 GB layer over 1 Gbit/s could never go up.
+        // The rest: one streamed PATCH, or PATCHes of `chunk_size` if asked for. One PATCH
+        // per 8 MiB chunk made the registry take 2 GiB about 30% slower. A streamed PATCH
+        // has no time limit, only a stall watch: a 16 GB layer over a slow link goes up.
+        let segment = match self.opts.chunk_size {
+            0 => u64::MAX,
+            c => c,
+        };
         let mut next = rx.recv().await;
         while let Some(first) = next.take() {
             let (resp, seg) = {
                 let (seg_tx, seg_rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+                let watch = Watch::new(None);
                 let body = OnceBody::new(
-                    tokio_stream::wrappers::ReceiverStream::new(seg_rx)
-                        .map(Ok::<_, std::io::Error>),
+                    watch.body(
+                        tokio_stream::wrappers::ReceiverStream::new(seg_rx)
+                            .map(Ok::<_, std::io::Error>),
+                    ),
                 );
                 let seg_loc = loc.clone();
                 let make = |c: &Client| -> Result<RequestBuilder> {
@@ -1417,7 +1577,7 @@ impl Registry {
                         .header(CONTENT_TYPE, "application/octet-stream")
                         .body(body.take("PATCH")?))
                 };
-                let send = self.send(ep, &scope, false, &make);
+                let send = self.send_upload(ep, &scope, &watch, &seg_loc, &make);
                 tokio::pin!(send);
                 let mut seg = 0u64;
                 let mut pending = Some(first);
@@ -1437,7 +1597,7 @@ impl Registry {
                         },
                     }
                     seg += len;
-                    if seg >= STREAM_SEGMENT {
+                    if seg >= segment {
                         next = rx.recv().await;
                         break;
                     }
@@ -1588,11 +1748,13 @@ impl Registry {
             produce(&mut w)?;
             w.send_rest()
         });
+        let watch = Watch::new(Some(size));
         let body = OnceBody::new(
-            tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::io::Error>),
+            watch
+                .body(tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::io::Error>)),
         );
         let resp = self
-            .send(ep, &scope, false, &|c| {
+            .send_upload(ep, &scope, &watch, &url, &|c| {
                 Ok(c.put(&url)
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .header(CONTENT_LENGTH, size)
@@ -1623,6 +1785,14 @@ impl Registry {
         Self::location(&resp)
     }
 
+    /// Blobs up to this size go up in one PUT.
+    fn whole_put_max(&self) -> u64 {
+        match self.opts.chunk_size {
+            0 => WHOLE_PUT_MAX,
+            c => c.min(WHOLE_PUT_MAX),
+        }
+    }
+
     async fn put_whole(
         &self,
         ep: usize,
@@ -1634,12 +1804,13 @@ impl Registry {
     ) -> Result<()> {
         let url = Self::with_query(loc, "digest", desc.digest.as_str())?;
         bar.set_position(0);
+        let watch = Watch::new(Some(desc.size));
         let resp = self
-            .send(ep, scope, false, &|c| {
+            .send_upload(ep, scope, &watch, &url, &|c| {
                 Ok(c.put(&url)
                     .header(CONTENT_TYPE, "application/octet-stream")
                     .header(CONTENT_LENGTH, desc.size)
-                    .body(file_body(path, 0, desc.size, bar)?))
+                    .body(file_body(path, 0, desc.size, bar, &watch)?))
             })
             .await?;
         if resp.status() != StatusCode::CREATED {
@@ -1661,7 +1832,9 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .and_then(|r| r.rsplit('-').next())
             .and_then(|e| e.parse::<u64>().ok());
-        Ok((end.map_or(0, |e| e + 1), next))
+        // distribution says `0-0` for an empty upload too: resuming at 0 is right then, and
+        // a registry that holds one byte refuses it (the upload then starts over).
+        Ok((end.filter(|&e| e > 0).map_or(0, |e| e + 1), next))
     }
 
     async fn put_chunked(
@@ -1676,18 +1849,25 @@ impl Registry {
         let mut offset = 0u64;
         let mut backoff = self.backoff();
         while offset < desc.size {
-            let len = self.opts.chunk_size.min(desc.size - offset);
+            // One request for the rest of the blob unless chunks were asked for: a registry
+            // takes one stream faster than many requests (10 GiB: 28-31 s against 34-36 s
+            // in 64 MiB PATCHes), and a broken one is resumed from its offset all the same.
+            let len = match self.opts.chunk_size {
+                0 => desc.size - offset,
+                c => c.min(desc.size - offset),
+            };
             bar.set_position(offset);
+            let watch = Watch::new(Some(len));
             let res = self
-                .send(ep, scope, false, &|c| {
+                .send_upload(ep, scope, &watch, &loc, &|c| {
                     Ok(c.request(Method::PATCH, &loc)
                         .header(CONTENT_TYPE, "application/octet-stream")
                         .header(CONTENT_LENGTH, len)
                         .header(CONTENT_RANGE, format!("{offset}-{}", offset + len - 1))
-                        .body(file_body(path, offset, len, bar)?))
+                        .body(file_body(path, offset, len, bar, &watch)?))
                 })
                 .await;
-            match res {
+            let failed = match res {
                 Ok(resp) if resp.status() == StatusCode::ACCEPTED => {
                     loc = Self::location(&resp)?;
                     offset += len;
@@ -1702,10 +1882,15 @@ impl Registry {
                 Ok(resp) if !retryable_status(resp.status().as_u16()) => {
                     return Err(error_of("PATCH", resp).await);
                 }
-                Ok(_) | Err(Error::Http { .. }) => {}
+                Ok(resp) => format!("HTTP {}", resp.status()),
+                Err(Error::Stalled { why, .. }) => why,
+                Err(Error::Http { source, .. }) => error_chain(&source),
                 Err(e) => return Err(e),
-            }
-            let why = format!("chunk of {} at byte {offset} failed", desc.digest);
+            };
+            let why = format!(
+                "upload of {} from byte {offset} broke ({failed})",
+                desc.digest
+            );
             if !backoff.wait(why).await {
                 return Err(protocol(
                     &loc,
@@ -2076,6 +2261,44 @@ mod tests {
         assert_eq!(
             (s.as_str(), p["realm"].as_str()),
             ("basic", "Registry Realm")
+        );
+    }
+
+    /// An upload counts as stalled after a silence of the stall window while its body is
+    /// being sent, however long it has run; once the body is sent (its declared length
+    /// taken, or its stream ended) the registry has 120 s to answer.
+    #[tokio::test]
+    async fn an_upload_is_stalled_by_silence_not_by_its_length() {
+        let window = Duration::from_millis(60);
+        let piece = || Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"12345"));
+        let w = Watch::new(Some(10));
+        let mut body = Box::pin(w.body(futures_util::stream::iter(vec![piece(), piece()])));
+        for _ in 0..3 {
+            tokio::time::sleep(window / 2).await;
+            w.tick(0);
+            assert_eq!(w.stalled(window), None, "pieces keep it alive");
+        }
+        assert!(body.next().await.is_some());
+        tokio::time::sleep(window * 2).await;
+        let why = w.stalled(window).expect("silent for twice the window");
+        assert!(why.contains("took no bytes"), "{why}");
+        assert!(body.next().await.is_some());
+        tokio::time::sleep(window * 2).await;
+        assert_eq!(
+            w.stalled(window),
+            None,
+            "sent whole: waiting for the answer"
+        );
+
+        let unknown = Watch::new(None);
+        let mut body = Box::pin(unknown.body(futures_util::stream::iter(vec![piece()])));
+        assert!(body.next().await.is_some());
+        assert!(body.next().await.is_none());
+        tokio::time::sleep(window * 2).await;
+        assert_eq!(
+            unknown.stalled(window),
+            None,
+            "a stream's end is its last byte"
         );
     }
 

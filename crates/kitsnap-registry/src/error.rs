@@ -73,6 +73,11 @@ pub enum Error {
         why: String,
     },
 
+    /// An upload the registry stopped taking bytes of, or did not answer once it had them
+    /// all: broken off so that it can be resumed.
+    #[error("{url}: {why}")]
+    Stalled { url: String, why: String },
+
     /// A transfer stopped for good (its consumer failed or cannot start over).
     #[error("{0}")]
     Aborted(String),
@@ -129,6 +134,7 @@ impl Error {
         match self {
             Error::Status { status, .. } => crate::retry::retryable_status(*status),
             Error::Http { source, .. } => crate::retry::retryable_transport(source),
+            Error::Stalled { .. } => true,
             _ => false,
         }
     }

@@ -233,6 +233,10 @@ pub struct Faults {
     pub whole_blob_gets_held: AtomicUsize,
     /// Answer PUTs of manifests under `sha256-*` tags (the referrers fallback) with 500.
     pub refuse_referrer_tags: AtomicBool,
+    /// Stop reading this many upload bodies (PATCH or PUT, over 4 MiB or streamed) after
+    /// their first MiB, as a registry that hangs would; none of it reaches the registry.
+    pub stall_uploads: AtomicUsize,
+    pub uploads_stalled: AtomicUsize,
 }
 
 /// Counts one blob GET body in flight for as long as it lives.
@@ -488,6 +492,30 @@ async fn handle(
         .header("x-forwarded-host", format!("127.0.0.1:{port}"))
         .header("x-forwarded-proto", "http");
     let streamed = method == hyper::Method::PATCH && !req.headers().contains_key("content-length");
+    let length = req
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let upload = (method == hyper::Method::PATCH || method == hyper::Method::PUT)
+        && length.is_none_or(|n| n > 4 << 20);
+    if upload
+        && f.stall_uploads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    {
+        f.uploads_stalled.fetch_add(1, Ordering::SeqCst);
+        let mut body = req.into_body();
+        let mut got = 0;
+        while got < 1 << 20 {
+            match body.frame().await {
+                Some(Ok(fr)) => got += fr.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+        // Reads nothing more: the client must notice and give up on this request.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        return Response::builder().status(500).body(full("")).unwrap();
+    }
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(_) => return Response::builder().status(400).body(full("")).unwrap(),

@@ -222,13 +222,23 @@ impl LazyBlob {
         if self.is_ready(k) {
             return Ok(true);
         }
-        let (start, end) = self.meta.layer.chunk_range(k);
-        if bytes.len() as u64 != end - start
-            || Some(chunk_hash(bytes)) != self.meta.layer.chunk_digest(k)
-        {
+        if !self.matches(k, bytes) {
             return Ok(false);
         }
-        self.file.write_all_at(bytes, start)?;
+        self.file
+            .write_all_at(bytes, self.meta.layer.chunk_range(k).0)?;
+        self.mark_ready(k);
+        Ok(true)
+    }
+
+    /// Whether `bytes` are chunk `k` as the index describes it. Blocking (hash).
+    fn matches(&self, k: usize, bytes: &[u8]) -> bool {
+        let (start, end) = self.meta.layer.chunk_range(k);
+        bytes.len() as u64 == end - start
+            && Some(chunk_hash(bytes)) == self.meta.layer.chunk_digest(k)
+    }
+
+    fn mark_ready(&self, k: usize) {
         let mut s = self.lock();
         if s.chunks[k] != Chunk::Ready {
             s.chunks[k] = Chunk::Ready;
@@ -236,7 +246,6 @@ impl LazyBlob {
         }
         drop(s);
         self.cv.notify_all();
-        Ok(true)
     }
 
     fn set_chunk_error(&self, k: usize) {
@@ -292,28 +301,40 @@ impl LazyBlob {
             let (start, end) = self.meta.layer.chunk_range(k);
             let mut buf = vec![0u8; (end - start) as usize];
             self.file.read_exact_at(&mut buf, start)?;
-            let _ = self.put(k, &buf)?;
+            // Checked in place: a chunk already on disk is not written again.
+            if self.matches(k, &buf) {
+                self.mark_ready(k);
+            }
         }
         Ok(())
     }
 
-    /// The whole blob hashed from the file. Blocking.
-    fn file_digest(&self) -> std::io::Result<Digest> {
-        // Its own descriptor: a clone would share (and move) the file offset.
-        let f = std::fs::File::open(self.dir.join(BLOB))?;
-        let r = HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f));
-        r.finish().map(|(d, _)| d).map_err(std::io::Error::other)
-    }
-
-    /// The index read again from the verified blob must be the one served from: chunk
+    /// Reads the blob once. Returns its SHA-256 when `hash` (when the stream did not vouch
+    /// for it), and whether the index built again from it is the one served from: chunk
     /// digests and table of contents alike (a lying table of contents would otherwise stay
     /// wrong for good). Blocking.
-    fn index_matches_blob(&self) -> std::io::Result<bool> {
+    fn check_file(&self, hash: bool) -> std::io::Result<(Option<Digest>, bool)> {
         // Its own descriptor: a clone would share (and move) the file offset.
         let f = std::fs::File::open(self.dir.join(BLOB))?;
         let r = std::io::BufReader::with_capacity(1 << 20, f);
-        let mut got = kitsnap_core::lazy::index_layer(r, &self.descriptor())
-            .map_err(std::io::Error::other)?;
+        let desc = self.descriptor();
+        if !hash {
+            let got = kitsnap_core::lazy::index_layer(r, &desc).map_err(std::io::Error::other)?;
+            return Ok((None, self.index_is(got)?));
+        }
+        let mut r = HashingReader::new(r);
+        let got = kitsnap_core::lazy::index_layer(&mut r, &desc);
+        let (digest, _) = r.finish().map_err(std::io::Error::other)?;
+        if digest != self.meta.layer.digest {
+            // Not the layer: what its index says no longer matters.
+            return Ok((Some(digest), false));
+        }
+        let got = got.map_err(std::io::Error::other)?;
+        Ok((Some(digest), self.index_is(got)?))
+    }
+
+    /// Whether `got`, an index built from the blob, is the one served from.
+    fn index_is(&self, mut got: Option<LazyLayer>) -> std::io::Result<bool> {
         let want = &self.meta.layer;
         if let Some(g) = got.as_mut() {
             // The chunk size is the index's to choose: compare at its size.
@@ -412,6 +433,39 @@ impl BlobSink for ChunkSink {
     }
 }
 
+/// Fetches chunk `k` with a `Range` GET and stores it if it matches the index; false (and
+/// logged) when it could not be fetched or did not match.
+async fn fetch_chunk(
+    blob: &Arc<LazyBlob>,
+    reg: &Registry,
+    repo: &str,
+    digest: &Digest,
+    k: usize,
+) -> bool {
+    let (s, e) = blob.meta.layer.chunk_range(k);
+    let got = match reg.fetch_range(repo, digest, s, e).await {
+        Ok(bytes) => {
+            let b = blob.clone();
+            tokio::task::spawn_blocking(move || b.put(k, &bytes))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+        }
+        Err(e) => Err(kitsnap_registry::client::error_chain(&e)),
+    };
+    match got {
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::warn!(blob = %digest, chunk = k, "range does not match the lazy index");
+            false
+        }
+        Err(why) => {
+            tracing::warn!(blob = %digest, chunk = k, %why, "lazy range fetch failed");
+            false
+        }
+    }
+}
+
 /// Fills `blob` from the registry: the whole stream in order, and ranges that readers ask
 /// for ahead of it. Ends when the blob is whole and verified, failed, or closed.
 async fn fetch(
@@ -450,30 +504,9 @@ async fn fetch(
                 (blob.clone(), reg.clone(), repo.clone(), desc.digest.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                if blob.is_ready(k) {
-                    return;
-                }
-                let (s, e) = blob.meta.layer.chunk_range(k);
-                let got = match reg.fetch_range(&repo, &digest, s, e).await {
-                    Ok(b) => {
-                        let b2 = blob.clone();
-                        tokio::task::spawn_blocking(move || b2.put(k, &b))
-                            .await
-                            .map_err(|e| e.to_string())
-                            .and_then(|r| r.map_err(|e| e.to_string()))
-                    }
-                    Err(e) => Err(kitsnap_registry::client::error_chain(&e)),
-                };
-                match got {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(blob = %digest, chunk = k, "range does not match the lazy index");
-                        blob.set_chunk_error(k);
-                    }
-                    Err(why) => {
-                        tracing::warn!(blob = %digest, chunk = k, %why, "lazy range fetch failed");
-                        blob.set_chunk_error(k);
-                    }
+                if !blob.is_ready(k) && !fetch_chunk(&blob, &reg, &repo, &digest, k).await {
+                    // The read that asked gets EIO; the next one asks again.
+                    blob.set_chunk_error(k);
                 }
             });
         }
@@ -524,22 +557,11 @@ async fn fetch(
                     let (blob, reg, repo, digest) =
                         (blob.clone(), reg.clone(), repo.clone(), desc.digest.clone());
                     async move {
-                        if blob.is_ready(k) || blob.closed() {
-                            return Ok(());
-                        }
-                        let (s, e) = blob.meta.layer.chunk_range(k);
-                        let bytes = reg.fetch_range(&repo, &digest, s, e).await.ok();
-                        let put = match bytes {
-                            Some(b) => {
-                                let b2 = blob.clone();
-                                tokio::task::spawn_blocking(move || b2.put(k, &b))
-                                    .await
-                                    .ok()
-                                    .and_then(|r| r.ok())
-                            }
-                            None => None,
-                        };
-                        if put == Some(true) || blob.is_ready(k) {
+                        if blob.is_ready(k)
+                            || blob.closed()
+                            || fetch_chunk(&blob, &reg, &repo, &digest, k).await
+                            || blob.is_ready(k)
+                        {
                             Ok(())
                         } else {
                             Err(k)
@@ -565,15 +587,7 @@ async fn fetch(
     let b = blob.clone();
     let done = tokio::task::spawn_blocking(move || -> std::io::Result<(Option<Digest>, bool)> {
         // The stream hashed the blob on the way unless it had to fall back to ranges.
-        let actual = if verified {
-            None
-        } else {
-            Some(b.file_digest()?)
-        };
-        if actual.as_ref().is_some_and(|d| d != &b.meta.layer.digest) {
-            return Ok((actual, false));
-        }
-        let index_ok = b.index_matches_blob()?;
+        let (actual, index_ok) = b.check_file(!verified)?;
         if index_ok {
             b.mark_done()?;
         }
@@ -665,14 +679,6 @@ impl Mounts {
             let _ = rustix::mount::unmount(fs_dir, rustix::mount::UnmountFlags::DETACH);
             drop(session);
         }
-    }
-
-    pub fn is_complete(&self, id: u64) -> Option<bool> {
-        self.held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&id)
-            .map(|(b, _)| b.is_complete())
     }
 
     /// Unmounts every lazy layer (daemon shutdown).
@@ -820,7 +826,10 @@ mod tests {
         let (lying, _rx) = LazyBlob::open(t.path()).unwrap();
         lying.rescan().unwrap();
         assert!(lying.is_complete(), "every chunk matches");
-        assert!(!lying.index_matches_blob().unwrap());
+        assert_eq!(
+            lying.check_file(true).unwrap(),
+            (Some(lying.meta.layer.digest.clone()), false)
+        );
         // A failed blob stays failed after a restart.
         lying.fail("the lazy index does not describe this layer".into());
         let (again, _rx) = LazyBlob::open(t.path()).unwrap();
@@ -853,8 +862,11 @@ mod tests {
             let (s, e) = again.meta.layer.chunk_range(k);
             assert!(again.put(k, &tarball[s as usize..e as usize]).unwrap());
         }
-        assert_eq!(again.file_digest().unwrap(), again.meta.layer.digest);
-        assert!(again.index_matches_blob().unwrap());
+        assert_eq!(
+            again.check_file(true).unwrap(),
+            (Some(again.meta.layer.digest.clone()), true)
+        );
+        assert_eq!(again.check_file(false).unwrap(), (None, true));
         again.mark_done().unwrap();
         let (done, _rx) = LazyBlob::open(t.path()).unwrap();
         done.rescan().unwrap();

@@ -251,9 +251,15 @@ impl Filler {
 impl Filler {
     /// A client for `host` with the node's settings. Credentials may come from a helper
     /// process: built off the async workers.
-    async fn registry_for(&self, host: &str) -> Result<Registry> {
+    /// The daemon's client options for `host`: plain HTTP where it was told so.
+    fn options_for(&self, host: &str) -> kitsnap_registry::client::ClientOptions {
         let mut opts = self.registry.clone();
         opts.plain_http |= self.plain_http.iter().any(|h| h == host);
+        opts
+    }
+
+    async fn registry_for(&self, host: &str) -> Result<Registry> {
+        let opts = self.options_for(host);
         let host = host.to_string();
         blocking(move || Ok(Registry::new(&host, opts)?)).await
     }
@@ -378,8 +384,8 @@ impl Filler {
                 let meta: crate::lazy::Meta =
                     serde_json::from_slice(&std::fs::read(dir.join(crate::lazy::META))?)
                         .map_err(|e| Error::invalid(e.to_string()))?;
-                let mut opts = self.registry.clone();
-                opts.plain_http |= meta.plain_http || self.plain_http.contains(&meta.registry);
+                let mut opts = self.options_for(&meta.registry);
+                opts.plain_http |= meta.plain_http;
                 let reg = Arc::new(Registry::new(&meta.registry, opts)?);
                 self.snap.lazy().mount(r.id, &dir, reg, rt)
             })();
