@@ -11,34 +11,11 @@ size_mib=${1:-2048}
 rounds=${2:-3}
 bin=${KITSNAP_BIN:-$(dirname "$0")/../target/release/kitsnap}
 port=${PORT:-55661}
-work=$(mktemp -d "${TMPDIR:-/var/tmp}/upload-modes.XXXXXX")
-reg_pid=
-cleanup() { [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
-mkdir -p "$work/kit" "$work/reg"
-head -c $((size_mib << 20)) /dev/urandom > "$work/kit/model.bin"
-printf 'manifestVersion: 1.0.0\npackage:\n  name: bench\nmodel:\n  name: bench\n  path: model.bin\n' > "$work/kit/Kitfile"
-cat > "$work/reg.yml" <<EOT
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $work/reg
-  delete:
-    enabled: true
-http:
-  addr: 127.0.0.1:$port
-  secret: bench
-EOT
-docker-registry serve "$work/reg.yml" 2>/dev/null &
-reg_pid=$!
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
+. "$(dirname "$0")/lib/kit_and_registry.sh"
+bench_setup upload-modes "$size_mib" "$port"
 reg=127.0.0.1:$port
 export KITSNAP_STORE=$work/store
-"$bin" pack "$work/kit" -t "$reg/src/kit:v1" --no-progress >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+quiet "$bin" pack "$work/kit" -t "$reg/src/kit:v1" --no-progress
 rm -f "$work/kit/model.bin"
 blob=$(ls -S "$work/store/blobs/sha256/" | head -1)
 echo "upload of one ${size_mib} MiB blob, $rounds rounds ($(date -u +%F), $(nproc) cores)"
@@ -56,7 +33,7 @@ for i in $(seq "$rounds"); do
         cmd=(curl -s -f -o /dev/null -X PUT -H Content-Type:application/octet-stream -T "$work/store/blobs/sha256/$blob" "$loc&digest=sha256:$blob") ;;
     esac
     start=$EPOCHREALTIME
-    "${cmd[@]}" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+    quiet "${cmd[@]}"
     awk -v i="$i" -v m="$mode" -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "round %d  %-9s %6.2f s\n", i, m, b - a }'
   done
 done

@@ -302,6 +302,67 @@ pub trait HashedRead: std::io::Read {
     /// Reads what is left, so that the digest covers the whole blob, and returns the
     /// digest and the number of bytes.
     fn finish(self) -> Result<(Digest, u64)>;
+
+    /// A reader holding its bytes in owned pieces (a download) can write a large file's
+    /// content straight into the file: see [`DirectWrite`].
+    fn direct(&self) -> Option<DirectWrite> {
+        None
+    }
+}
+
+/// Lets a reader write what it would hand out straight into a file, instead of copying it
+/// into the caller's buffer first (the tar reader's buffer, which the extractor then
+/// writes out: a second copy of every byte, on the core the extraction shares with the
+/// download). While a target is set, the reader's `read` writes into it, advances as if
+/// it had filled the buffer, and leaves the buffer untouched; the extractor then writes
+/// nothing itself. Only for reads of one regular file's content, whose bytes the tar
+/// reader passes through as they are.
+#[derive(Clone, Default)]
+pub struct DirectWrite(std::sync::Arc<std::sync::Mutex<DirectState>>);
+
+#[derive(Default)]
+struct DirectState {
+    target: Option<std::fs::File>,
+    error: Option<std::io::Error>,
+}
+
+impl DirectWrite {
+    fn state(&self) -> std::sync::MutexGuard<'_, DirectState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads go into `file` (a handle sharing the destination's offset) from now on.
+    pub fn set(&self, file: std::fs::File) {
+        let mut s = self.state();
+        s.target = Some(file);
+        s.error = None;
+    }
+
+    /// Reads go into the caller's buffer again; the error a direct write met, if any.
+    pub fn clear(&self) -> Option<std::io::Error> {
+        let mut s = self.state();
+        s.target = None;
+        s.error.take()
+    }
+
+    /// For the reader: writes `bytes` into the target if one is set (true), or does
+    /// nothing (false). A failed write is kept for [`DirectWrite::clear`] and returned.
+    pub fn write(&self, bytes: &[u8]) -> std::io::Result<bool> {
+        use std::io::Write;
+        let mut s = self.state();
+        let Some(f) = s.target.as_mut() else {
+            return Ok(false);
+        };
+        match f.write_all(bytes) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let kind = e.kind();
+                let msg = e.to_string();
+                s.error = Some(e);
+                Err(std::io::Error::new(kind, msg))
+            }
+        }
+    }
 }
 
 impl<R: std::io::Read> HashedRead for HashingReader<R> {

@@ -23,7 +23,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use sha2::{Digest as _, Sha256};
 
 use crate::cleanup::TempPath;
-use crate::digest::{Digest, HashedRead, HashingReader};
+use crate::digest::{Digest, DirectWrite, HashedRead, HashingReader};
 use crate::error::{Error, IoContext, Result};
 use crate::imageview::RawWrapper;
 use crate::layers::LayerPlan;
@@ -31,6 +31,9 @@ use crate::modelpack::FileMetadata;
 use crate::oci::{Compression, Descriptor, LayerType, ModelFormat};
 
 pub(crate) const IO_BUF: usize = 1 << 20;
+/// Files at least this large are written by a reader that can ([`DirectWrite`]); smaller
+/// ones are not worth a second file handle.
+const DIRECT_MIN: u64 = 1 << 20;
 
 /// How a layer is written.
 #[derive(Clone, Copy, Debug, Default)]
@@ -282,14 +285,17 @@ fn extract_tar_layer<B: HashedRead>(
     // The uncompressed stream is hashed to its end (tar padding included), like the blob.
     let untar = |r: &mut dyn Read, rb: &mut Created| -> Result<(u64, Digest)> {
         let mut plain = HashingReader::new(r);
-        let n = extract_tar(&mut plain, dest, opts, what, rb, mtimes)?;
+        let n = extract_tar(&mut plain, dest, opts, what, rb, mtimes, None)?;
         Ok((n, plain.finish()?.0))
     };
     let res = (|| -> Result<(u64, Digest)> {
         match compression {
             // Uncompressed: the blob is the tar, its (verified) digest the diff ID.
-            Compression::None => extract_tar(&mut hr, dest, opts, what, &mut rb.0, mtimes)
-                .map(|n| (n, desc.digest.clone())),
+            Compression::None => {
+                let direct = hr.direct();
+                extract_tar(&mut hr, dest, opts, what, &mut rb.0, mtimes, direct)
+                    .map(|n| (n, desc.digest.clone()))
+            }
             Compression::Gzip | Compression::GzipFastest => {
                 untar(&mut flate2::read::GzDecoder::new(&mut hr), &mut rb.0)
             }
@@ -458,6 +464,7 @@ fn make_room(target: &Path, overwrite: bool, skip: bool) -> Result<bool> {
     }
 }
 
+/// `direct`: the reader can write large files' content into them itself (uncopied).
 fn extract_tar<R: Read>(
     reader: R,
     dest: &Path,
@@ -465,6 +472,7 @@ fn extract_tar<R: Read>(
     what: &str,
     created: &mut Created,
     mtimes: bool,
+    direct: Option<DirectWrite>,
 ) -> Result<u64> {
     let unsafe_err = |msg: String| Error::UnsafeLayer {
         layer: what.to_string(),
@@ -542,16 +550,28 @@ fn extract_tar<R: Read>(
                     // A header can claim any 64-bit time: one past SystemTime's range is
                     // left out, not a panic.
                     .and_then(|t| UNIX_EPOCH.checked_add(Duration::from_secs(t)));
+                // A file of a few pieces or more is written by the reader itself: the tar
+                // reader passes a regular file's bytes through as they are.
+                let direct = direct.as_ref().filter(|_| entry.size() >= DIRECT_MIN);
                 write_file_atomically(&target, mode, |f| {
-                    loop {
+                    if let Some(d) = direct {
+                        d.set(f.try_clone().at(&target)?);
+                    }
+                    let copied: Result<()> = (|| loop {
                         let n = entry
                             .read(&mut buf)
                             .map_err(|e| unsafe_err(format!("truncated entry {raw:?}: {e}")))?;
                         if n == 0 {
-                            break;
+                            return Ok(());
                         }
-                        f.write_all(&buf[..n]).at(&target)?;
+                        if direct.is_none() {
+                            f.write_all(&buf[..n]).at(&target)?;
+                        }
+                    })();
+                    if let Some(e) = direct.and_then(DirectWrite::clear) {
+                        return Err(e).at(&target);
                     }
+                    copied?;
                     if let Some(t) = mtime {
                         f.set_modified(t).at(&target)?;
                     }
@@ -813,19 +833,24 @@ mod tests {
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         gz.write_all(&raw).unwrap();
         let blob = gz.finish().unwrap();
-        let plan = LayerPlan {
+        let plan = dataset_plan(&blob, "zeros.bin", Compression::Gzip);
+        (blob, plan)
+    }
+
+    /// The plan of a dataset tar layer `blob` at `path`.
+    fn dataset_plan(blob: &[u8], path: &str, compression: Compression) -> LayerPlan {
+        LayerPlan {
             kind: crate::oci::LayerKind::Dataset,
             name: String::new(),
-            path: "zeros.bin".into(),
+            path: path.into(),
             desc: Descriptor {
-                digest: crate::digest::Digest::of(&blob),
+                digest: crate::digest::Digest::of(blob),
                 size: blob.len() as u64,
                 ..Descriptor::default()
             },
-            compression: Compression::Gzip,
+            compression,
             raw: false,
-        };
-        (blob, plan)
+        }
     }
 
     #[test]
@@ -854,6 +879,73 @@ mod tests {
         assert_eq!(
             std::fs::metadata(d.path().join("zeros.bin")).unwrap().len(),
             64 << 20
+        );
+    }
+
+    /// Reads `inner`, writing into the target itself while one is set, as a download's
+    /// reader does; counts what it wrote so.
+    struct DirectReader<'a> {
+        inner: HashingReader<&'a [u8]>,
+        direct: DirectWrite,
+        wrote: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl Read for DirectReader<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let mut piece = vec![0u8; buf.len()];
+            let n = self.inner.read(&mut piece)?;
+            if self.direct.write(&piece[..n])? {
+                self.wrote
+                    .fetch_add(n as u64, std::sync::atomic::Ordering::SeqCst);
+            } else {
+                buf[..n].copy_from_slice(&piece[..n]);
+            }
+            Ok(n)
+        }
+    }
+
+    impl HashedRead for DirectReader<'_> {
+        fn finish(self) -> Result<(Digest, u64)> {
+            self.inner.finish()
+        }
+        fn direct(&self) -> Option<DirectWrite> {
+            Some(self.direct.clone())
+        }
+    }
+
+    /// A reader that can write files itself is given the large files' content (and only
+    /// that: headers, small files and padding go through the tar reader), and what it
+    /// writes is the layer's bytes.
+    #[test]
+    fn large_files_are_written_by_a_reader_that_can() {
+        let big: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in [("a/big.bin", &big[..]), ("a/small.txt", &b"hello"[..])] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            tar.append_data(&mut h, name, data).unwrap();
+        }
+        let blob = tar.into_inner().unwrap();
+        let plan = dataset_plan(&blob, "a", Compression::None);
+        let d = tempfile::tempdir().unwrap();
+        let wrote = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let r = DirectReader {
+            inner: HashingReader::new(&blob[..]),
+            direct: DirectWrite::default(),
+            wrote: wrote.clone(),
+        };
+        extract(r, &plan, d.path(), ExtractOptions::default()).unwrap();
+        assert_eq!(std::fs::read(d.path().join("a/big.bin")).unwrap(), big);
+        assert_eq!(
+            std::fs::read(d.path().join("a/small.txt")).unwrap(),
+            b"hello"
+        );
+        assert_eq!(
+            wrote.load(std::sync::atomic::Ordering::SeqCst),
+            big.len() as u64,
+            "the big file's bytes, and nothing else"
         );
     }
 

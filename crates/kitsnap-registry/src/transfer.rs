@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use futures_util::{StreamExt, TryStreamExt, stream};
 
-use kitsnap_core::digest::{Digest, HashedRead, ThreadedHasher};
+use kitsnap_core::digest::{Digest, DirectWrite, HashedRead, ThreadedHasher};
 use kitsnap_core::imageview;
 use kitsnap_core::index::{IndexError, ModelKitIndex};
 use kitsnap_core::layers::{self, Filter, FilterType};
@@ -588,6 +588,8 @@ pub struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     cur: bytes::Bytes,
     hasher: ThreadedHasher,
+    /// Large files' content goes from the pieces straight to the file.
+    direct: DirectWrite,
 }
 
 impl ChannelReader {
@@ -600,6 +602,7 @@ impl ChannelReader {
                 rx,
                 cur: bytes::Bytes::new(),
                 hasher: ThreadedHasher::new(),
+                direct: DirectWrite::default(),
             },
         )
     }
@@ -620,7 +623,10 @@ impl std::io::Read for ChannelReader {
             }
         }
         let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur.split_to(n));
+        let piece = self.cur.split_to(n);
+        if !self.direct.write(&piece)? {
+            buf[..n].copy_from_slice(&piece);
+        }
         Ok(n)
     }
 }
@@ -630,6 +636,10 @@ impl HashedRead for ChannelReader {
         // What the consumer left unread is hashed as it is received.
         while self.recv().is_some() {}
         self.hasher.finish()
+    }
+
+    fn direct(&self) -> Option<DirectWrite> {
+        Some(self.direct.clone())
     }
 }
 
