@@ -113,6 +113,14 @@ def main():
         if not os.path.isfile(need):
             sys.exit(f"missing {need}: run scripts/install-peers.sh and cargo build --release")
 
+    # About five copies of the model at once (the docstring); a full disk mid-run takes
+    # every other process on the machine down with it, so refuse before starting.
+    need = 5 * a.size_mib * (1 << 20) + (1 << 30)
+    free = shutil.disk_usage(tempfile.gettempdir()).free
+    if free < need:
+        sys.exit(f"peers.py: {a.size_mib} MiB needs about {need >> 30} GiB free in "
+                 f"{tempfile.gettempdir()}, which has {free >> 30} GiB: free some, or set "
+                 f"TMPDIR to a roomier disk")
     work = tempfile.mkdtemp(prefix="kitsnap-peers-")
     reg = Registry(work)
     reg.restart()
