@@ -225,11 +225,12 @@ impl Watch {
             .saturating_sub(Duration::from_millis(last))
     }
 
-    /// Why the upload counts as stalled, if it does.
-    fn stalled(&self, window: Duration) -> Option<String> {
+    /// Why the upload counts as stalled, if it does: silent for `window` while sending,
+    /// or unanswered for `answer` once sent.
+    fn stalled(&self, window: Duration, answer: Duration) -> Option<String> {
         let silent = self.silence();
         if self.sent.load(std::sync::atomic::Ordering::Relaxed) {
-            (silent > UPLOAD_ANSWER).then(|| {
+            (silent > answer).then(|| {
                 format!(
                     "no answer {:.0} s after the last byte of the upload",
                     silent.as_secs_f64()
@@ -934,7 +935,7 @@ impl Registry {
             tokio::select! {
                 r = &mut send => return r,
                 _ = every.tick() => {
-                    if let Some(why) = watch.stalled(self.opts.stall_window) {
+                    if let Some(why) = watch.stalled(self.opts.stall_window, UPLOAD_ANSWER) {
                         return Err(Error::Stalled { url: url.to_string(), why });
                     }
                 }
@@ -2266,7 +2267,7 @@ mod tests {
 
     /// An upload counts as stalled after a silence of the stall window while its body is
     /// being sent, however long it has run; once the body is sent (its declared length
-    /// taken, or its stream ended) the registry has 120 s to answer.
+    /// taken, or its stream ended) the registry has 120 s to answer, and no more.
     #[tokio::test]
     async fn an_upload_is_stalled_by_silence_not_by_its_length() {
         let window = Duration::from_millis(60);
@@ -2276,19 +2277,30 @@ mod tests {
         for _ in 0..3 {
             tokio::time::sleep(window / 2).await;
             w.tick(0);
-            assert_eq!(w.stalled(window), None, "pieces keep it alive");
+            assert_eq!(
+                w.stalled(window, UPLOAD_ANSWER),
+                None,
+                "pieces keep it alive"
+            );
         }
         assert!(body.next().await.is_some());
         tokio::time::sleep(window * 2).await;
-        let why = w.stalled(window).expect("silent for twice the window");
+        let why = w
+            .stalled(window, UPLOAD_ANSWER)
+            .expect("silent for twice the window");
         assert!(why.contains("took no bytes"), "{why}");
         assert!(body.next().await.is_some());
         tokio::time::sleep(window * 2).await;
         assert_eq!(
-            w.stalled(window),
+            w.stalled(window, UPLOAD_ANSWER),
             None,
             "sent whole: waiting for the answer"
         );
+        // An answer that does not come within its limit of the last byte is a stall too.
+        let why = w
+            .stalled(window, window)
+            .expect("unanswered past the limit");
+        assert!(why.contains("no answer"), "{why}");
 
         let unknown = Watch::new(None);
         let mut body = Box::pin(unknown.body(futures_util::stream::iter(vec![piece()])));
@@ -2296,7 +2308,7 @@ mod tests {
         assert!(body.next().await.is_none());
         tokio::time::sleep(window * 2).await;
         assert_eq!(
-            unknown.stalled(window),
+            unknown.stalled(window, UPLOAD_ANSWER),
             None,
             "a stream's end is its last byte"
         );
