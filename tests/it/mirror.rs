@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::Ordering;
 
 use crate::support::containerd::*;
 use crate::support::registry::{RegistryProc, free_port};
@@ -24,12 +25,17 @@ struct Setup {
 }
 
 fn setup(v: &Version, auth: Option<(&str, &str)>) -> Setup {
+    setup_sized(v, auth, 3 << 20)
+}
+
+/// [`setup`] with a model of `model_bytes` (one lazy chunk is 4 MiB).
+fn setup_sized(v: &Version, auth: Option<(&str, &str)>, model_bytes: usize) -> Setup {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().to_path_buf();
     let reg = RegistryProc::start(&dir.join("registry"), None, auth);
     let store = dir.join("store");
     let tree = dir.join("tree");
-    let model = support::bytes(3 << 20, 11);
+    let model = support::bytes(model_bytes, 11);
     std::fs::create_dir_all(&tree).unwrap();
     std::fs::write(tree.join("model.bin"), &model).unwrap();
     std::fs::write(tree.join("README.md"), b"# the docs\n").unwrap();
@@ -128,6 +134,40 @@ fn setup(v: &Version, auth: Option<(&str, &str)>) -> Setup {
 }
 
 impl Setup {
+    /// Points the mirror's upstream at `proxy` (in front of the registry), pulls the
+    /// uncompressed kit through it natively into `ns` and checks that kitsnap served its
+    /// layers lazily: the reference through the proxy.
+    fn pull_lazily_through(
+        &self,
+        proxy: &crate::support::registry::Proxy,
+        ns: &str,
+        ctx: &str,
+    ) -> String {
+        support::ok(
+            &self.dir.join("store"),
+            &[
+                "hosts",
+                "install",
+                &proxy.addr(),
+                "--hosts-dir",
+                self.hosts.to_str().unwrap(),
+                "--mirror",
+                &self.mirror,
+                "--plain-http",
+            ],
+        );
+        let reference = self.plain.replace(&self.reg.addr(), &proxy.addr());
+        self.import_busybox(ns);
+        let (ok, out) = self.ctr_pull(ns, "kitsnap", &reference, &[]);
+        assert!(ok, "{ctx}: {out}");
+        assert!(
+            self.ks.log().contains("fill: layer served lazily"),
+            "{ctx}: {}",
+            tail(&self.ks.log())
+        );
+        reference
+    }
+
     fn ctr_pull(
         &self,
         ns: &str,
@@ -1520,30 +1560,7 @@ fn lazy_layers_serve_verified_bytes_before_the_pull_has_them() {
     );
 
     // A crash: the FUSE mounts die with the daemon; the next one mounts them again.
-    s.ks.kill9();
-    s.ks.start_again();
-    // The socket is bound first; requests wait until the layers are mounted again.
-    for _ in 0..200 {
-        if s.ks.log().contains("lazy layers mounted again") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    // containerd redials the snapshotter with a backoff: wait until it is through.
-    for _ in 0..100 {
-        let o = s
-            .ctd
-            .ctr_ns("lazy", &["snapshots", "--snapshotter", "kitsnap", "ls"]);
-        if o.status.success() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    assert!(
-        s.ks.log().contains("lazy layers mounted again"),
-        "{ctx}: {}",
-        tail(&s.ks.log())
-    );
+    crash_and_restart(&mut s, "lazy", &ctx);
     let out = s.run_with_model("lazy", "kitsnap", &s.plain);
     assert!(out.contains(&model_sha), "{ctx}: {out}");
 
@@ -1630,28 +1647,7 @@ fn lazy_reads_are_served_ahead_of_the_stream() {
     let model_layer = model_layer(&s);
     let proxy = crate::support::registry::start_proxy(&s.reg.addr(), Default::default());
     *proxy.faults.hold_whole_blob.lock().unwrap() = Some(model_layer.clone());
-    support::ok(
-        &s.dir.join("store"),
-        &[
-            "hosts",
-            "install",
-            &proxy.addr(),
-            "--hosts-dir",
-            s.hosts.to_str().unwrap(),
-            "--mirror",
-            &s.mirror,
-            "--plain-http",
-        ],
-    );
-    let reference = s.plain.replace(&s.reg.addr(), &proxy.addr());
-    s.import_busybox("ahead");
-    let (ok, out) = s.ctr_pull("ahead", "kitsnap", &reference, &[]);
-    assert!(ok, "{ctx}: {out}");
-    assert!(
-        s.ks.log().contains("fill: layer served lazily"),
-        "{ctx}: {}",
-        tail(&s.ks.log())
-    );
+    let reference = s.pull_lazily_through(&proxy, "ahead", &ctx);
     let out = s.run_with_model("ahead", "kitsnap", &reference);
     assert!(out.contains(&sha256_hex(&s.model)), "{ctx}: {out}");
     let f = &proxy.faults;
@@ -1677,6 +1673,144 @@ fn lazy_reads_are_served_ahead_of_the_stream() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     panic!("{ctx}: the model never completed: {}", tail(&s.ks.log()));
+}
+
+/// `kill -9` of the daemon and a new one on the same root, once it has mounted its lazy
+/// layers again and containerd (which redials with a backoff) reaches it.
+fn crash_and_restart(s: &mut Setup, ns: &str, ctx: &str) {
+    s.ks.kill9();
+    s.ks.start_again();
+    // The socket is bound first; requests wait until the layers are mounted again.
+    for _ in 0..200 {
+        if s.ks.log().contains("lazy layers mounted again") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for _ in 0..100 {
+        let o = s
+            .ctd
+            .ctr_ns(ns, &["snapshots", "--snapshotter", "kitsnap", "ls"]);
+        if o.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        s.ks.log().contains("lazy layers mounted again"),
+        "{ctx}: {}",
+        tail(&s.ks.log())
+    );
+}
+
+/// A registry that ignores `Range` (every ranged GET answered 200 with the whole blob):
+/// a lazy layer never reads such an answer, reads ahead of the stream wait for it instead
+/// of failing, and a daemon restarted with part of the blob on disk streams the blob once
+/// more instead of reading it from byte 0 for every missing chunk (before: 8.4 times the
+/// model's size). Then a lazy layer whose blob is lost while the daemon is down cannot be
+/// mounted again: containerd is refused it with the fix, instead of an empty directory.
+#[test]
+fn lazy_layers_cope_with_ignored_ranges_and_refuse_a_lost_blob() {
+    require_containers!();
+    require_registry!();
+    let _heavy = heavy();
+    let Some(v) = containerd_2(test_name!()) else {
+        return;
+    };
+    let ctx = format!("containerd {}", v.name);
+    const MODEL: usize = 32 << 20;
+    let mut s = setup_sized(&v, None, MODEL);
+    let model_layer = model_layer(&s);
+    let proxy = crate::support::registry::start_proxy(&s.reg.addr(), Default::default());
+    let f = proxy.faults.clone();
+    f.ignore_range.store(true, Ordering::SeqCst);
+    // 4 MiB/s: the model's stream takes 8 s, so the crash lands in the middle of it.
+    f.throttle_blob_bps.store(4 << 20, Ordering::SeqCst);
+    let reference = s.pull_lazily_through(&proxy, "norange", &ctx);
+    // A few chunks on disk, then a crash.
+    let start = std::time::Instant::now();
+    while f.blob_bytes_sent.load(Ordering::SeqCst) < 14 << 20 {
+        assert!(
+            start.elapsed().as_secs() < 60,
+            "{ctx}: the model's stream did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let before = f.blob_bytes_sent.load(Ordering::SeqCst);
+    crash_and_restart(&mut s, "norange", &ctx);
+    let out = s.run_with_model("norange", "kitsnap", &reference);
+    assert!(out.contains(&sha256_hex(&s.model)), "{ctx}: {out}");
+    let done = format!("lazy layer complete and verified blob={model_layer}");
+    for _ in 0..400 {
+        if s.ks.log().contains(&done) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(s.ks.log().contains(&done), "{ctx}: {}", tail(&s.ks.log()));
+    // The second stream, the answers to ranges cut off unread and the small blobs.
+    let sent = f.blob_bytes_sent.load(Ordering::SeqCst) - before;
+    assert!(
+        sent < (MODEL + (8 << 20)) as u64,
+        "{ctx}: {sent} bytes sent after the restart for a {MODEL}-byte model"
+    );
+    let ranges = f.range_requests.load(Ordering::SeqCst);
+    eprintln!("{ctx}: {sent} bytes sent after the restart, {ranges} ranged GETs");
+    assert!(
+        ranges <= 16,
+        "{ctx}: {ranges} ranged GETs to a registry that ignores them"
+    );
+    let log = s.ks.log();
+    assert!(
+        log.contains("the registry ignores Range: streaming the whole blob again"),
+        "{ctx}: the restart did not fall back to a stream: {}",
+        tail(&log)
+    );
+
+    // The model's blob lost while the daemon is down: its layer cannot be served again.
+    s.ks.kill9();
+    let lost = std::fs::read_dir(s.ks.root.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|d| {
+            std::fs::read_to_string(d.join("lazy.json")).is_ok_and(|m| m.contains(&model_layer))
+        })
+        .expect("the model's lazy snapshot");
+    std::fs::remove_file(lost.join("lazy.blob")).unwrap();
+    s.ks.start_again();
+    let mnt = s.dir.join("mnt-lost");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mut refused = String::new();
+    // containerd redials the snapshotter with a backoff: until it answers.
+    for _ in 0..100 {
+        let o = s.ctd.ctr_ns(
+            "norange",
+            &[
+                "images",
+                "mount",
+                "--snapshotter",
+                "kitsnap",
+                &reference,
+                mnt.to_str().unwrap(),
+            ],
+        );
+        assert!(!o.status.success(), "{ctx}: a lost lazy layer was mounted");
+        refused = String::from_utf8_lossy(&o.stderr).into_owned();
+        if refused.contains("served lazily") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        refused.contains("could not mount it again") && refused.contains("pull them again"),
+        "{ctx}: {refused}"
+    );
+    assert!(
+        s.ks.log().contains("lazy layer not mounted again"),
+        "{ctx}: {}",
+        tail(&s.ks.log())
+    );
 }
 
 /// kitsnap's own verbs take the lazy road too when asked: `kitsnap pull --containerd

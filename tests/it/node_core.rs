@@ -1221,6 +1221,100 @@ fn a_killed_daemon_drops_its_pull_leases_when_restarted() {
     });
 }
 
+/// A lazy layer pulled with the pull's own TLS settings (`--ca-file` of a CA the daemon
+/// does not trust) and found incomplete after a crash is completed by the next daemon with
+/// those settings, which the layer's `lazy.json` keeps. Before, the restart fetched with
+/// the daemon's settings only: a TLS error, and EIO for the reader.
+#[test]
+fn a_lazy_layer_resumes_with_the_pulls_own_tls_settings() {
+    require_containers!();
+    require_registry!();
+    let _heavy = heavy();
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("tls")).unwrap();
+    let tls = registry::make_tls(&t.path().join("tls"));
+    let reg = RegistryProc::start(&t.path().join("reg"), Some(&tls), None);
+    let ca = tls.ca.to_str().unwrap();
+    let store = t.path().join("store");
+    let model = support::bytes(12 << 20, 93);
+    let tr = tree(
+        &t.path().join("kit"),
+        model.clone(),
+        b"a,b\n1,2\n",
+        "# tls\n",
+    );
+    let reference = format!("{}/tls/lazy:v1", reg.addr());
+    support::ok(
+        &store,
+        &["pack", tr.dir.to_str().unwrap(), "-t", &reference],
+    );
+    support::ok(&store, &["push", &reference, "--ca-file", ca]);
+    let Some(v) = versions(test_name!()).into_iter().last() else {
+        support::missing(test_name!(), "containerd (scripts/install-containerd.sh)");
+        return;
+    };
+    let mut n = Node::start(&v, &[]);
+    let ctx = n.ctx.clone();
+    let ns = "ns-tls";
+    let (_, err) = n.ok(
+        ns,
+        &[
+            "pull",
+            "--containerd",
+            "--lazy",
+            &reference,
+            "--ca-file",
+            ca,
+        ],
+    );
+    assert!(err.contains("served lazily"), "{ctx}: {err}");
+    let snapshot = std::fs::read_dir(n.ks.root.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|d| d.join("lazy.json").exists() && d.join("fs/model.bin").exists())
+        .expect("the model's lazy snapshot");
+    assert!(
+        eventually(Duration::from_secs(60), || snapshot
+            .join("lazy.done")
+            .exists()),
+        "{ctx}: the model never completed: {}",
+        tail(&n.ks.log())
+    );
+    // A crash, and a chunk of the blob lost with it (as if the crash came first).
+    n.ks.kill9();
+    std::fs::remove_file(snapshot.join("lazy.done")).unwrap();
+    let blob = std::fs::OpenOptions::new()
+        .write(true)
+        .open(snapshot.join("lazy.blob"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&blob, &[0u8; 1 << 20], 5 << 20).unwrap();
+    drop(blob);
+    n.ks.start_again();
+    assert!(
+        eventually(Duration::from_secs(30), || n
+            .ks
+            .log()
+            .contains("lazy layers mounted again")),
+        "{ctx}: {}",
+        tail(&n.ks.log())
+    );
+    let got = std::fs::read(snapshot.join("fs/model.bin"));
+    assert!(
+        got.as_ref().is_ok_and(|b| *b == model),
+        "{ctx}: reading the model after the restart: {:?}\n{}",
+        got.map(|b| b.len()),
+        tail(&n.ks.log())
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || snapshot
+            .join("lazy.done")
+            .exists()),
+        "{ctx}: {}",
+        tail(&n.ks.log())
+    );
+}
+
 #[test]
 fn a_killed_containerd_stops_the_pull_and_its_lease_goes_when_it_is_back() {
     require_containers!();
@@ -1599,6 +1693,8 @@ fn pull_limits_from_the_config_file() {
     );
     let cfg = t.path().join("kitsnap.toml");
     std::fs::write(&cfg, "max_layers = 2\nmax_expansion = 10\n").unwrap();
+    let small = t.path().join("small.toml");
+    std::fs::write(&small, "max_kit_gib = 0\n").unwrap();
     each_version(test_name!(), |v| {
         let n = Node::start(v, &["--config", cfg.to_str().unwrap()]);
         let ctx = n.ctx.clone();
@@ -1630,6 +1726,30 @@ fn pull_limits_from_the_config_file() {
             !n.ctr(ns, &["content", "ls"]).contains(&zeros),
             "{ctx}: the bomb's blob stayed in the content store"
         );
+        drop(n);
+        // A kit over `max_kit_gib`, whole or lazy (the lazy blob lands whole in the end).
+        let n = Node::start(v, &["--config", small.to_str().unwrap()]);
+        for lazy in [false, true] {
+            let mut args = vec![
+                "pull",
+                "--containerd",
+                three.reference.as_str(),
+                "--plain-http",
+            ];
+            if lazy {
+                args.push("--lazy");
+            }
+            let err = n.err(ns, &args);
+            assert!(err.contains("max_kit_gib"), "{ctx}: {args:?}: {err}");
+            // Lazily: refused by the blob's size before anything is fetched.
+            assert_eq!(
+                err.contains("the ModelKit unpacks to more"),
+                lazy,
+                "{ctx}: {args:?}: {err}"
+            );
+        }
+        assert!(n.images(ns).is_empty(), "{ctx}: {:?}", n.images(ns));
+        n.assert_no_leftovers();
     });
 }
 

@@ -43,8 +43,27 @@ pub struct ExtractOptions {
     /// Leave files that already exist as they are (kit's `unpack -i`).
     pub skip_existing: bool,
     /// Refuse a layer whose files add up to more than this many bytes (decompression
-    /// bombs): checked against each entry's declared size, before it is written.
-    pub max_bytes: Option<u64>,
+    /// bombs, a node's size limits): checked against each entry's declared size, before it
+    /// is written.
+    pub max_bytes: Option<ByteLimit>,
+}
+
+/// A cap on the bytes a layer's files add up to, and what the error says of it: the
+/// reason and the setting that sets it, so that the user knows which one to raise.
+#[derive(Clone, Copy, Debug)]
+pub struct ByteLimit {
+    pub bytes: u64,
+    pub why: &'static str,
+}
+
+impl ByteLimit {
+    /// The cap against decompression bombs.
+    pub fn bomb(bytes: u64) -> ByteLimit {
+        ByteLimit {
+            bytes,
+            why: "a decompression bomb",
+        }
+    }
 }
 
 /// Extracts one planned layer (tar of any compression, or a raw file) into `dest`,
@@ -533,9 +552,10 @@ fn extract_tar<R: Read>(
             },
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 total = total.saturating_add(entry.size());
-                if let Some(max) = opts.max_bytes.filter(|m| total > *m) {
+                if let Some(max) = opts.max_bytes.filter(|m| total > m.bytes) {
                     return Err(unsafe_err(format!(
-                        "unpacks to more than {max} bytes (at {raw:?}); refused as a decompression bomb"
+                        "unpacks to more than {} bytes (at {raw:?}); refused as {}",
+                        max.bytes, max.why
                     )));
                 }
                 if !make_room(&target, overwrite, skip)? {
@@ -861,7 +881,7 @@ mod tests {
         let opts = ExtractOptions {
             overwrite: false,
             skip_existing: false,
-            max_bytes: Some(8 << 20),
+            max_bytes: Some(ByteLimit::bomb(8 << 20)),
         };
         let e = extract(HashingReader::new(&blob[..]), &plan, d.path(), opts).unwrap_err();
         assert!(e.to_string().contains("decompression bomb"), "{e}");
@@ -872,7 +892,7 @@ mod tests {
         );
         // Within the limit, the same layer unpacks.
         let opts = ExtractOptions {
-            max_bytes: Some(64 << 20),
+            max_bytes: Some(ByteLimit::bomb(64 << 20)),
             ..opts
         };
         extract(HashingReader::new(&blob[..]), &plan, d.path(), opts).unwrap();

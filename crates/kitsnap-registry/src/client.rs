@@ -1920,7 +1920,8 @@ impl Registry {
     }
 
     /// Bytes `start..end` of a blob (`Range`), from the first endpoint that serves them;
-    /// the caller verifies them. A server that ignores `Range` is read up to `end` only.
+    /// the caller verifies them. An endpoint that ignores `Range` is not read at all (its
+    /// answer would be the blob from byte 0): [`Error::RangeIgnored`] if none serves it.
     pub async fn fetch_range(
         &self,
         repo: &str,
@@ -1940,21 +1941,19 @@ impl Registry {
                             .header(RANGE, format!("bytes={start}-{}", end.saturating_sub(1))))
                     })
                     .await?;
-                let skip = match resp.status() {
-                    StatusCode::PARTIAL_CONTENT => 0,
-                    StatusCode::OK => start,
+                match resp.status() {
+                    StatusCode::PARTIAL_CONTENT => {}
+                    // Dropped unread: the connection closes instead of carrying the blob.
+                    StatusCode::OK => return Err(Error::RangeIgnored { url: url.clone() }),
                     _ => return Err(error_of("GET", resp).await),
-                };
+                }
                 let mut out = bytes::BytesMut::with_capacity(want);
-                let mut seen = 0u64;
                 let mut s = resp.bytes_stream();
                 while out.len() < want {
                     let Some(b) = s.next().await else { break };
                     let b = b.map_err(|e| http_err(&url, e))?;
-                    let from = skip.saturating_sub(seen).min(b.len() as u64) as usize;
-                    seen += b.len() as u64;
-                    let take = (b.len() - from).min(want - out.len());
-                    out.extend_from_slice(&b[from..from + take]);
+                    let take = b.len().min(want - out.len());
+                    out.extend_from_slice(&b[..take]);
                 }
                 if out.len() != want {
                     return Err(protocol(

@@ -73,6 +73,11 @@ pub enum Error {
         why: String,
     },
 
+    /// The registry answered a ranged GET with the whole blob (HTTP 200): it ignores
+    /// `Range`, so the caller streams the blob instead of reading it from byte 0 per range.
+    #[error("{url}: the registry ignores Range (a ranged GET answered with the whole blob)")]
+    RangeIgnored { url: String },
+
     /// An upload the registry stopped taking bytes of, or did not answer once it had them
     /// all: broken off so that it can be resumed.
     #[error("{url}: {why}")]

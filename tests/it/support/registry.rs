@@ -229,6 +229,9 @@ pub struct Faults {
     /// Hold whole-blob GETs (no `Range`) of this blob (a digest) until it is cleared;
     /// ranged GETs pass.
     pub hold_whole_blob: std::sync::Mutex<Option<String>>,
+    /// Forward GETs without their `Range` header, as a registry that ignores it would:
+    /// every ranged GET is answered 200 with the whole blob.
+    pub ignore_range: AtomicBool,
     /// Whole-blob GETs that were held.
     pub whole_blob_gets_held: AtomicUsize,
     /// Answer PUTs of manifests under `sha256-*` tags (the referrers fallback) with 500.
@@ -483,7 +486,8 @@ async fn handle(
 
     let mut up = client.request(method.clone(), format!("http://{upstream}{path}{query}"));
     for (k, v) in req.headers() {
-        if k != "host" && !(f.bearer.is_some() && k == "authorization") {
+        let dropped = k == "range" && f.ignore_range.load(Ordering::SeqCst);
+        if k != "host" && !dropped && !(f.bearer.is_some() && k == "authorization") {
             up = up.header(k, v);
         }
     }

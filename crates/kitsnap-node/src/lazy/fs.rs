@@ -198,18 +198,22 @@ impl Filesystem for LazyFs {
         }
         let len = (size as u64).min(n.size - offset);
         let start = n.offset + offset;
-        let serve = move |blob: &LazyBlob, reply: ReplyData| match blob
-            .ensure(start, start + len)
+        let serve = move |blob: &LazyBlob, ready: Result<(), i32>, reply: ReplyData| match ready
             .and_then(|()| blob.read_at(start, len as usize))
         {
             Ok(b) => reply.data(&b),
             Err(e) => reply.error(Errno::from_i32(e)),
         };
         if self.blob.has(start, start + len) {
-            serve(&self.blob, reply);
+            serve(&self.blob, Ok(()), reply);
         } else {
+            // The wait is a task, not a thread; only the read itself (disk) and the reply
+            // take the blocking pool.
             let blob = self.blob.clone();
-            self.rt.spawn_blocking(move || serve(&blob, reply));
+            self.rt.spawn(async move {
+                let ready = blob.ensure(start, start + len).await;
+                let _ = tokio::task::spawn_blocking(move || serve(&blob, ready, reply)).await;
+            });
         }
     }
 

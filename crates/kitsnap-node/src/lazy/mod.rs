@@ -20,7 +20,8 @@ mod fs;
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -53,6 +54,32 @@ pub struct Meta {
     /// The registry speaks plain HTTP (as the pull that made it was told).
     #[serde(default)]
     pub plain_http: bool,
+    /// The pull's own TLS settings, beyond the daemon's (`kitsnap pull --containerd --lazy
+    /// --ca-file ... --tls-verify=false --hosts-dir ...`): a restart fetches the rest with
+    /// them too.
+    #[serde(default)]
+    pub tls_verify_off: bool,
+    #[serde(default)]
+    pub ca_files: Vec<PathBuf>,
+    #[serde(default)]
+    pub hosts_dir: Option<PathBuf>,
+}
+
+impl Meta {
+    /// What reaches the layer's registry as the pull that made it did: `opts` (the
+    /// daemon's) with the pull's own settings on top.
+    pub fn reach(&self, opts: &mut kitsnap_registry::client::ClientOptions) {
+        opts.plain_http |= self.plain_http;
+        opts.tls_verify &= !self.tls_verify_off;
+        for f in &self.ca_files {
+            if !opts.ca_files.contains(f) {
+                opts.ca_files.push(f.clone());
+            }
+        }
+        if self.hosts_dir.is_some() {
+            opts.hosts_dir.clone_from(&self.hosts_dir);
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,7 +106,8 @@ pub struct LazyBlob {
     file: std::fs::File,
     dir: PathBuf,
     state: Mutex<State>,
-    cv: Condvar,
+    /// Woken at every change of `state` (waiting reads).
+    changed: tokio::sync::Notify,
     wants: tokio::sync::mpsc::UnboundedSender<usize>,
 }
 
@@ -112,7 +140,7 @@ impl LazyBlob {
                 failed: None,
                 closed: false,
             }),
-            cv: Condvar::new(),
+            changed: tokio::sync::Notify::new(),
             wants: tx,
         });
         Ok((blob, rx))
@@ -131,53 +159,64 @@ impl LazyBlob {
         s.ready == s.chunks.len() && s.failed.is_none()
     }
 
-    /// Blocks until blob bytes `start..end` are present and verified (FUSE threads only).
-    /// Errors are errnos for the reader.
-    pub fn ensure(&self, start: u64, end: u64) -> std::result::Result<(), i32> {
+    /// Waits until blob bytes `start..end` are present and verified, asking the fetch for
+    /// the chunks they lack. A waiting read holds no thread: a thousand readers of a slow
+    /// registry must not take the blocking pool the snapshotter needs. Errors are errnos
+    /// for the reader.
+    pub async fn ensure(&self, start: u64, end: u64) -> std::result::Result<(), i32> {
         if start >= end {
             return Ok(());
         }
         let cs = self.meta.layer.chunk_size;
         let (first, last) = ((start / cs) as usize, ((end - 1) / cs) as usize);
-        let deadline = std::time::Instant::now() + READ_WAIT;
-        let mut s = self.lock();
+        let deadline = tokio::time::Instant::now() + READ_WAIT;
         let mut asked = false;
         loop {
-            if let Some(why) = &s.failed {
-                tracing::warn!(blob = %self.meta.layer.digest, %why, "lazy read refused");
-                return Err(libc::EIO);
+            // Registered before the state is read, so that a change in between wakes it.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(r) = self.settled(first, last, &mut asked) {
+                return r;
             }
-            if s.closed {
-                return Err(libc::EIO);
-            }
-            let mut all = true;
-            for k in first..=last {
-                match s.chunks[k] {
-                    Chunk::Ready => {}
-                    Chunk::Wanted => all = false,
-                    // One failed attempt per read: the reader gets EIO, the next read retries.
-                    Chunk::Error if asked => return Err(libc::EIO),
-                    Chunk::Missing | Chunk::Error => {
-                        all = false;
-                        s.chunks[k] = Chunk::Wanted;
-                        let _ = self.wants.send(k);
-                    }
-                }
-            }
-            if all {
-                return Ok(());
-            }
-            asked = true;
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
                 return Err(libc::ETIMEDOUT);
             }
-            s = self
-                .cv
-                .wait_timeout(s, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
         }
+    }
+
+    /// Whether chunks `first..=last` settle a read: all ready (Ok), or an error for it.
+    /// None: it waits, and the chunks nobody asked for yet are asked for.
+    fn settled(
+        &self,
+        first: usize,
+        last: usize,
+        asked: &mut bool,
+    ) -> Option<std::result::Result<(), i32>> {
+        let mut s = self.lock();
+        if let Some(why) = &s.failed {
+            tracing::warn!(blob = %self.meta.layer.digest, %why, "lazy read refused");
+            return Some(Err(libc::EIO));
+        }
+        if s.closed {
+            return Some(Err(libc::EIO));
+        }
+        let mut all = true;
+        for k in first..=last {
+            match s.chunks[k] {
+                Chunk::Ready => {}
+                Chunk::Wanted => all = false,
+                // One failed attempt per read: the reader gets EIO, the next read retries.
+                Chunk::Error if *asked => return Some(Err(libc::EIO)),
+                Chunk::Missing | Chunk::Error => {
+                    all = false;
+                    s.chunks[k] = Chunk::Wanted;
+                    let _ = self.wants.send(k);
+                }
+            }
+        }
+        *asked = true;
+        all.then_some(Ok(()))
     }
 
     /// Whether blob bytes `start..end` are all here (a read that will not wait).
@@ -245,7 +284,7 @@ impl LazyBlob {
             s.ready += 1;
         }
         drop(s);
-        self.cv.notify_all();
+        self.changed.notify_waiters();
     }
 
     fn set_chunk_error(&self, k: usize) {
@@ -254,19 +293,19 @@ impl LazyBlob {
             s.chunks[k] = Chunk::Error;
         }
         drop(s);
-        self.cv.notify_all();
+        self.changed.notify_waiters();
     }
 
     fn fail(&self, why: String) {
         tracing::error!(blob = %self.meta.layer.digest, %why, "lazy layer failed; its reads fail from now on");
         let _ = std::fs::write(self.dir.join(FAILED), why.as_bytes());
         self.lock().failed = Some(why);
-        self.cv.notify_all();
+        self.changed.notify_waiters();
     }
 
     pub fn close(&self) {
         self.lock().closed = true;
-        self.cv.notify_all();
+        self.changed.notify_waiters();
     }
 
     fn missing(&self) -> Vec<usize> {
@@ -434,22 +473,27 @@ impl BlobSink for ChunkSink {
 }
 
 /// Fetches chunk `k` with a `Range` GET and stores it if it matches the index; false (and
-/// logged) when it could not be fetched or did not match.
-async fn fetch_chunk(
-    blob: &Arc<LazyBlob>,
-    reg: &Registry,
-    repo: &str,
-    digest: &Digest,
-    k: usize,
-) -> bool {
+/// logged) when it could not be fetched or did not match. A registry that answers with the
+/// whole blob sets `ignored` (warned once): its chunks can only come from a stream.
+async fn fetch_chunk(blob: &Arc<LazyBlob>, reg: &Registry, ignored: &AtomicBool, k: usize) -> bool {
+    if ignored.load(Ordering::SeqCst) {
+        return false;
+    }
+    let digest = &blob.meta.layer.digest;
     let (s, e) = blob.meta.layer.chunk_range(k);
-    let got = match reg.fetch_range(repo, digest, s, e).await {
+    let got = match reg.fetch_range(&blob.meta.repository, digest, s, e).await {
         Ok(bytes) => {
             let b = blob.clone();
             tokio::task::spawn_blocking(move || b.put(k, &bytes))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()))
+        }
+        Err(e @ kitsnap_registry::Error::RangeIgnored { .. }) => {
+            if !ignored.swap(true, Ordering::SeqCst) {
+                tracing::warn!(blob = %digest, error = %e, "reads ahead of the stream wait for it from now on");
+            }
+            return false;
         }
         Err(e) => Err(kitsnap_registry::client::error_chain(&e)),
     };
@@ -466,6 +510,10 @@ async fn fetch_chunk(
     }
 }
 
+/// Streams of the whole blob one fill may start: the first, and one more when a registry
+/// that ignores `Range` leaves the missing chunks nowhere else to come from.
+const STREAMS: usize = 2;
+
 /// Fills `blob` from the registry: the whole stream in order, and ranges that readers ask
 /// for ahead of it. Ends when the blob is whole and verified, failed, or closed.
 async fn fetch(
@@ -474,10 +522,11 @@ async fn fetch(
     mut wants: tokio::sync::mpsc::UnboundedReceiver<usize>,
 ) {
     let started = std::time::Instant::now();
-    let repo = blob.meta.repository.clone();
     let desc = blob.descriptor();
-    let stream = {
-        let (blob, reg, repo, desc) = (blob.clone(), reg.clone(), repo.clone(), desc.clone());
+    // Set once a ranged GET came back whole: ranges are not asked for again.
+    let ignored = Arc::new(AtomicBool::new(false));
+    let stream = || {
+        let (blob, reg, desc) = (blob.clone(), reg.clone(), desc.clone());
         async move {
             let mut sink = ChunkSink {
                 blob: blob.clone(),
@@ -486,7 +535,12 @@ async fn fetch(
                 mismatch: false,
             };
             let r = reg
-                .fetch_blob_into(&repo, &desc, &mut sink, &indicatif::ProgressBar::hidden())
+                .fetch_blob_into(
+                    &blob.meta.repository,
+                    &desc,
+                    &mut sink,
+                    &indicatif::ProgressBar::hidden(),
+                )
                 .await;
             (r, sink.mismatch)
         }
@@ -494,17 +548,20 @@ async fn fetch(
     let limit = Arc::new(tokio::sync::Semaphore::new(RANGE_CONCURRENCY));
     let ranges = async {
         while let Some(k) = wants.recv().await {
-            if blob.is_ready(k) || blob.closed() {
+            // With `Range` ignored, the reader waits for the stream (never an EIO for it).
+            if blob.is_ready(k) || blob.closed() || ignored.load(Ordering::SeqCst) {
                 continue;
             }
             let Ok(permit) = limit.clone().acquire_owned().await else {
                 return;
             };
-            let (blob, reg, repo, digest) =
-                (blob.clone(), reg.clone(), repo.clone(), desc.digest.clone());
+            let (blob, reg, ignored) = (blob.clone(), reg.clone(), ignored.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                if !blob.is_ready(k) && !fetch_chunk(&blob, &reg, &repo, &digest, k).await {
+                if !blob.is_ready(k)
+                    && !fetch_chunk(&blob, &reg, &ignored, k).await
+                    && !ignored.load(Ordering::SeqCst)
+                {
                     // The read that asked gets EIO; the next one asks again.
                     blob.set_chunk_error(k);
                 }
@@ -514,74 +571,75 @@ async fn fetch(
     tokio::pin!(ranges);
     // A blob some of which is on disk already (a restart) is completed by range: only what
     // it lacks is fetched.
-    let fresh = blob.lock().ready == 0;
-    let streamed = if fresh {
-        tokio::select! {
-            r = stream => Some(r),
-            // Never ends first: the sender lives in `blob`.
-            _ = &mut ranges => return,
-        }
-    } else {
-        None
-    };
-    let (streamed, lied) = match streamed {
-        Some((r, m)) => (Some(r), m),
-        None => (None, false),
-    };
-    if lied && matches!(streamed, Some(Ok(()))) {
-        // Bytes the layer's SHA-256 vouches for differ from what the index promised.
-        blob.fail("the lazy index does not describe this layer".into());
-        return;
-    }
-    let verified = match streamed {
-        Some(Ok(())) if blob.missing().is_empty() => true,
-        Some(Err(kitsnap_registry::Error::Core(
-            e @ kitsnap_core::Error::DigestMismatch { .. },
-        ))) => {
-            blob.fail(format!("the layer does not match its digest: {e}"));
-            return;
-        }
-        Some(Err(e)) if blob.closed() => {
-            tracing::debug!(error = %e, "lazy fetch stopped: snapshot removed");
-            return;
-        }
-        other => {
-            if let Some(Err(e)) = &other {
-                tracing::warn!(blob = %desc.digest, error = %kitsnap_registry::client::error_chain(e), "lazy stream broke; fetching the rest by range");
-            }
-            // Whatever is missing (the stream broke, a chunk did not match, a restart), by
-            // range, a few at a time, while reads keep asking for theirs.
-            let missing = blob.missing();
-            let fill = futures_util::stream::iter(missing)
-                .map(|k| {
-                    let (blob, reg, repo, digest) =
-                        (blob.clone(), reg.clone(), repo.clone(), desc.digest.clone());
-                    async move {
-                        if blob.is_ready(k)
-                            || blob.closed()
-                            || fetch_chunk(&blob, &reg, &repo, &digest, k).await
-                            || blob.is_ready(k)
-                        {
-                            Ok(())
-                        } else {
-                            Err(k)
-                        }
-                    }
-                })
-                .buffer_unordered(RANGE_CONCURRENCY)
-                .try_collect::<Vec<()>>();
-            let filled = tokio::select! {
-                r = fill => r,
+    let mut stream_next = blob.lock().ready == 0;
+    let mut streams = 0;
+    let verified = loop {
+        if stream_next {
+            streams += 1;
+            let (streamed, lied) = tokio::select! {
+                r = stream() => r,
+                // Never ends first: the sender lives in `blob`.
                 _ = &mut ranges => return,
             };
-            if blob.closed() {
-                return;
+            match streamed {
+                // Bytes the layer's SHA-256 vouches for differ from what the index promised.
+                Ok(()) if lied => {
+                    blob.fail("the lazy index does not describe this layer".into());
+                    return;
+                }
+                Ok(()) if blob.missing().is_empty() => break true,
+                Ok(()) => {}
+                Err(kitsnap_registry::Error::Core(
+                    e @ kitsnap_core::Error::DigestMismatch { .. },
+                )) => {
+                    blob.fail(format!("the layer does not match its digest: {e}"));
+                    return;
+                }
+                Err(e) if blob.closed() => {
+                    tracing::debug!(error = %e, "lazy fetch stopped: snapshot removed");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(blob = %desc.digest, error = %kitsnap_registry::client::error_chain(&e), "lazy stream broke; fetching the rest by range");
+                }
             }
-            if let Err(k) = filled {
+        }
+        // Whatever is missing (the stream broke, a restart), by range, a few at a time,
+        // while reads keep asking for theirs.
+        let fill = futures_util::stream::iter(blob.missing())
+            .map(|k| {
+                let (blob, reg, ignored) = (blob.clone(), reg.clone(), ignored.clone());
+                async move {
+                    if blob.is_ready(k)
+                        || blob.closed()
+                        || fetch_chunk(&blob, &reg, &ignored, k).await
+                        || blob.is_ready(k)
+                    {
+                        Ok(())
+                    } else {
+                        Err(k)
+                    }
+                }
+            })
+            .buffer_unordered(RANGE_CONCURRENCY)
+            .try_collect::<Vec<()>>();
+        let filled = tokio::select! {
+            r = fill => r,
+            _ = &mut ranges => return,
+        };
+        if blob.closed() {
+            return;
+        }
+        match filled {
+            Ok(_) => break false,
+            Err(_) if ignored.load(Ordering::SeqCst) && streams < STREAMS => {
+                tracing::warn!(blob = %desc.digest, "the registry ignores Range: streaming the whole blob again for the chunks it lacks");
+                stream_next = true;
+            }
+            Err(k) => {
                 blob.fail(format!("chunk {k} could not be fetched and verified"));
                 return;
             }
-            false
         }
     };
     let b = blob.clone();
@@ -639,12 +697,7 @@ impl Mounts {
         reg: Arc<Registry>,
         rt: &tokio::runtime::Handle,
     ) -> Result<()> {
-        if self
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&id)
-        {
+        if self.holds(id) {
             return Ok(());
         }
         let (blob, rx) = LazyBlob::open(dir)?;
@@ -663,6 +716,14 @@ impl Mounts {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, (blob, session));
         Ok(())
+    }
+
+    /// Whether this daemon serves snapshot `id`'s lazy layer.
+    pub fn holds(&self, id: u64) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&id)
     }
 
     /// Unmounts snapshot `id`'s lazy layer (if this daemon holds one) before its directory
@@ -739,10 +800,62 @@ mod tests {
             media_type: desc.media_type.clone(),
             layer,
             plain_http: true,
+            tls_verify_off: false,
+            ca_files: Vec::new(),
+            hosts_dir: None,
         };
         Mounts::prepare(t.path(), &meta).unwrap();
         let (blob, rx) = LazyBlob::open(t.path()).unwrap();
         (t, tarball, blob, rx)
+    }
+
+    /// A read's wait for `start..end`, on a runtime of its own (as a FUSE read's task).
+    fn wait(b: &LazyBlob, start: u64, end: u64) -> std::result::Result<(), i32> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(b.ensure(start, end))
+    }
+
+    /// Reads waiting on the network hold no thread: with a thousand of them waiting, the
+    /// blocking pool (two threads here) still runs other work at once, and one chunk
+    /// arriving releases them all.
+    #[test]
+    fn waiting_reads_hold_no_threads() {
+        let (_t, tarball, blob, mut rx) = blob_of(100_000);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let readers: Vec<_> = (0..1000)
+            .map(|i| {
+                let b = blob.clone();
+                rt.spawn(async move { b.ensure(i, i + 10).await })
+            })
+            .collect();
+        assert_eq!(
+            rx.blocking_recv(),
+            Some(0),
+            "the first read asks for chunk 0"
+        );
+        let other = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::task::spawn_blocking(|| "ran"),
+            )
+            .await
+        });
+        assert_eq!(other.ok().and_then(|r| r.ok()), Some("ran"));
+        assert!(readers.iter().all(|r| !r.is_finished()), "they wait");
+        let (s, e) = blob.meta.layer.chunk_range(0);
+        assert!(blob.put(0, &tarball[s as usize..e as usize]).unwrap());
+        for r in readers {
+            assert_eq!(rt.block_on(r).unwrap(), Ok(()));
+        }
+        assert!(rx.try_recv().is_err(), "chunk 0 was asked for once");
     }
 
     #[test]
@@ -758,7 +871,7 @@ mod tests {
         assert!(!blob.has(s, e));
         assert!(blob.put(1, &tarball[s as usize..e as usize]).unwrap());
         assert!(blob.has(s, e));
-        assert_eq!(blob.ensure(s + 10, e - 10), Ok(()));
+        assert_eq!(wait(&blob, s + 10, e - 10), Ok(()));
         assert_eq!(
             blob.read_at(s, 100).unwrap(),
             &tarball[s as usize..s as usize + 100]
@@ -771,8 +884,7 @@ mod tests {
         // A read across chunks 0..=1 asks for chunk 0 and waits for it.
         let (b2, t2) = (blob.clone(), tarball.clone());
         let reader = std::thread::spawn(move || {
-            b2.ensure(10, s + 10)
-                .map(|()| b2.read_at(10, s as usize).unwrap())
+            wait(&b2, 10, s + 10).map(|()| b2.read_at(10, s as usize).unwrap())
         });
         let k = rx.blocking_recv().unwrap();
         assert_eq!(k, 0);
@@ -788,7 +900,7 @@ mod tests {
     fn failed_fetches_and_failed_blobs_are_errors_never_bytes() {
         let (_t, _tarball, blob, mut rx) = blob_of(100_000);
         let b2 = blob.clone();
-        let reader = std::thread::spawn(move || b2.ensure(0, 10));
+        let reader = std::thread::spawn(move || wait(&b2, 0, 10));
         assert_eq!(rx.blocking_recv(), Some(0));
         blob.set_chunk_error(0);
         assert_eq!(
@@ -798,12 +910,12 @@ mod tests {
         );
         // The next read asks again.
         let b2 = blob.clone();
-        let reader = std::thread::spawn(move || b2.ensure(0, 10));
+        let reader = std::thread::spawn(move || wait(&b2, 0, 10));
         assert_eq!(rx.blocking_recv(), Some(0));
         blob.fail("the blob hashes to something else".into());
         assert_eq!(reader.join().unwrap(), Err(libc::EIO));
         assert_eq!(
-            blob.ensure(0, 10),
+            wait(&blob, 0, 10),
             Err(libc::EIO),
             "a failed blob fails every read"
         );
@@ -834,7 +946,7 @@ mod tests {
         lying.fail("the lazy index does not describe this layer".into());
         let (again, _rx) = LazyBlob::open(t.path()).unwrap();
         again.rescan().unwrap();
-        assert_eq!(again.ensure(0, 10), Err(libc::EIO));
+        assert_eq!(wait(&again, 0, 10), Err(libc::EIO));
     }
 
     #[test]
@@ -853,7 +965,7 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         let b2 = again.clone();
-        let reader = std::thread::spawn(move || b2.ensure(0, 10));
+        let reader = std::thread::spawn(move || wait(&b2, 0, 10));
         assert_eq!(rx.blocking_recv(), Some(0));
         again.close();
         assert_eq!(reader.join().unwrap(), Err(libc::EIO));

@@ -312,6 +312,12 @@ impl Filler {
         let Some(layer) = index.layer(blob).cloned() else {
             return Ok(false);
         };
+        if layer.size > self.limits.max_kit_bytes {
+            return Err(Error::invalid(format!(
+                "layer {blob}: {} bytes, more than this node allows per kit (max_kit_gib)",
+                layer.size
+            )));
+        }
         if layer.size != src.plan.desc.size {
             return Err(Error::invalid(format!(
                 "the lazy index gives layer {blob} {} bytes, the manifest {}",
@@ -334,6 +340,10 @@ impl Filler {
             media_type: src.plan.desc.media_type.clone(),
             layer,
             plain_http: self.plain_http.contains(&src.registry),
+            // The daemon's own settings: a restart has them anyway.
+            tls_verify_off: false,
+            ca_files: Vec::new(),
+            hosts_dir: None,
         };
         let (snap, k, n, p, t) = (
             self.snap.clone(),
@@ -385,14 +395,14 @@ impl Filler {
                     serde_json::from_slice(&std::fs::read(dir.join(crate::lazy::META))?)
                         .map_err(|e| Error::invalid(e.to_string()))?;
                 let mut opts = self.options_for(&meta.registry);
-                opts.plain_http |= meta.plain_http;
+                meta.reach(&mut opts);
                 let reg = Arc::new(Registry::new(&meta.registry, opts)?);
                 self.snap.lazy().mount(r.id, &dir, reg, rt)
             })();
             match res {
                 Ok(()) => n += 1,
                 Err(e) => tracing::error!(snapshot = %name, error = %crate::error::chain(&e),
-                    "lazy layer not mounted again; containers using it will fail to read it"),
+                    "lazy layer not mounted again; the snapshotter refuses to mount it for containers until its image is pulled again"),
             }
         }
         n

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use kitsnap_core::digest::{Digest, HashingReader};
-use kitsnap_core::extract;
+use kitsnap_core::extract::{self, ByteLimit};
 use kitsnap_core::imageview::{self, ImageView, Kit};
 use kitsnap_core::layers::{self, LayerPlan};
 use kitsnap_core::lazy::LazyLayer;
@@ -499,17 +499,25 @@ impl<R: Read> Read for CountingReader<R> {
 }
 
 /// How many bytes layer `l` may unpack to: what is left of the ModelKit's budget, and for
-/// a compressed layer no more than `expansion` times its size (decompression bombs).
-pub(crate) fn layer_budget(l: &LayerPlan, kit_left: u64, expansion: u64) -> u64 {
-    if l.compression == Compression::None {
-        kit_left
+/// a compressed layer no more than `expansion` times its size (decompression bombs); the
+/// error names whichever setting binds.
+pub(crate) fn layer_budget(l: &LayerPlan, kit_left: u64, expansion: u64) -> ByteLimit {
+    let kit = ByteLimit {
+        bytes: kit_left,
+        why: "more than this node allows per kit (max_kit_gib)",
+    };
+    let bomb = l
+        .desc
+        .size
+        .saturating_mul(expansion)
+        .saturating_add(1 << 20);
+    if l.compression == Compression::None || kit_left <= bomb {
+        kit
     } else {
-        kit_left.min(
-            l.desc
-                .size
-                .saturating_mul(expansion)
-                .saturating_add(1 << 20),
-        )
+        ByteLimit {
+            bytes: bomb,
+            why: "a decompression bomb (max_expansion)",
+        }
     }
 }
 
@@ -536,7 +544,7 @@ async fn fill_layer(
     l: &LayerPlan,
     dir: PathBuf,
     mut progress: Progress,
-    max_bytes: u64,
+    max_bytes: ByteLimit,
     keep_all: bool,
     cancel: &CancellationToken,
 ) -> Result<(u64, Digest)> {
@@ -1081,6 +1089,8 @@ impl Leased<'_> {
                 ))
             })?;
             if let (Some(ll), Source::Registry(reg, repo)) = (&self.lazy[i], src) {
+                // The blob lands on the node whole in the end, as a tar of `ll.size` bytes.
+                spend(budget, ll.size, l)?;
                 return self
                     .lazy_layer(i, parent, &key, labels.clone(), &dir, ll, reg, repo)
                     .await;
@@ -1171,6 +1181,9 @@ impl Leased<'_> {
             media_type: l.desc.media_type.clone(),
             layer: layer.clone(),
             plain_http: self.spec.registry.plain_http,
+            tls_verify_off: !self.spec.registry.tls_verify,
+            ca_files: self.spec.registry.ca_files.clone(),
+            hosts_dir: self.spec.registry.hosts_dir.clone(),
         };
         let (sd, m) = (snapdir.clone(), meta);
         blocking(move || crate::lazy::Mounts::prepare(&sd, &m)).await?;

@@ -353,10 +353,31 @@ impl Snapshotter {
         t: &impl ReadableTable<&'static str, (u64, &'static str)>,
         parent: &str,
     ) -> Result<Vec<PathBuf>> {
-        Ok(index::chain(t, parent)?
+        index::chain(t, parent)?
             .into_iter()
-            .map(|id| self.fs_dir(id))
-            .collect())
+            .map(|id| {
+                self.check_lazy_served(id)?;
+                Ok(self.fs_dir(id))
+            })
+            .collect()
+    }
+
+    /// A lazy layer's files exist only through its FUSE mount: one this daemon does not
+    /// hold (it could not be mounted again after a restart) is an empty directory, and a
+    /// container would start without its model rather than fail.
+    fn check_lazy_served(&self, id: u64) -> Result<()> {
+        let dir = self.dir(id);
+        let lazy = [crate::lazy::META, crate::lazy::BLOB]
+            .iter()
+            .any(|f| dir.join(f).exists());
+        if !lazy || self.lazy.holds(id) {
+            return Ok(());
+        }
+        Err(SnapError::FailedPrecondition(format!(
+            "layer snapshot {id} is served lazily, but kitsnap serve could not mount it again \
+             (its log says why, under \"lazy layer not mounted again\"): remove the images \
+             that use it (ctr images rm, nerdctl rmi) and pull them again"
+        )))
     }
 
     /// What a Prepare/View must satisfy; checked before the heavy work and again inside
@@ -1009,6 +1030,29 @@ mod tests {
 
     fn l(k: &str, v: &str) -> BTreeMap<String, String> {
         [(k.to_string(), v.to_string())].into()
+    }
+
+    /// A lazy layer this daemon does not serve (its mount could not be made again after a
+    /// restart) is refused as a lower layer, never handed out as an empty directory.
+    #[test]
+    fn an_unserved_lazy_layer_is_refused_not_mounted_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Snapshotter::open(d.path()).unwrap();
+        s.create(Kind::Active, "a", "", BTreeMap::new()).unwrap();
+        let id = s.get("a").unwrap().id;
+        fs::write(s.dir(id).join(crate::lazy::META), b"{}").unwrap();
+        s.commit("lazy", "a", l(label::LAZY, "true")).unwrap();
+        for kind in [Kind::Active, Kind::View] {
+            match s.create(kind, &format!("c-{kind:?}"), "lazy", BTreeMap::new()) {
+                Err(SnapError::FailedPrecondition(m)) => {
+                    assert!(m.contains("pull them again"), "{m}")
+                }
+                other => panic!("{kind:?} on an unserved lazy layer: {other:?}"),
+            }
+        }
+        // The same layer as an ordinary one (no lazy record) mounts as before.
+        fs::remove_file(s.dir(id).join(crate::lazy::META)).unwrap();
+        s.create(Kind::View, "v", "lazy", BTreeMap::new()).unwrap();
     }
 
     #[test]
