@@ -97,6 +97,15 @@ def measure(cmd, env, shell=False, cwd=None):
     return dt, int(rss) / 1024, int(oublock) * 512 / 2**20
 
 
+def require_free(script, what, need, where, fix):
+    """Exits unless `where` has `need` bytes free: a disk that fills mid-run takes every
+    other process on the machine down with it, so a benchmark refuses before it starts."""
+    free = shutil.disk_usage(where).free
+    if free < need:
+        sys.exit(f"{script}: {what} needs about {need >> 30} GiB free in {where}, which has "
+                 f"{free >> 30} GiB: free some, or {fix}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-mib", type=int, default=2048)
@@ -113,14 +122,9 @@ def main():
         if not os.path.isfile(need):
             sys.exit(f"missing {need}: run scripts/install-peers.sh and cargo build --release")
 
-    # About five copies of the model at once (the docstring); a full disk mid-run takes
-    # every other process on the machine down with it, so refuse before starting.
-    need = 5 * a.size_mib * (1 << 20) + (1 << 30)
-    free = shutil.disk_usage(tempfile.gettempdir()).free
-    if free < need:
-        sys.exit(f"peers.py: {a.size_mib} MiB needs about {need >> 30} GiB free in "
-                 f"{tempfile.gettempdir()}, which has {free >> 30} GiB: free some, or set "
-                 f"TMPDIR to a roomier disk")
+    # About five copies of the model at once (the docstring).
+    require_free("peers.py", f"{a.size_mib} MiB", 5 * a.size_mib * (1 << 20) + (1 << 30),
+                 tempfile.gettempdir(), "set TMPDIR to a roomier disk")
     work = tempfile.mkdtemp(prefix="kitsnap-peers-")
     reg = Registry(work)
     reg.restart()

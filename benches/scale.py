@@ -14,8 +14,8 @@ Each time includes a `sync` after the command: otherwise the page cache absorbs 
 1 GiB kit's writes but not a 10 GiB one's, and the ratio would measure the cache.
 Peak RSS of every command is printed too: it must not grow with the kit.
 
-Needs docker-registry and a release build; about 60 GiB of free disk in /var/tmp with
-the default sizes. Usage: benches/scale.py [--small-gib 1] [--skip bytes,files,layers]
+Needs docker-registry and a release build; about 54 GiB of free disk in /var/tmp with
+the default sizes (it refuses to start with less). Usage: benches/scale.py [--small-gib 1] [--skip bytes,files,layers]
 """
 import argparse
 import os
@@ -27,7 +27,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from pack_unpack import ROOT  # noqa: E402
-from peers import measure  # noqa: E402
+from peers import measure, require_free  # noqa: E402
 from registry import Registry  # noqa: E402
 
 
@@ -44,6 +44,12 @@ def main():
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release/kitsnap"))
     a = ap.parse_args()
     skip = set(filter(None, a.skip.split(",")))
+    if "bytes" not in skip:
+        # The big kit's model, its tar in the store, the registry's copy, the pulled blob
+        # and the unpacked file at once, and the small kits' leftovers: 54 GiB by default.
+        big = 10 * a.small_gib << 30
+        require_free("scale.py", f"a {10 * a.small_gib} GiB kit", 5 * big + (4 << 30),
+                     "/var/tmp", "pass a smaller --small-gib or --skip bytes")
     work = tempfile.mkdtemp(prefix="kitsnap-scale-", dir="/var/tmp")
     reg = Registry(work)
     d = lambda *p: os.path.join(work, *p)  # noqa: E731
