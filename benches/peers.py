@@ -7,8 +7,9 @@ it), the `oras` CLI, Dragonfly's `modctl` (both built by scripts/install-peers.s
 and the physical floors: `tar | tee | openssl sha256`, `tar | zstd`, and for the registry
 rows what curl needs to PUT or GET the same bytes (the registry's and the disk's floor).
 
-Each row: wall time (best of --repeat), peak RSS of the command, bytes it wrote to disk
-(getrusage ru_oublock), and the ratio against the best peer. Page cache warm (the source
+Each row: wall time (best of --repeat rounds; each round runs every tool of the operation
+once, so that a slow spell of the VM falls on all of them), peak RSS of the command, bytes
+it wrote to disk (getrusage ru_oublock), and the ratio against the best peer. Page cache warm (the source
 is read once before). Every push starts from an empty registry, every pull/unpack from an
 empty destination. A peer that checks no digest is timed but left out of the ratio.
 
@@ -158,24 +159,39 @@ def main():
     def skipped(op):
         return any(w in op for w in a.skip.split(",") if w)
 
+    pending = []  # the rows of the operation being defined, timed together by flush()
+
     def bench(op, tool, cmd, setup=None, shell=False, cwd=None, leaves=()):
-        """Times `cmd`; `leaves` are the paths it writes, removed after the row."""
+        """A row of operation `op`, timed at the next flush(); `leaves` are the paths it
+        writes, removed after each run."""
         if skipped(op):
             return
-        best = None
+        assert not pending or pending[0][0] == op, f"flush() {pending[0][0]} before {op}"
+        pending.append((op, tool, cmd, setup, shell, cwd, leaves))
+
+    def flush():
+        """Times the pending rows: each round runs every row once, so that a slow spell of
+        this shared VM falls on every tool alike (timings move by up to 30% between
+        minutes); each row keeps its best round."""
+        best = {}
         for _ in range(a.repeat):
-            if setup:
-                setup()
-            r = measure(cmd, env, shell, cwd)
-            best = r if best is None or r[0] < best[0] else best
-        for p in leaves:
-            if os.path.isfile(p):
-                fresh_file(p)
-            else:
-                fresh(p)
-        rows.append((op, tool) + best)
-        print(f"  {op:<24} {tool:<34} {best[0]:7.2f} s {best[1]:7.0f} MiB RSS {best[2]:8.0f} MiB written",
-              flush=True)
+            for i, (_op, _tool, cmd, setup, shell, cwd, leaves) in enumerate(pending):
+                if setup:
+                    setup()
+                r = measure(cmd, env, shell, cwd)
+                for p in leaves:
+                    if os.path.isfile(p):
+                        fresh_file(p)
+                    else:
+                        fresh(p)
+                if i not in best or r[0] < best[i][0]:
+                    best[i] = r
+        for i, (op, tool, *_rest) in enumerate(pending):
+            rows.append((op, tool) + best[i])
+            t, rss, w = best[i]
+            print(f"  {op:<24} {tool:<34} {t:7.2f} s {rss:7.0f} MiB RSS {w:8.0f} MiB written",
+                  flush=True)
+        pending.clear()
 
     ks = a.bin
     mc = [modctl, "--storage-dir", d("modctl"), "--no-progress", "--log-dir", d("modctl-logs")]
@@ -198,6 +214,7 @@ def main():
     bench("pack none", "modctl build (raw)", mc + ["build", "-t", f"{addr}/mc/bench:v1", "-f",
           os.path.join(src, "Modelfile"), "--no-creation-time", src],
           setup=lambda: fresh(d("modctl")), leaves=[d("modctl")])
+    flush()
     # --- pack, compressed
     # Random bytes do not compress, so kitsnap stores them (pargz's probe) and what bounds it
     # is the two digests of a compressed layer, as for zstd. gzip -6 is the baseline users
@@ -217,6 +234,7 @@ def main():
                   setup=lambda: fresh(d("kit-home")), leaves=[d("kit-home")])
 
     gzip_pack("pack gzip", src)
+    flush()
     # Compressible weights (bf16 of N(0, 0.02), which gzip -6 takes to 0.80), a quarter of
     # the size: on these every block is deflated. Synced first, so that no row pays for
     # writing the source back.
@@ -224,6 +242,7 @@ def main():
         bf16_weights(d("src-bf16"), max(a.size_mib // 4, 16))
         os.sync()
         gzip_pack("pack gzip, bf16 weights", d("src-bf16"))
+        flush()
         fresh(d("src-bf16"))
     bench("pack zstd", "floor: tar | zstd -3 -T2",
           f"tar -C {src} -cf - model.safetensors | zstd -q -3 -T2 -o {d('f.zst')} -f", shell=True, leaves=[d("f.zst")])
@@ -235,6 +254,7 @@ def main():
     bench("pack zstd", "kitsnap pack --compression zstd (level 3)",
           [ks, "--no-progress", "pack", src, "-t", "zs:v1", "--compression", "zstd"],
           setup=lambda: fresh(d("ks-store")), leaves=[d("ks-store")])
+    flush()
 
     # Stores to push from: kitsnap's, kit's, modctl's.
     subprocess.run([ks, "--no-progress", "pack", src, "-t", f"{addr}/ks/bench:v1"], env=env, check=True,
@@ -277,6 +297,7 @@ def main():
     bench("push", "skopeo copy oci -> registry",
           ["skopeo", "copy", "-q", "--dest-tls-verify=false", f"oci:{d('ks-store')}:{addr}/ks/bench:v1",
            f"docker://{addr}/sk/bench:v1"], setup=reg.restart)
+    flush()
     # --- pack straight to the registry
     # The registry taking the source file's bytes in one streamed PUT (its digest computed
     # beforehand): pack --push cannot beat the registry's intake of the same bytes.
@@ -294,6 +315,7 @@ def main():
     bench("pack + push, no copy", "modctl build --output-remote",
           mc + ["build", "-t", f"{addr}/mc/bench:v1", "-f", os.path.join(src, "Modelfile"),
                 "--no-creation-time", "--output-remote", "--plain-http", src], setup=reg.restart)
+    flush()
 
     # The registry rows: their setup (every tool pushing its kit) is skipped with them.
     if not (skipped("pull") and skipped("unpack from registry")):
@@ -359,6 +381,7 @@ def main():
         bench("pull", "skopeo copy registry -> oci",
               ["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{addr}/ks/bench:v1",
                f"oci:{d('sk-oci')}:bench"], setup=lambda: fresh(d("sk-oci")), leaves=[d("sk-oci")])
+        flush()
         # --- from the registry to files in a directory
         registry_floors("unpack from registry", fdatasync=False)
         bench("unpack from registry", "kitsnap unpack REF -d",
@@ -382,6 +405,7 @@ def main():
               mc + ["pull", "--plain-http", "--extract-from-remote", "--extract-dir", d("out"),
                     f"{addr}/mc/bench:v1"], setup=lambda: fresh(d("out"), d("modctl")),
               leaves=[d("out"), d("modctl")])
+        flush()
 
     print()
     print("| operation | tool | wall | kitsnap / best peer | kitsnap / floor | peak RSS | written |")

@@ -3,8 +3,10 @@
 # PATCHes, the default before 2026-12-06), `kitsnap push` (one streamed PATCH, the default
 # now) and `curl -T` of the same blob into a monolithic PUT (the floor), each into a fresh
 # repository of the same local docker-registry, whose stored blobs are removed between rows.
+# MODES picks the rows (default "chunks64 stream curl"); "indexed" is `kitsnap push` as
+# users run it, publishing the lazy index too (the others pass --no-lazy-index).
 #
-# Usage: cargo build --release && bash benches/upload_modes.sh [SIZE_MIB [ROUNDS]]
+# Usage: cargo build --release && [MODES="..."] bash benches/upload_modes.sh [SIZE_MIB [ROUNDS]]
 # Needs docker-registry and curl; peak disk about 3x SIZE_MIB (model removed after pack).
 set -euo pipefail
 size_mib=${1:-2048}
@@ -20,13 +22,14 @@ rm -f "$work/kit/model.bin"
 blob=$(ls -S "$work/store/blobs/sha256/" | head -1)
 echo "upload of one ${size_mib} MiB blob, $rounds rounds ($(date -u +%F), $(nproc) cores)"
 for i in $(seq "$rounds"); do
-  for mode in chunks64 stream curl; do
+  for mode in ${MODES:-chunks64 stream curl}; do
     sync
     rm -rf "$work/reg/docker/registry/v2/repositories/r"* "$work/reg/docker/registry/v2/blobs"
     dst=$reg/r$i$mode/kit:v1
     case $mode in
       chunks64) cmd=("$bin" push "$reg/src/kit:v1" "$dst" --plain-http --no-progress --no-lazy-index --chunk-size-mib 64) ;;
       stream) cmd=("$bin" push "$reg/src/kit:v1" "$dst" --plain-http --no-progress --no-lazy-index) ;;
+      indexed) cmd=("$bin" push "$reg/src/kit:v1" "$dst" --plain-http --no-progress) ;;
       curl)
         loc=$(curl -s -i -X POST "http://$reg/v2/r$i$mode/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:"{print $2}')
         case $loc in http*) ;; *) loc=http://$reg$loc ;; esac
