@@ -1666,6 +1666,12 @@ fn lazy_reads_are_served_ahead_of_the_stream() {
         tail(&s.ks.log())
     );
     *f.hold_whole_blob.lock().unwrap() = None;
+    wait_lazy_complete(&s, &model_layer, &ctx);
+}
+
+/// Waits (up to 20 s) for the daemon to log lazy layer `blob` complete and verified.
+fn wait_lazy_complete(s: &Setup, blob: &str, ctx: &str) {
+    let done = format!("lazy layer complete and verified blob={blob}");
     for _ in 0..400 {
         if s.ks.log().contains(&done) {
             return;
@@ -1740,14 +1746,7 @@ fn lazy_layers_cope_with_ignored_ranges_and_refuse_a_lost_blob() {
     crash_and_restart(&mut s, "norange", &ctx);
     let out = s.run_with_model("norange", "kitsnap", &reference);
     assert!(out.contains(&sha256_hex(&s.model)), "{ctx}: {out}");
-    let done = format!("lazy layer complete and verified blob={model_layer}");
-    for _ in 0..400 {
-        if s.ks.log().contains(&done) {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(s.ks.log().contains(&done), "{ctx}: {}", tail(&s.ks.log()));
+    wait_lazy_complete(&s, &model_layer, &ctx);
     // The second stream, the answers to ranges cut off unread and the small blobs.
     let sent = f.blob_bytes_sent.load(Ordering::SeqCst) - before;
     assert!(

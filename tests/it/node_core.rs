@@ -1274,10 +1274,13 @@ fn a_lazy_layer_resumes_with_the_pulls_own_tls_settings() {
         .map(|e| e.path())
         .find(|d| d.join("lazy.json").exists() && d.join("fs/model.bin").exists())
         .expect("the model's lazy snapshot");
+    let completes = |secs| {
+        eventually(Duration::from_secs(secs), || {
+            snapshot.join("lazy.done").exists()
+        })
+    };
     assert!(
-        eventually(Duration::from_secs(60), || snapshot
-            .join("lazy.done")
-            .exists()),
+        completes(60),
         "{ctx}: the model never completed: {}",
         tail(&n.ks.log())
     );
@@ -1306,13 +1309,7 @@ fn a_lazy_layer_resumes_with_the_pulls_own_tls_settings() {
         got.map(|b| b.len()),
         tail(&n.ks.log())
     );
-    assert!(
-        eventually(Duration::from_secs(30), || snapshot
-            .join("lazy.done")
-            .exists()),
-        "{ctx}: {}",
-        tail(&n.ks.log())
-    );
+    assert!(completes(30), "{ctx}: {}", tail(&n.ks.log()));
 }
 
 #[test]

@@ -366,11 +366,14 @@ impl Snapshotter {
     /// hold (it could not be mounted again after a restart) is an empty directory, and a
     /// container would start without its model rather than fail.
     fn check_lazy_served(&self, id: u64) -> Result<()> {
+        if self.lazy.holds(id) {
+            return Ok(());
+        }
         let dir = self.dir(id);
         let lazy = [crate::lazy::META, crate::lazy::BLOB]
             .iter()
             .any(|f| dir.join(f).exists());
-        if !lazy || self.lazy.holds(id) {
+        if !lazy {
             return Ok(());
         }
         Err(SnapError::FailedPrecondition(format!(
