@@ -9,7 +9,8 @@ rows what curl needs to PUT or GET the same bytes (the registry's and the disk's
 
 Each row: wall time (best of --repeat rounds; each round runs every tool of the operation
 once, so that a slow spell of the VM falls on all of them), peak RSS of the command, bytes
-it wrote to disk (getrusage ru_oublock), and the ratio against the best peer. Page cache warm (the source
+it wrote to disk (getrusage ru_oublock), its CPU seconds and the registry's over the same
+time, and the ratio against the best peer. Page cache warm (the source
 is read once before). Every push starts from an empty registry, every pull/unpack from an
 empty destination. A peer that checks no digest is timed but left out of the ratio.
 
@@ -44,7 +45,7 @@ args = sys.argv[2] if shell else sys.argv[2:]
 subprocess.run(args, shell=shell, executable="/bin/bash" if shell else None, check=True,
                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
-print(r.ru_maxrss, r.ru_oublock)
+print(r.ru_maxrss, r.ru_oublock, r.ru_utime + r.ru_stime)
 """
 
 
@@ -86,16 +87,30 @@ def bf16_weights(dst, mib):
         f.write(KITFILE)
 
 
-def measure(cmd, env, shell=False, cwd=None):
-    """(seconds, peak RSS MiB, MiB written) of one command and its children."""
+def cpu_seconds(pid):
+    """User + system CPU seconds a live process has used (0 without one)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(cmd, env, shell=False, cwd=None, reg_pid=None):
+    """(seconds, peak RSS MiB, MiB written, CPU seconds, the registry's CPU seconds) of one
+    command and its children. The registry's share shows which rows it bounds: on these 2
+    cores it hashes every blob it takes in Go's SHA-256 (no SHA extensions), one core's
+    work that no client can shorten."""
     wrapped = [sys.executable, "-c", RUNNER, "1" if shell else "0"] + ([cmd] if shell else cmd)
+    r0 = cpu_seconds(reg_pid)
     t0 = time.perf_counter()
     out = subprocess.run(wrapped, env=env, capture_output=True, text=True, cwd=cwd)
     dt = time.perf_counter() - t0
+    r1 = cpu_seconds(reg_pid)
     if out.returncode != 0:
         raise RuntimeError(f"{cmd}: {out.stderr[-2000:]}")
-    rss, oublock = out.stdout.strip().splitlines()[-1].split()
-    return dt, int(rss) / 1024, int(oublock) * 512 / 2**20
+    rss, oublock, cpu = out.stdout.strip().splitlines()[-1].split()
+    return dt, int(rss) / 1024, int(oublock) * 512 / 2**20, float(cpu), r1 - r0
 
 
 def require_free(script, what, need, where, fix):
@@ -154,7 +169,7 @@ def main():
         if os.path.exists(p):
             os.remove(p)
 
-    rows = []  # (operation, tool, seconds, rss, written)
+    rows = []  # (operation, tool, seconds, rss, written, cpu, registry cpu)
 
     def skipped(op):
         return any(w in op for w in a.skip.split(",") if w)
@@ -178,7 +193,7 @@ def main():
             for i, (_op, _tool, cmd, setup, shell, cwd, leaves) in enumerate(pending):
                 if setup:
                     setup()
-                r = measure(cmd, env, shell, cwd)
+                r = measure(cmd, env, shell, cwd, reg.proc.pid if reg.proc else None)
                 for p in leaves:
                     if os.path.isfile(p):
                         fresh_file(p)
@@ -188,9 +203,9 @@ def main():
                     best[i] = r
         for i, (op, tool, *_rest) in enumerate(pending):
             rows.append((op, tool) + best[i])
-            t, rss, w = best[i]
-            print(f"  {op:<24} {tool:<34} {t:7.2f} s {rss:7.0f} MiB RSS {w:8.0f} MiB written",
-                  flush=True)
+            t, rss, w, cpu, rcpu = best[i]
+            print(f"  {op:<24} {tool:<34} {t:7.2f} s {rss:7.0f} MiB RSS {w:8.0f} MiB written "
+                  f"{cpu:6.2f} + {rcpu:5.2f} CPU s", flush=True)
         pending.clear()
 
     ks = a.bin
@@ -408,18 +423,20 @@ def main():
         flush()
 
     print()
-    print("| operation | tool | wall | kitsnap / best peer | kitsnap / floor | peak RSS | written |")
-    print("|---|---|---|---|---|---|---|")
+    print("| operation | tool | wall | kitsnap / best peer | kitsnap / floor | peak RSS | written "
+          "| CPU: tool + registry |")
+    print("|---|---|---|---|---|---|---|---|")
     for op in dict.fromkeys(r[0] for r in rows):
         group = [r for r in rows if r[0] == op]
         peer_t = [r[2] for r in group
                   if not r[1].startswith(("kitsnap", "floor", "baseline")) and "unverified" not in r[1]]
         floor_t = [r[2] for r in group if r[1].startswith("floor")]
-        for _, tool, t, rss, w in group:
+        for _, tool, t, rss, w, cpu, rcpu in group:
             ours = tool.startswith("kitsnap")
             vs_peer = f"**{t / min(peer_t):.2f}**" if ours and peer_t else ""
             vs_floor = f"{t / max(floor_t):.2f}" if ours and floor_t else ""
-            print(f"| {op} | {tool.replace('|', '&#124;')} | {t:.2f} s | {vs_peer} | {vs_floor} | {rss:.0f} MiB | {w:.0f} MiB |")
+            print(f"| {op} | {tool.replace('|', '&#124;')} | {t:.2f} s | {vs_peer} | {vs_floor} | {rss:.0f} MiB | {w:.0f} MiB "
+                  f"| {cpu:.2f} + {rcpu:.2f} s |")
     reg.stop()
     shutil.rmtree(work, ignore_errors=True)
 

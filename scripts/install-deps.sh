@@ -31,6 +31,8 @@ python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 command -v zsh >/dev/null || need+=(zsh)
 command -v fish >/dev/null || need+=(fish)
 command -v man >/dev/null || need+=(man-db)
+# GNU time: the shell benchmarks' CPU seconds of a command (benches/upload_modes.sh).
+[ -x /usr/bin/time ] || need+=(time)
 # A real terminal for the progress-bar test.
 command -v tmux >/dev/null || need+=(tmux)
 
