@@ -77,7 +77,7 @@ def main():
         ]
         for op, cmd, e in steps:
             subprocess.run(["sync"], check=True)
-            t, rss, _ = measure(" ".join(shlex.quote(x) for x in cmd) + " && sync", e, shell=True)
+            t, rss, *_ = measure(" ".join(shlex.quote(x) for x in cmd) + " && sync", e, shell=True)
             results.append((dim, label, units, op, t, rss))
             print(f"  {dim:<7} {label:<22} {op:<7} {t:8.2f} s  {units / t:10.1f} /s  {rss:6.0f} MiB RSS", flush=True)
             if op == "pull":
