@@ -1539,18 +1539,16 @@ fn lazy_layers_serve_verified_bytes_before_the_pull_has_them() {
         "{ctx}: {out}"
     );
     let wait_complete = |s: &Setup, n: usize| {
-        for _ in 0..200 {
-            if s.ks
-                .log()
-                .matches("lazy layer complete and verified")
-                .count()
-                >= n
-            {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("{ctx}: lazy layers never completed: {}", tail(&s.ks.log()));
+        assert!(
+            eventually(std::time::Duration::from_secs(10), || {
+                s.ks.log()
+                    .matches("lazy layer complete and verified")
+                    .count()
+                    >= n
+            }),
+            "{ctx}: lazy layers never completed: {}",
+            tail(&s.ks.log())
+        );
     };
     wait_complete(&s, 2);
     assert_eq!(
@@ -1672,13 +1670,14 @@ fn lazy_reads_are_served_ahead_of_the_stream() {
 /// Waits (up to 20 s) for the daemon to log lazy layer `blob` complete and verified.
 fn wait_lazy_complete(s: &Setup, blob: &str, ctx: &str) {
     let done = format!("lazy layer complete and verified blob={blob}");
-    for _ in 0..400 {
-        if s.ks.log().contains(&done) {
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("{ctx}: the model never completed: {}", tail(&s.ks.log()));
+    assert!(
+        eventually(std::time::Duration::from_secs(20), || s
+            .ks
+            .log()
+            .contains(&done)),
+        "{ctx}: the model never completed: {}",
+        tail(&s.ks.log())
+    );
 }
 
 /// `kill -9` of the daemon and a new one on the same root, once it has mounted its lazy
@@ -1687,12 +1686,9 @@ fn crash_and_restart(s: &mut Setup, ns: &str, ctx: &str) {
     s.ks.kill9();
     s.ks.start_again();
     // The socket is bound first; requests wait until the layers are mounted again.
-    for _ in 0..200 {
-        if s.ks.log().contains("lazy layers mounted again") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    eventually(std::time::Duration::from_secs(10), || {
+        s.ks.log().contains("lazy layers mounted again")
+    });
     for _ in 0..100 {
         let o = s
             .ctd

@@ -118,20 +118,6 @@ impl Drop for Proc {
     }
 }
 
-/// Polls `f` until it holds or `limit` passes; returns whether it held.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// Mounts whose /proc/self/mountinfo line is over 4 KiB (runc fails on one over 64 KiB:
 /// "bufio.Scanner: token too long"): length and start of each.
 fn long_mountinfo_lines() -> String {

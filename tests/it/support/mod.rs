@@ -32,6 +32,20 @@ pub fn heavy() -> MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Polls `f` until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// sha256 of `data`, lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
