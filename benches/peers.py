@@ -99,7 +99,7 @@ def cpu_seconds(pid):
 def measure(cmd, env, shell=False, cwd=None, reg_pid=None):
     """(seconds, peak RSS MiB, MiB written, CPU seconds, the registry's CPU seconds) of one
     command and its children. The registry's share shows which rows it bounds: on these 2
-    cores it hashes every blob it takes in Go's SHA-256 (no SHA extensions), one core's
+    cores it hashes every blob it takes in Go 1.19's SHA-256 (400-460 MB/s here), one core's
     work that no client can shorten."""
     wrapped = [sys.executable, "-c", RUNNER, "1" if shell else "0"] + ([cmd] if shell else cmd)
     r0 = cpu_seconds(reg_pid)
